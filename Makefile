@@ -1,0 +1,38 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# Both create (or reuse) .venv, reuse an already-installed torch if there is one
+# (the venv sees the system site-packages), else install torch==2.13.0, then
+# install this package with its dev extras (compiling the C++/CUDA extension).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.cagul-installed
+EXT_SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh)
+
+.PHONY: install test lint demo bench clean
+
+$(PY):
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+
+$(STAMP): $(PY) $(EXT_SOURCES)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -q setuptools wheel ninja
+	$(PY) -m pip install --no-build-isolation -e ".[dev]"
+	touch $@
+
+install: $(STAMP)
+
+lint: install
+	$(PY) -m ruff check .
+
+test: lint
+	$(PY) -m pytest
+
+demo: install
+	$(PY) -m cagul_kernels.demo
+
+bench: install
+	$(PY) benchmarks/bench_importance.py
+
+clean:
+	rm -rf build *.egg-info cagul_kernels/*.so

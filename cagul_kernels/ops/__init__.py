@@ -1,0 +1,6 @@
+"""The custom ops, one module per op (kernel dispatch, fake impl, autograd)."""
+
+from .attention import attention_with_lse
+from .importance import cross_modal_importance
+
+__all__ = ["attention_with_lse", "cross_modal_importance"]

@@ -1,0 +1,185 @@
+"""``attention_with_lse``: softmax attention that also returns the log-sum-exp (LSE).
+
+The LSE is what lets ``cross_modal_importance`` recompute any attention probability
+exactly, ``P[i, j] = exp(scale * q_i . k_j - lse_i)``, without materialising ``S x S``.
+The output comes from FlashAttention when installed (CUDA), PyTorch's internal flash /
+memory-efficient kernels (CUDA) or PyTorch's CPU flash kernel. Gradients flow through
+``out`` (the LSE is not differentiable).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+
+import torch
+
+from ._checks import FLOAT_DTYPES, check_same_device, check_tensor
+
+ATTENTION_BACKENDS = ("flash_attn", "sdpa", "reference")
+
+
+def attention_with_lse(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+    attn_mask: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention output and its natural-log LSE.
+
+    Args:
+        q: ``[B, Hq, Sq, D]``; k, v: ``[B, Hkv, Sk, D]`` with ``Hq % Hkv == 0`` (GQA).
+            Any strides (``[B, S, H, D]`` tensors ``.transpose(1, 2)``-ed work).
+        causal: query ``i`` sees keys ``j <= i + Sk - Sq`` (bottom-right aligned, as in
+            flash-attn; the usual lower triangle when ``Sq == Sk``).
+        scale: softmax scale, default ``1 / sqrt(D)``.
+        attn_mask: optional bool (True = attend) or additive float mask broadcastable to
+            ``[B, Hq, Sq, Sk]``, combined with ``causal``.
+        backend: ``None`` (best available), ``"flash_attn"``, ``"sdpa"`` (PyTorch's own
+            fused kernels) or ``"reference"`` (plain torch, materialises the scores).
+
+    Returns:
+        ``out [B, Hq, Sq, D]`` in q's dtype (equal to
+        ``F.scaled_dot_product_attention``) and ``lse [B, Hq, Sq]`` float32, natural log,
+        scale applied. Rows whose keys are all masked get ``lse = -inf``.
+    """
+    op = "attention_with_lse"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(op, name, t, ndim=4, dtypes=FLOAT_DTYPES, shape_hint="[B, H, S, D]")
+    check_same_device(op, q=q, k=k, v=v, attn_mask=attn_mask)
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"{op}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    b, hq, sq, d = q.shape
+    if k.shape != v.shape or k.shape[0] != b or k.shape[3] != d:
+        raise ValueError(
+            f"{op}: k and v must be [B={b}, Hkv, Sk, D={d}] and equal, got k {tuple(k.shape)} "
+            f"and v {tuple(v.shape)}"
+        )
+    hkv = k.shape[1]
+    if hq % hkv != 0:
+        raise ValueError(f"{op}: query heads ({hq}) must be a multiple of kv heads ({hkv})")
+    if attn_mask is not None:
+        check_tensor(op, "attn_mask", attn_mask, dtypes=(torch.bool, *FLOAT_DTYPES))
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    if backend is None:
+        backend = _default_backend(q, attn_mask)
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(
+            f"{op}: backend must be one of {ATTENTION_BACKENDS} or None, got {backend!r}"
+        )
+
+    if causal and sq != k.shape[2]:
+        # PyTorch's kernels align the causal triangle top-left; flash-attn's (and ours) is
+        # bottom-right, so pass that case as an explicit mask.
+        attn_mask = _merge_masks(attn_mask, _bottom_right_causal(sq, k.shape[2], q.device))
+        causal = False
+    if backend == "reference":
+        return _reference(q, k, v, causal, scale, attn_mask)
+    if backend == "flash_attn":
+        return _flash_attn(q, k, v, causal, scale, attn_mask)
+    return _sdpa(q, k, v, causal, scale, attn_mask)
+
+
+@functools.cache
+def _flash_attn_installed() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def _default_backend(q: torch.Tensor, attn_mask) -> str:
+    if (
+        q.is_cuda
+        and attn_mask is None
+        and q.dtype in (torch.float16, torch.bfloat16)
+        and _flash_attn_installed()
+    ):
+        return "flash_attn"
+    return "sdpa"
+
+
+def _bottom_right_causal(sq: int, sk: int, device) -> torch.Tensor:
+    return torch.ones(sq, sk, dtype=torch.bool, device=device).tril(sk - sq)
+
+
+def _merge_masks(mask, causal_mask: torch.Tensor) -> torch.Tensor:
+    if mask is None:
+        return causal_mask
+    if mask.dtype == torch.bool:
+        return mask & causal_mask
+    return mask.masked_fill(~causal_mask, float("-inf"))
+
+
+def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    if mask is None or mask.dtype != torch.bool:
+        return mask if mask is None else mask.to(dtype)
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+        ~mask, float("-inf")
+    )
+
+
+def _expand_kv(k: torch.Tensor, hq: int) -> torch.Tensor:
+    """``[B, Hkv, S, D] -> [B, Hq, S, D]``: kv head ``g`` serves query heads ``g*G..g*G+G-1``."""
+    b, hkv, s, d = k.shape
+    if hkv == hq:
+        return k
+    return k[:, :, None].expand(b, hkv, hq // hkv, s, d).reshape(b, hq, s, d)
+
+
+def _reference(q, k, v, causal, scale, attn_mask):
+    hq = q.shape[1]
+    k, v = _expand_kv(k, hq).float(), _expand_kv(v, hq).float()
+    scores = torch.matmul(q.float(), k.transpose(-1, -2)) * scale
+    if causal:
+        scores = scores.masked_fill(
+            ~_bottom_right_causal(q.shape[2], k.shape[2], q.device), float("-inf")
+        )
+    if attn_mask is not None:
+        scores = scores + _additive(attn_mask, torch.float32)
+    lse = torch.logsumexp(scores, dim=-1)
+    probs = torch.exp(scores - lse[..., None]).nan_to_num(0.0)
+    return torch.matmul(probs, v).to(q.dtype), lse
+
+
+def _sdpa(q, k, v, causal, scale, attn_mask):
+    hq, sq = q.shape[1], q.shape[2]
+    k, v = _expand_kv(k, hq), _expand_kv(v, hq)
+    if not q.is_cuda:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, causal, attn_mask=_additive(attn_mask, q.dtype), scale=scale
+        )
+        return out, lse
+    if attn_mask is None and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(
+            q, k, v, 0.0, causal, False, scale=scale
+        )[:2]
+        return out, lse
+    # Memory-efficient kernel: its LSE is padded along the sequence (to a multiple of 32).
+    out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
+        q, k, v, _additive(attn_mask, q.dtype), True, 0.0, causal, scale=scale
+    )[:2]
+    return out, lse[..., :sq]
+
+
+def _flash_attn(q, k, v, causal, scale, attn_mask):
+    if not _flash_attn_installed():
+        raise RuntimeError("attention_with_lse: backend='flash_attn' needs the flash-attn package")
+    if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError("attention_with_lse: backend='flash_attn' needs fp16/bf16 CUDA tensors")
+    if attn_mask is not None:
+        raise ValueError("attention_with_lse: backend='flash_attn' does not take attn_mask")
+    from flash_attn import flash_attn_func
+
+    # flash-attn works in [B, S, H, D], supports GQA natively and returns a natural-log LSE.
+    out, lse, _ = flash_attn_func(
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        softmax_scale=scale,
+        causal=causal,
+        return_attn_probs=True,
+    )
+    return out.transpose(1, 2), lse

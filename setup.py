@@ -1,0 +1,71 @@
+"""Builds the `cagul_kernels._C` extension.
+
+CPU kernels (csrc/cpu, OpenMP) are always built. The CUDA kernels (csrc/cuda) are added
+when the installed torch has CUDA and nvcc is found; otherwise the build is CPU-only and
+says so. Install with `pip install --no-build-isolation -e .` so that the extension is
+compiled against the torch already installed.
+"""
+
+import glob
+import os
+import shutil
+
+import torch
+from setuptools import setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _cuda_build_possible() -> tuple[bool, str]:
+    if os.environ.get("CAGUL_FORCE_CPU_BUILD") == "1":
+        return False, "CAGUL_FORCE_CPU_BUILD=1"
+    if torch.version.cuda is None:
+        return False, "the installed torch has no CUDA support"
+    if CUDA_HOME is None and shutil.which("nvcc") is None:
+        return False, "nvcc was not found"
+    return True, f"torch CUDA {torch.version.cuda}, CUDA_HOME={CUDA_HOME}"
+
+
+def _sources(pattern: str) -> list[str]:
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def _extension():
+    with_cuda, why = _cuda_build_possible()
+    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
+    sources = ["csrc/bindings.cpp", *_sources("csrc/cpu/*.cpp")]
+    if not with_cuda:
+        print(f"cagul-kernels: building the CPU-only extension ({why}).")
+        return CppExtension(
+            "cagul_kernels._C",
+            sources,
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=["-fopenmp"],
+        )
+    print(f"cagul-kernels: building CPU + CUDA kernels ({why}).")
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    nvcc_flags = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
+    if not archs:
+        nvcc_flags += ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
+    return CUDAExtension(
+        "cagul_kernels._C",
+        sources + _sources("csrc/cuda/*.cu"),
+        define_macros=[("CAGUL_WITH_CUDA", "1")],
+        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+        extra_link_args=["-fopenmp"],
+    )
+
+
+setup(
+    packages=[
+        "cagul_kernels",
+        "cagul_kernels.ops",
+        "cagul_kernels.triton",
+        "cagul_kernels.integrations",
+        "cagul",
+    ],
+    package_dir={"cagul": "python/cagul"},
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
