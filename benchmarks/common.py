@@ -1,0 +1,180 @@
+"""Shared benchmark utilities: timing, peak memory, machine description, CSV + plot output.
+
+Every benchmark compares providers in one process and run, and writes
+``benchmarks/results/<name>_<device>.csv`` / ``.png`` next to a ``.json`` that describes
+the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import ctypes
+import json
+import platform
+import re
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    info = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cpu": _cpu_name(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def device_tag(device: torch.device) -> str:
+    """Short file-name tag: ``cpu`` or the GPU model (``h100``, ``h200``, ...)."""
+    if device.type != "cuda":
+        return "cpu"
+    name = torch.cuda.get_device_name(device).lower()
+    match = re.search(r"\b([a-z]\d{2,4})\b", name)
+    return match.group(1) if match else "cuda"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(
+    fn: Callable[[], object], device: torch.device, repeats: int = 5, warmup: int = 1
+) -> float:
+    """Median wall time of ``fn()`` in seconds (CUDA-synchronised)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _rss_kib(field: str) -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(rf"{field}:\s+(\d+)", status).group(1))
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak extra memory of one ``fn()`` call, in bytes.
+
+    CUDA: ``max_memory_allocated`` above the memory allocated before the call. CPU: the
+    process's peak resident set (VmHWM, reset through /proc/self/clear_refs) above the
+    resident set before the call, after returning freed heap memory to the OS.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _rss_kib("VmRSS")
+    fn()
+    return max(0, _rss_kib("VmHWM") - before) * 1024
+
+
+def matmul_rate(device: torch.device, n: int = 2048) -> float:
+    """fp32 matmul rate (FLOP/s) of this machine, as a yardstick for kernel efficiency."""
+    a = torch.randn(n, n, device=device)
+    return 2 * n**3 / median_time(lambda: a @ a, device, repeats=5)
+
+
+def write_results(
+    name: str, rows: Sequence[dict], device: torch.device, extra: dict | None = None
+) -> Path:
+    """Writes ``results/<name>_<tag>.csv`` and a ``.json`` with rows + machine; returns csv path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / f"{name}_{device_tag(device)}"
+    with open(stem.with_suffix(".csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    meta = {"machine": machine(), **(extra or {}), "rows": list(rows)}
+    stem.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    return stem.with_suffix(".csv")
+
+
+def plot_lines(
+    name: str,
+    rows: Sequence[dict],
+    device: torch.device,
+    *,
+    x: str,
+    y: str,
+    series: str,
+    panels: str | None = None,
+    ylabel: str | None = None,
+    logy: bool = True,
+) -> Path:
+    """One line per ``series`` value of ``y`` against ``x``, one panel per ``panels`` value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panel_values = sorted({r[panels] for r in rows}, key=str) if panels else [None]
+    fig, axes = plt.subplots(
+        1, len(panel_values), figsize=(5 * len(panel_values), 4), squeeze=False
+    )
+    for ax, pv in zip(axes[0], panel_values, strict=True):
+        subset = [r for r in rows if panels is None or r[panels] == pv]
+        for sv in dict.fromkeys(r[series] for r in subset):
+            pts = [(r[x], r[y]) for r in subset if r[series] == sv and r[y] not in (None, "")]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=str(sv))
+        ax.set_xlabel(x)
+        ax.set_ylabel(ylabel or y)
+        if logy:
+            ax.set_yscale("log")
+        ax.set_title(f"{panels}={pv}" if panels else name)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{name} ({machine().get('gpu', machine()['cpu'])})")
+    fig.tight_layout()
+    path = RESULTS / f"{name}_{device_tag(device)}.png"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """A GitHub markdown table of ``columns`` (floats to 3 significant digits)."""
+
+    def fmt(v):
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
