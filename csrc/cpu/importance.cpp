@@ -20,19 +20,20 @@
 namespace cagul::cpu {
 namespace {
 
-constexpr int64_t BLOCK_N = 128;  // visual slots per work item
-constexpr int64_t BLOCK_M = 64;   // query rows per tile
+constexpr int64_t BLOCK_N = 256;  // visual slots per work item
+constexpr int64_t BLOCK_M = 128;  // query rows per tile
 
 // acc[j] += sum_i exp(s[i, j] - lse[i]) * (key_pos[j] <= row_limit[i]); padded keys have
-// key_pos = INT64_MAX, and row_limit is the query position (causal) or INT64_MAX - 1.
+// key_pos = INT32_MAX, and row_limit is the query position (causal) or INT32_MAX - 1.
+// Positions are int32 here so that the mask vectorises alongside the float lanes.
 CAGUL_CPU_CLONES
 void accumulate_probs(const float* __restrict__ s, int64_t ld_s, int64_t rows, int64_t cols,
-                      const float* __restrict__ row_lse, const int64_t* __restrict__ row_limit,
-                      const int64_t* __restrict__ key_pos, float* __restrict__ acc) {
+                      const float* __restrict__ row_lse, const int32_t* __restrict__ row_limit,
+                      const int32_t* __restrict__ key_pos, float* __restrict__ acc) {
   for (int64_t i = 0; i < rows; ++i) {
     const float* srow = s + i * ld_s;
     const float l = row_lse[i];
-    const int64_t limit = row_limit[i];
+    const int32_t limit = row_limit[i];
     for (int64_t j = 0; j < cols; ++j) {
       const float e = exp_fast(srow[j] - l);
       acc[j] += key_pos[j] <= limit ? e : 0.0f;
@@ -55,7 +56,7 @@ struct ImportanceKernel {
   // Adds the block's column sums into out (per query head: out_per_head[h][j]; else out[j]).
   void run_block(int64_t b, int64_t g, int64_t j0, float* out_sum, float* out_per_head,
                  int64_t out_head_stride, float* kt, float* qt, float* st, float* row_lse,
-                 int64_t* row_limit, int64_t* key_pos) const {
+                 int32_t* row_limit, int32_t* key_pos) const {
     const int64_t n = std::min(BLOCK_N, nv - j0);
     const int64_t* vidx = visual_index + b * nv + j0;
     // K^T tile [d, BLOCK_N] (padded slots -> zero columns), key positions, smallest position.
@@ -63,7 +64,7 @@ struct ImportanceKernel {
     int64_t valid_keys = 0;
     for (int64_t j = 0; j < n; ++j) {
       const int64_t pos = vidx[j];
-      key_pos[j] = pos < 0 ? INT64_MAX : pos;
+      key_pos[j] = pos < 0 ? INT32_MAX : static_cast<int32_t>(pos);
       if (pos < 0) {
         for (int64_t c = 0; c < d; ++c) kt[c * BLOCK_N + j] = 0.0f;
         continue;
@@ -89,7 +90,7 @@ struct ImportanceKernel {
           float* dst = qt + m * d;
           for (int64_t c = 0; c < d; ++c) dst[c] = static_cast<float>(row[c]) * scale;
           row_lse[m] = lse[b * l_sb + h * l_sh + pos * l_ss];
-          row_limit[m] = causal ? pos : INT64_MAX - 1;
+          row_limit[m] = causal ? static_cast<int32_t>(pos) : INT32_MAX - 1;
           ++m;
         }
         if (m == 0) continue;
@@ -109,6 +110,7 @@ at::Tensor cross_modal_importance(const at::Tensor& q_in, const at::Tensor& k_in
   TORCH_CHECK(query_index.scalar_type() == at::kLong && visual_index.scalar_type() == at::kLong,
               "indices must be int64");
   TORCH_CHECK(lse.scalar_type() == at::kFloat, "lse must be float32");
+  TORCH_CHECK(q_in.size(2) < INT32_MAX, "sequence length must fit in int32");
   // The tile gathers read rows with unit stride along D.
   const at::Tensor q = q_in.stride(3) == 1 ? q_in : q_in.contiguous();
   const at::Tensor k = k_in.stride(3) == 1 ? k_in : k_in.contiguous();
@@ -133,7 +135,7 @@ at::Tensor cross_modal_importance(const at::Tensor& q_in, const at::Tensor& k_in
           static_cast<float>(scale), causal};
       at::parallel_for(0, b_size * hkv * n_blocks, 1, [&](int64_t begin, int64_t end) {
         std::vector<float> kt(d * BLOCK_N), qt(BLOCK_M * d), st(BLOCK_M * BLOCK_N), row_lse(BLOCK_M);
-        std::vector<int64_t> row_limit(BLOCK_M), key_pos(BLOCK_N);
+        std::vector<int32_t> row_limit(BLOCK_M), key_pos(BLOCK_N);
         for (int64_t item = begin; item < end; ++item) {
           const int64_t blk = item % n_blocks, g = (item / n_blocks) % hkv, b = item / (n_blocks * hkv);
           const int64_t j0 = blk * BLOCK_N;
