@@ -29,7 +29,7 @@ test: lint
 	$(PY) -m pytest
 
 demo: install
-	$(PY) -m cagul_kernels.demo
+	$(PY) benchmarks/bench_importance.py --quick
 
 bench: install
 	$(PY) benchmarks/bench_importance.py

@@ -1,0 +1,184 @@
+"""Cross-modal importance: eager softmax vs FlashAttention-style LSE recompute.
+
+Providers, in one process and run, for a prompt ``[32 text][Nv image][128 question]``:
+
+- ``eager``: scores and softmax probabilities materialised (``B x H x S x S``, what
+  ``output_attentions=True`` / FastV / SparseVLM do), attention output ``P @ V``, then the
+  question rows' mean over heads on the image columns.
+- ``attention_with_lse``: the fused attention alone (output + LSE).
+- ``attention_with_lse+importance``: the fused attention plus ``cross_modal_importance``.
+- ``importance`` (alone, per backend) and ``importance_torch_recompute`` (the plain-torch
+  reference recompute from q, k, LSE) for the op's own cost.
+
+Also reports the machine's fp32 matmul rate, and the importance op's effective rate
+``2 * Hq * Nq * Nv * D / time`` as a fraction of it.
+
+    python benchmarks/bench_importance.py            # full sweep, writes benchmarks/results/
+    python benchmarks/bench_importance.py --quick    # two small sizes, prints the table only
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import (
+    markdown_table,
+    matmul_rate,
+    median_time,
+    peak_memory,
+    plot_lines,
+    write_results,
+)
+from cagul_kernels import attention_with_lse, cross_modal_importance
+
+HQ, D, PREFIX, QUESTION = 16, 128, 32, 128
+
+
+def eager_importance(q, k, v, query_index, visual_index):
+    """The ``output_attentions=True`` way: materialise softmax probabilities."""
+    hq, s = q.shape[1], q.shape[2]
+    k = k.repeat_interleave(hq // k.shape[1], dim=1)
+    v = v.repeat_interleave(hq // v.shape[1], dim=1)
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    scores.masked_fill_(torch.ones(s, s, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    probs = scores.softmax(dim=-1)
+    del scores
+    out = probs @ v
+    rows = probs[:, :, query_index[0]][..., visual_index[0]]
+    return out, rows.float().mean(dim=(1, 2))
+
+
+def _providers(q, k, v, lse, query_index, visual_index, backends):
+    providers = {
+        "eager": lambda: eager_importance(q, k, v, query_index, visual_index),
+        "attention_with_lse": lambda: attention_with_lse(q, k, v),
+    }
+    for backend in backends:
+        providers[f"attention_with_lse+importance[{backend}]"] = lambda b=backend: (
+            cross_modal_importance(
+                q, k, attention_with_lse(q, k, v)[1], query_index, visual_index, backend=b
+            )
+        )
+        providers[f"importance[{backend}]"] = lambda b=backend: cross_modal_importance(
+            q, k, lse, query_index, visual_index, backend=b
+        )
+    providers["importance_torch_recompute"] = lambda: cross_modal_importance(
+        q, k, lse, query_index, visual_index, backend="reference"
+    )
+    return providers
+
+
+def run(nvs, hkvs, device, dtype, backends, repeats):
+    rows = []
+    rate = matmul_rate(device)
+    print(f"fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s")
+    for hkv in hkvs:
+        for nv in nvs:
+            s = PREFIX + nv + QUESTION
+            g = torch.Generator(device=device).manual_seed(0)
+            q = torch.randn(1, HQ, s, D, device=device, dtype=dtype, generator=g)
+            k = torch.randn(1, hkv, s, D, device=device, dtype=dtype, generator=g)
+            v = torch.randn(1, hkv, s, D, device=device, dtype=dtype, generator=g)
+            visual_index = torch.arange(PREFIX, PREFIX + nv, device=device)[None]
+            query_index = torch.arange(PREFIX + nv, s, device=device)[None]
+            _, lse = attention_with_lse(q, k, v)
+
+            providers = _providers(q, k, v, lse, query_index, visual_index, backends)
+            flops = 2 * HQ * QUESTION * nv * D
+            for name, fn in providers.items():
+                gc.collect()
+                t = median_time(fn, device, repeats=repeats)
+                mem = peak_memory(fn, device)
+                row = {
+                    "hkv": hkv,
+                    "nv": nv,
+                    "seq": s,
+                    "provider": name,
+                    "ms": t * 1e3,
+                    "peak_mib": mem / 2**20,
+                }
+                row["importance_rate_frac"] = (
+                    flops / t / rate if name.startswith("importance") else ""
+                )
+                rows.append(row)
+                print(
+                    f"  hkv={hkv:2d} nv={nv:5d} {name:42s} {t * 1e3:9.2f} ms {mem / 2**20:9.1f} MiB"
+                )
+    return rows, rate
+
+
+def summary(rows, backend):
+    """Per setting: the ratios that the targets are stated in."""
+    out = []
+    for key in dict.fromkeys((r["hkv"], r["nv"]) for r in rows):
+        by = {r["provider"]: r for r in rows if (r["hkv"], r["nv"]) == key}
+        eager, attn = by["eager"], by["attention_with_lse"]
+        fused, imp = by[f"attention_with_lse+importance[{backend}]"], by[f"importance[{backend}]"]
+        out.append(
+            {
+                "hkv": key[0],
+                "nv": key[1],
+                "eager_ms": eager["ms"],
+                "fused_ms": fused["ms"],
+                "speedup": eager["ms"] / fused["ms"],
+                "importance_ms": imp["ms"],
+                "imp/attn": imp["ms"] / attn["ms"],
+                "torch_recompute/attn": by["importance_torch_recompute"]["ms"] / attn["ms"],
+                "eager_peak_mib": eager["peak_mib"],
+                "fused_peak_mib": fused["peak_mib"],
+                "mem_ratio": fused["peak_mib"] / max(eager["peak_mib"], 1e-9),
+                "rate_frac": imp["importance_rate_frac"],
+            }
+        )
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--dtype", default=None, help="float32 (CPU default) / bfloat16 (GPU default)"
+    )
+    parser.add_argument("--quick", action="store_true", help="two small sizes, no files written")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    dtype = (
+        getattr(torch, args.dtype)
+        if args.dtype
+        else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    )
+    backends = ["triton", "cuda"] if device.type == "cuda" else ["cpu"]
+    if args.quick:
+        nvs, hkvs, repeats = [576, 2304], [16], 3
+    else:
+        nvs, hkvs, repeats = [576, 2304, 4096, 8192], [16, 4], args.repeats
+    print(
+        f"cross_modal_importance vs eager on {device} ({dtype}), Hq={HQ} D={D} question={QUESTION}"
+    )
+    rows, rate = run(nvs, hkvs, device, dtype, backends, repeats)
+    table = summary(rows, backends[0])
+    print()
+    print(markdown_table(table, list(table[0])))
+    if not args.quick:
+        extra = {"matmul_gflops": rate / 1e9, "dtype": str(dtype), "summary": table}
+        print("wrote", write_results("importance", rows, device, extra))
+        print(
+            "wrote",
+            plot_lines("importance", rows, device, x="nv", y="ms", series="provider", panels="hkv"),
+        )
+    return table
+
+
+if __name__ == "__main__":
+    main()
