@@ -13,11 +13,11 @@
 
 namespace {
 
-cagul::cuda::DType cuda_dtype(const at::Tensor& t) {
+cagul::cuda::ScalarType cuda_dtype(const at::Tensor& t) {
   switch (t.scalar_type()) {
-    case at::kFloat: return cagul::cuda::DType::kFloat32;
-    case at::kHalf: return cagul::cuda::DType::kFloat16;
-    case at::kBFloat16: return cagul::cuda::DType::kBFloat16;
+    case at::kFloat: return cagul::cuda::ScalarType::Float32;
+    case at::kHalf: return cagul::cuda::ScalarType::Float16;
+    case at::kBFloat16: return cagul::cuda::ScalarType::BFloat16;
     default: TORCH_CHECK(false, "CUDA kernels take float32, float16 or bfloat16, got ", t.scalar_type());
   }
 }

@@ -35,6 +35,10 @@ constexpr int64_t WEIGHT_ROWS = 256;  // rows per GEMM in phase 2
 // Rows per forward / phase-1 tile: about 128 KiB of gathered fp32 input, 8..64 rows.
 int64_t tile_rows(int64_t d) { return std::clamp<int64_t>(32768 / std::max<int64_t>(d, 1), 8, 64); }
 
+// at::parallel_for grain: work items worth at least ~4 MFLOP per task, so that small problems
+// run on the calling thread instead of paying for a parallel region.
+int64_t grain(int64_t flops_per_item) { return std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(flops_per_item, 1)); }
+
 // C[M, N] (+)= A[M, K] B[K, N], row-major with leading dimensions.
 inline void tile_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
                       int64_t ldb, float* c, int64_t ldc, bool accumulate) {
@@ -281,7 +285,7 @@ std::vector<at::Tensor> transform_scatter(const at::Tensor& x, const at::Tensor&
         row_view<const scalar_t>(x), row_view<scalar_t>(y), rows.data(), gate.const_data_ptr<float>(),
         w1c.const_data_ptr<acc_t>(), b1c.const_data_ptr<acc_t>(), w2c.const_data_ptr<acc_t>(),
         b2c.const_data_ptr<acc_t>(), inplace ? nullptr : z.data_ptr<acc_t>(), k, d, r, activation};
-    at::parallel_for(0, (n + bm - 1) / bm, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, (n + bm - 1) / bm, grain(4 * bm * d * r), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> xt(bm * d), ht(bm * r), ot(bm * d);
       for (int64_t t = begin; t < end; ++t) {
         kernel.tile(t * bm, std::min(bm, n - t * bm), xt.data(), ht.data(), ot.data());
@@ -320,14 +324,14 @@ std::vector<at::Tensor> transform_scatter_backward(const at::Tensor& dy, const a
         need_dx ? dx.data_ptr<scalar_t>() : nullptr, rows.data(), gate.const_data_ptr<float>(),
         z.const_data_ptr<acc_t>(), w1t.const_data_ptr<acc_t>(), w2t.const_data_ptr<acc_t>(),
         hidden_t, hidden_t + r * n, n, s, k, d, r, activation};
-    at::parallel_for(0, (n + bm - 1) / bm, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, (n + bm - 1) / bm, grain(4 * bm * d * r), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> gt(bm * d), dh(bm * r), dxt(need_dx ? bm * d : 0);
       for (int64_t t = begin; t < end; ++t) {
         kernel.rows_tile(t * bm, std::min(bm, n - t * bm), gt.data(), dh.data(), dxt.data());
       }
     });
     const int64_t dc = std::min(WEIGHT_COLS, d);
-    at::parallel_for(0, (d + dc - 1) / dc, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, (d + dc - 1) / dc, grain(4 * n * dc * r), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> xt(WEIGHT_ROWS * dc), gt(WEIGHT_ROWS * dc);
       for (int64_t chunk = begin; chunk < end; ++chunk) {
         kernel.weight_chunk(chunk * dc, std::min(dc, d - chunk * dc), xt.data(), gt.data(),
@@ -335,7 +339,7 @@ std::vector<at::Tensor> transform_scatter_backward(const at::Tensor& dy, const a
       }
     });
     acc_t* db1_ptr = db1.data_ptr<acc_t>();
-    at::parallel_for(0, r, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, r, grain(n), [&](int64_t begin, int64_t end) {
       for (int64_t j = begin; j < end; ++j) {
         acc_t sum = 0;
         for (int64_t i = 0; i < n; ++i) sum += hidden_t[(r + j) * n + i];  // row j of dz^T

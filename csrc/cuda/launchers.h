@@ -11,7 +11,7 @@
 namespace cagul::cuda {
 
 // Element type of the activation tensors handed to a launcher.
-enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+enum class ScalarType { Float32, Float16, BFloat16 };
 
 // ---- transform_scatter (cagul_kernels/ops/transform_scatter.py) ----------------------------
 
@@ -21,7 +21,7 @@ constexpr int64_t kTransformScatterMaxRank = 256;
 // y[b, p] = x[b, p] + gate[b] * (act(x[b, p] w1 + b1) w2 + b2) for p = positions[b, i] >= 0
 // and gate[b] != 0. Only those rows of y are written (y == x: in place).
 struct TransformScatterForwardArgs {
-  DType dtype;
+  ScalarType dtype;
   const void* x;                  // [B, S, D]
   int64_t x_stride[3];            // element strides
   void* y;                        // [B, S, D], may equal x
@@ -42,7 +42,7 @@ cudaError_t transform_scatter_forward(const TransformScatterForwardArgs& args, c
 // dz w1^T added. grads receives [dW1 (D x R) | dW2 (R x D) | db2 (D) | db1 (R)], reduced
 // deterministically through `partials` (no floating-point atomics).
 struct TransformScatterBackwardArgs {
-  DType dtype;
+  ScalarType dtype;
   const void* x;                  // [B, S, D]
   int64_t x_stride[3];
   const void* dy;                 // [B, S, D]

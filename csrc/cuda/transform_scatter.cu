@@ -143,15 +143,20 @@ __device__ void rank_times_rd(const float* h_s, const float* w, int64_t d, int r
   }
 }
 
+// Dynamic shared memory of the row kernels: pos_s [BM] int64, a_s [BM, BK], w_s [BK, R],
+// h_s [BM, R] floats.
+size_t rows_smem_bytes(int64_t r) { return BM * sizeof(int64_t) + (BM * BK + BK * r + BM * r) * sizeof(float); }
+
 template <typename T>
 __global__ void __launch_bounds__(THREADS) forward_kernel(TransformScatterForwardArgs a) {
-  __shared__ float a_s[BM * BK];
-  __shared__ float w_s[BK * MAX_RANK];
-  __shared__ float h_s[BM * MAX_RANK];
-  __shared__ int64_t pos_s[BM];
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int r_size = static_cast<int>(a.rank);
+  int64_t* pos_s = reinterpret_cast<int64_t*>(smem);
+  float* a_s = reinterpret_cast<float*>(pos_s + BM);
+  float* w_s = a_s + BM * BK;
+  float* h_s = w_s + BK * r_size;
   const int64_t tiles = (a.slots + BM - 1) / BM;
   const int64_t b = blockIdx.x / tiles, m0 = (blockIdx.x % tiles) * BM;
-  const int r_size = static_cast<int>(a.rank);
   if (!load_block_rows(a.positions, a.gate, b, m0, a.slots, pos_s)) return;
   const T* x = static_cast<const T*>(a.x);
   float acc[PER_THREAD];
@@ -183,13 +188,14 @@ __global__ void __launch_bounds__(THREADS) forward_kernel(TransformScatterForwar
 
 template <typename T>
 __global__ void __launch_bounds__(THREADS) backward_rows_kernel(TransformScatterBackwardArgs a) {
-  __shared__ float a_s[BM * BK];
-  __shared__ float w_s[BK * MAX_RANK];
-  __shared__ float dz_s[BM * MAX_RANK];
-  __shared__ int64_t pos_s[BM];
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int r_size = static_cast<int>(a.rank);
+  int64_t* pos_s = reinterpret_cast<int64_t*>(smem);
+  float* a_s = reinterpret_cast<float*>(pos_s + BM);
+  float* w_s = a_s + BM * BK;
+  float* dz_s = w_s + BK * r_size;
   const int64_t tiles = (a.slots + BM - 1) / BM;
   const int64_t b = blockIdx.x / tiles, m0 = (blockIdx.x % tiles) * BM;
-  const int r_size = static_cast<int>(a.rank);
   if (!load_block_rows(a.positions, a.gate, b, m0, a.slots, pos_s)) return;
   float acc[PER_THREAD];
   rows_times_dr(static_cast<const T*>(a.dy), a.dy_stride, b, pos_s, a.gate[b], a.w2t, a.dim, r_size, a_s,
@@ -221,17 +227,22 @@ __global__ void __launch_bounds__(THREADS) backward_rows_kernel(TransformScatter
   });
 }
 
+// Dynamic shared memory of the weights kernel: pos_s [BM] int64, x_s and g_s [BM, BN],
+// h_s and dz_s [BM, R] floats.
+size_t weights_smem_bytes(int64_t r) { return BM * sizeof(int64_t) + (2 * BM * BN + 2 * BM * r) * sizeof(float); }
+
 template <typename T>
 __global__ void __launch_bounds__(THREADS)
     backward_weights_kernel(TransformScatterBackwardArgs a, int64_t tiles_per_split) {
-  __shared__ float x_s[BM * BN];
-  __shared__ float g_s[BM * BN];
-  __shared__ float h_s[BM * MAX_RANK];
-  __shared__ float dz_s[BM * MAX_RANK];
-  __shared__ int64_t pos_s[BM];
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int r_size = static_cast<int>(a.rank);
+  int64_t* pos_s = reinterpret_cast<int64_t*>(smem);
+  float* x_s = reinterpret_cast<float*>(pos_s + BM);
+  float* g_s = x_s + BM * BN;
+  float* h_s = g_s + BM * BN;
+  float* dz_s = h_s + BM * r_size;
   const T* x = static_cast<const T*>(a.x);
   const T* dy = static_cast<const T*>(a.dy);
-  const int r_size = static_cast<int>(a.rank);
   const int64_t d = a.dim, n0 = static_cast<int64_t>(blockIdx.x) * BN;
   const int64_t k_tiles = (a.slots + BM - 1) / BM, n_tiles = a.batch * k_tiles;
   const int64_t begin = blockIdx.y * tiles_per_split;
@@ -317,11 +328,11 @@ int64_t tiles_per_split(int64_t batch, int64_t slots, int64_t dim) {
 }
 
 template <template <typename> class Launch, typename... Args>
-cudaError_t dispatch(DType dtype, Args&&... args) {
+cudaError_t dispatch(ScalarType dtype, Args&&... args) {
   switch (dtype) {
-    case DType::kFloat32: Launch<float>::run(args...); break;
-    case DType::kFloat16: Launch<__half>::run(args...); break;
-    case DType::kBFloat16: Launch<__nv_bfloat16>::run(args...); break;
+    case ScalarType::Float32: Launch<float>::run(args...); break;
+    case ScalarType::Float16: Launch<__half>::run(args...); break;
+    case ScalarType::BFloat16: Launch<__nv_bfloat16>::run(args...); break;
     default: return cudaErrorInvalidValue;
   }
   return cudaGetLastError();
@@ -330,7 +341,7 @@ cudaError_t dispatch(DType dtype, Args&&... args) {
 template <typename T>
 struct LaunchForward {
   static void run(const TransformScatterForwardArgs& a, dim3 grid, cudaStream_t stream) {
-    forward_kernel<T><<<grid, THREADS, 0, stream>>>(a);
+    forward_kernel<T><<<grid, THREADS, rows_smem_bytes(a.rank), stream>>>(a);
   }
 };
 
@@ -338,8 +349,8 @@ template <typename T>
 struct LaunchBackward {
   static void run(const TransformScatterBackwardArgs& a, dim3 rows_grid, dim3 weights_grid, int64_t per_split,
                   cudaStream_t stream) {
-    backward_rows_kernel<T><<<rows_grid, THREADS, 0, stream>>>(a);
-    backward_weights_kernel<T><<<weights_grid, THREADS, 0, stream>>>(a, per_split);
+    backward_rows_kernel<T><<<rows_grid, THREADS, rows_smem_bytes(a.rank), stream>>>(a);
+    backward_weights_kernel<T><<<weights_grid, THREADS, weights_smem_bytes(a.rank), stream>>>(a, per_split);
   }
 };
 
