@@ -147,7 +147,8 @@ def _check_positions(positions: torch.Tensor, seq_len: int) -> None:
 
 
 # --- backends: forward(x, positions, w1, b1, w2, b2, gate, act, inplace) -> (y, z) | None,
-# backward(dy, x, positions, z, w1, w2, gate, act, need_dx) -> (dx, dw1, db1, dw2, db2).
+# backward(dy, x, positions, z, w1, w2, gate, act, need_dx) -> (dx, dw1, db1, dw2, db2);
+# positions contiguous int64, gate float32, act the index in ACTIVATIONS.
 
 
 def _reference_forward(x, positions, w1, b1, w2, b2, gate, act, inplace):
@@ -166,18 +167,6 @@ def _reference_backward(dy, x, positions, z, w1, w2, gate, act, need_dx):
     )
 
 
-def _cpu_forward(x, positions, w1, b1, w2, b2, gate, act, inplace):
-    return extension().transform_scatter_cpu(
-        x, positions.contiguous(), w1, b1, w2, b2, gate, act, inplace
-    )
-
-
-def _cpu_backward(dy, x, positions, z, w1, w2, gate, act, need_dx):
-    return extension().transform_scatter_backward_cpu(
-        dy, x, positions.contiguous(), z, w1, w2, gate, act, need_dx
-    )
-
-
 def _triton_forward(*args):
     from ..triton.transform_scatter import forward
 
@@ -190,29 +179,17 @@ def _triton_backward(*args):
     return backward(*args)
 
 
-def _cuda_forward(x, positions, w1, b1, w2, b2, gate, act, inplace):
-    return extension().transform_scatter_cuda(
-        x, positions.contiguous(), w1, b1, w2, b2, gate, act, inplace
-    )
-
-
-def _cuda_backward(dy, x, positions, z, w1, w2, gate, act, need_dx):
-    return extension().transform_scatter_backward_cuda(
-        dy, x, positions.contiguous(), z, w1, w2, gate, act, need_dx
-    )
-
-
 _FORWARD = {
     "reference": _reference_forward,
-    "cpu": _cpu_forward,
+    "cpu": lambda *args: extension().transform_scatter_cpu(*args),
     "triton": _triton_forward,
-    "cuda": _cuda_forward,
+    "cuda": lambda *args: extension().transform_scatter_cuda(*args),
 }
 _BACKWARD = {
     "reference": _reference_backward,
-    "cpu": _cpu_backward,
+    "cpu": lambda *args: extension().transform_scatter_backward_cpu(*args),
     "triton": _triton_backward,
-    "cuda": _cuda_backward,
+    "cuda": lambda *args: extension().transform_scatter_backward_cuda(*args),
 }
 
 
@@ -234,7 +211,7 @@ def _forward_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _check_positions(positions, x.shape[1])
     act = ACTIVATIONS.index(activation)
-    y, z = _FORWARD[backend](x, positions, w1, b1, w2, b2, gate, act, False)
+    y, z = _FORWARD[backend](x, positions.contiguous(), w1, b1, w2, b2, gate, act, False)
     return y, z
 
 
@@ -259,7 +236,9 @@ def _backward_op(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     act = ACTIVATIONS.index(activation)
-    dx, dw1, db1, dw2, db2 = _BACKWARD[backend](dy, x, positions, z, w1, w2, gate, act, need_dx)
+    dx, dw1, db1, dw2, db2 = _BACKWARD[backend](
+        dy, x, positions.contiguous(), z, w1, w2, gate, act, need_dx
+    )
     return dx, dw1, db1, dw2, db2
 
 
@@ -303,7 +282,8 @@ def _inplace_op(
     backend: str,
 ) -> None:
     _check_positions(positions, x.shape[1])
-    _FORWARD[backend](x, positions, w1, b1, w2, b2, gate, ACTIVATIONS.index(activation), True)
+    act = ACTIVATIONS.index(activation)
+    _FORWARD[backend](x, positions.contiguous(), w1, b1, w2, b2, gate, act, True)
 
 
 @_inplace_op.register_fake

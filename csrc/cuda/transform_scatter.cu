@@ -143,24 +143,40 @@ __device__ void rank_times_rd(const float* h_s, const float* w, int64_t d, int r
   }
 }
 
-// Dynamic shared memory of the row kernels: pos_s [BM] int64, a_s [BM, BK], w_s [BK, R],
-// h_s [BM, R] floats.
+// The slots of a row-kernel block and its dynamic shared memory: pos_s [BM] int64, then
+// floats a_s [BM, BK], w_s [BK, R], h_s [BM, R].
+struct RowBlock {
+  int64_t b, m0;
+  int64_t* pos_s;
+  float *a_s, *w_s, *h_s;
+};
+
 size_t rows_smem_bytes(int64_t r) { return BM * sizeof(int64_t) + (BM * BK + BK * r + BM * r) * sizeof(float); }
+
+__device__ RowBlock row_block(unsigned char* smem, int64_t slots, int r_size) {
+  const int64_t tiles = (slots + BM - 1) / BM;
+  RowBlock blk;
+  blk.b = blockIdx.x / tiles;
+  blk.m0 = (blockIdx.x % tiles) * BM;
+  blk.pos_s = reinterpret_cast<int64_t*>(smem);
+  blk.a_s = reinterpret_cast<float*>(blk.pos_s + BM);
+  blk.w_s = blk.a_s + BM * BK;
+  blk.h_s = blk.w_s + BK * r_size;
+  return blk;
+}
 
 template <typename T>
 __global__ void __launch_bounds__(THREADS) forward_kernel(TransformScatterForwardArgs a) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int r_size = static_cast<int>(a.rank);
-  int64_t* pos_s = reinterpret_cast<int64_t*>(smem);
-  float* a_s = reinterpret_cast<float*>(pos_s + BM);
-  float* w_s = a_s + BM * BK;
-  float* h_s = w_s + BK * r_size;
-  const int64_t tiles = (a.slots + BM - 1) / BM;
-  const int64_t b = blockIdx.x / tiles, m0 = (blockIdx.x % tiles) * BM;
-  if (!load_block_rows(a.positions, a.gate, b, m0, a.slots, pos_s)) return;
+  const RowBlock blk = row_block(smem, a.slots, r_size);
+  const int64_t b = blk.b, m0 = blk.m0;
+  const int64_t* pos_s = blk.pos_s;
+  float* h_s = blk.h_s;
+  if (!load_block_rows(a.positions, a.gate, b, m0, a.slots, blk.pos_s)) return;
   const T* x = static_cast<const T*>(a.x);
   float acc[PER_THREAD];
-  rows_times_dr(x, a.x_stride, b, pos_s, 1.0f, a.w1, a.dim, r_size, a_s, w_s, acc);
+  rows_times_dr(x, a.x_stride, b, pos_s, 1.0f, a.w1, a.dim, r_size, blk.a_s, blk.w_s, acc);
 #pragma unroll
   for (int t = 0; t < PER_THREAD; ++t) {
     const int e = threadIdx.x + t * THREADS;
@@ -190,16 +206,14 @@ template <typename T>
 __global__ void __launch_bounds__(THREADS) backward_rows_kernel(TransformScatterBackwardArgs a) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int r_size = static_cast<int>(a.rank);
-  int64_t* pos_s = reinterpret_cast<int64_t*>(smem);
-  float* a_s = reinterpret_cast<float*>(pos_s + BM);
-  float* w_s = a_s + BM * BK;
-  float* dz_s = w_s + BK * r_size;
-  const int64_t tiles = (a.slots + BM - 1) / BM;
-  const int64_t b = blockIdx.x / tiles, m0 = (blockIdx.x % tiles) * BM;
-  if (!load_block_rows(a.positions, a.gate, b, m0, a.slots, pos_s)) return;
+  const RowBlock blk = row_block(smem, a.slots, r_size);
+  const int64_t b = blk.b, m0 = blk.m0;
+  const int64_t* pos_s = blk.pos_s;
+  float* dz_s = blk.h_s;
+  if (!load_block_rows(a.positions, a.gate, b, m0, a.slots, blk.pos_s)) return;
   float acc[PER_THREAD];
-  rows_times_dr(static_cast<const T*>(a.dy), a.dy_stride, b, pos_s, a.gate[b], a.w2t, a.dim, r_size, a_s,
-                w_s, acc);
+  rows_times_dr(static_cast<const T*>(a.dy), a.dy_stride, b, pos_s, a.gate[b], a.w2t, a.dim, r_size, blk.a_s,
+                blk.w_s, acc);
 #pragma unroll
   for (int t = 0; t < PER_THREAD; ++t) {
     const int e = threadIdx.x + t * THREADS;
