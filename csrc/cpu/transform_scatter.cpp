@@ -32,8 +32,9 @@ namespace {
 constexpr int64_t WEIGHT_COLS = 128;  // columns of a weight-gradient chunk (phase 2)
 constexpr int64_t WEIGHT_ROWS = 256;  // rows per GEMM in phase 2
 
-// Rows per forward / phase-1 tile: about 128 KiB of gathered fp32 input, 8..64 rows.
-int64_t tile_rows(int64_t d) { return std::clamp<int64_t>(32768 / std::max<int64_t>(d, 1), 8, 64); }
+// Rows per forward / phase-1 tile: 64 (the weights are re-read once per tile), fewer for
+// D > 8192 to bound the per-thread scratch (2 MiB per [rows, D] tile).
+int64_t tile_rows(int64_t d) { return std::clamp<int64_t>(524288 / std::max<int64_t>(d, 1), 16, 64); }
 
 // at::parallel_for grain: work items worth at least ~4 MFLOP per task, so that small problems
 // run on the calling thread instead of paying for a parallel region.
