@@ -16,6 +16,7 @@ Usage: ``python benchmarks/bench_transform_scatter.py [--device cuda] [--quick]`
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="small shapes (smoke test)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9, help="interleaved rounds")
     args = parser.parse_args()
     device = torch.device(args.device)
     backends = ["cpu"] if device.type == "cpu" else ["triton", "cuda"]
@@ -95,9 +96,15 @@ def main() -> None:
     rows = []
     for d in dims:
         for s in seqs:
-            for name, fn in _providers(s, d, device, backends).items():
-                seconds = median_time(fn, device, repeats=args.repeats)
-                extra = peak_memory(fn, device)
+            providers = _providers(s, d, device, backends)
+            # Round-robin over the providers, so that load changes on a shared machine hit
+            # them alike; the median over the rounds per provider.
+            times = {name: [] for name in providers}
+            for round_ in range(args.repeats):
+                for name, fn in providers.items():
+                    times[name].append(median_time(fn, device, repeats=1, warmup=int(round_ == 0)))
+            for name, fn in providers.items():
+                seconds, extra = statistics.median(times[name]), peak_memory(fn, device)
                 row = {"S": s, "D": d, "K": s // 4, "R": RANK, "provider": name}
                 rows.append({**row, "time_ms": seconds * 1e3, "peak_extra_mb": extra / 2**20})
                 print(f"S={s} D={d} {name}: {seconds * 1e3:.2f} ms, {extra / 2**20:.1f} MiB")
