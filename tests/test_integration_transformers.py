@@ -305,9 +305,11 @@ def test_no_padding_and_gradients_equal_sdpa():
     """No padding mask (the is_causal fast path), with autograd."""
     fam = family("llava")
     inputs = make_inputs(fam, [([0], 4), ([0], 4)])
+    qi, vi = ct.vlm_indices(fam.model, inputs["input_ids"], inputs["attention_mask"])
     grads = {}
     for impl in ("sdpa", "cagul"):
-        with implementation(fam.model, impl):
+        capture = ct.capture_importance(fam.model, 1, qi, vi) if impl == "cagul" else None
+        with implementation(fam.model, impl), capture or contextlib.nullcontext():
             fam.model.zero_grad()
             logits = fam.model(**inputs).logits
             logits.square().mean().backward()
@@ -319,6 +321,20 @@ def test_no_padding_and_gradients_equal_sdpa():
     for a, b in zip(grads["cagul"][1], grads["sdpa"][1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     fam.model.zero_grad()
+    assert capture.importance[1].shape == vi.shape
+
+
+def test_torch_compile():
+    """The attention function traces under torch.compile (text decoder, padded batch)."""
+    fam = family("llava")
+    inputs = make_inputs(fam, SAMPLES[:2])
+    decoder = fam.model.get_decoder()
+    embeds = decoder.embed_tokens(inputs["input_ids"]).detach()
+    with torch.no_grad():
+        want = decoder(inputs_embeds=embeds, attention_mask=inputs["attention_mask"])
+        compiled = torch.compile(decoder, backend="aot_eager")
+        got = compiled(inputs_embeds=embeds, attention_mask=inputs["attention_mask"])
+    torch.testing.assert_close(got.last_hidden_state, want.last_hidden_state)
 
 
 def test_autocast():
