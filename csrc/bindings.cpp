@@ -30,12 +30,12 @@ void check_launch(cudaError_t err, const char* op) {
 
 at::Tensor fp32_contiguous(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
 
-// Same contract as cagul::cpu::cross_modal_importance, on CUDA tensors. The kernel writes
-// per-kv-head partial sums (or per-head sums), reduced here over kv heads in order.
+// Same contract as cagul::cpu::cross_modal_importance, on CUDA tensors: per-head or
+// per-kv-head column sums.
 at::Tensor cross_modal_importance_cuda(const at::Tensor& q_in, const at::Tensor& k_in,
                                        const at::Tensor& lse, const at::Tensor& query_index,
                                        const at::Tensor& visual_index, double scale, bool causal,
-                                       bool mean, bool per_head) {
+                                       bool per_head) {
   for (const at::Tensor* t : {&q_in, &k_in, &lse, &query_index, &visual_index}) {
     TORCH_CHECK(t->is_cuda() && t->device() == q_in.device(),
                 "cross_modal_importance_cuda: all tensors must be on one CUDA device");
@@ -63,11 +63,6 @@ at::Tensor cross_modal_importance_cuda(const at::Tensor& q_in, const at::Tensor&
   check_launch(cagul::cuda::launch_cross_modal_importance(args, cuda_dtype(q),
                                                          c10::cuda::getCurrentCUDAStream()),
                "cross_modal_importance_cuda");
-  if (!per_head) out = out.sum(1);  // fixed-order reduction over kv heads
-  if (mean) {
-    const at::Tensor n_valid = (query_index >= 0).sum(1).clamp_min(1).to(at::kFloat);
-    out = per_head ? out / n_valid.view({b, 1, 1}) : out / (n_valid.view({b, 1}) * hq);
-  }
   return out;
 }
 
@@ -170,7 +165,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cross_modal_importance_cpu", &cagul::cpu::cross_modal_importance,
         "Cross-modal attention importance (CPU)", py::arg("q"), py::arg("k"), py::arg("lse"),
         py::arg("query_index"), py::arg("visual_index"), py::arg("scale"), py::arg("causal"),
-        py::arg("mean"), py::arg("per_head"));
+        py::arg("per_head"));
   m.def("transform_scatter_cpu", &cagul::cpu::transform_scatter,
         "Residual MLP on selected rows, scattered back (CPU): [y, z], or [] in place", py::arg("x"),
         py::arg("positions"), py::arg("w1"), py::arg("b1"), py::arg("w2"), py::arg("b2"),
@@ -183,7 +178,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cross_modal_importance_cuda", &cross_modal_importance_cuda,
         "Cross-modal attention importance (CUDA)", py::arg("q"), py::arg("k"), py::arg("lse"),
         py::arg("query_index"), py::arg("visual_index"), py::arg("scale"), py::arg("causal"),
-        py::arg("mean"), py::arg("per_head"));
+        py::arg("per_head"));
   m.def("transform_scatter_cuda", &transform_scatter_cuda,
         "Residual MLP on selected rows, scattered back (CUDA): [y, z], or [] in place", py::arg("x"),
         py::arg("positions"), py::arg("w1"), py::arg("b1"), py::arg("w2"), py::arg("b2"),
