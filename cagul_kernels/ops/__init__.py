@@ -2,5 +2,11 @@
 
 from .attention import attention_with_lse
 from .importance import cross_modal_importance
+from .topk import low_importance_tokens, select_low_importance
 
-__all__ = ["attention_with_lse", "cross_modal_importance"]
+__all__ = [
+    "attention_with_lse",
+    "cross_modal_importance",
+    "low_importance_tokens",
+    "select_low_importance",
+]
