@@ -214,7 +214,7 @@ def test_cpu_large_rows(kind, batch):
 
 
 def test_cpu_deterministic_across_threads():
-    vi = _padded_index([30000, 29000], 30000, seed=4)
+    vi = _padded_index([40000, 39000], 40000, seed=4)  # split-row path with 2+ threads
     x = _values("ties", vi.shape, seed=4)
     first = select_low_importance(x[:1], vi[:1], ratio=0.3, backend="cpu")
     again = select_low_importance(x[:1], vi[:1], ratio=0.3, backend="cpu")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .. import reference
 from ._backend import extension, resolve_backend
@@ -60,14 +59,13 @@ def select_low_importance(
     tokens); under ``torch.compile``, tracing or tensor subclasses the custom op
     ``torch.ops.cagul.select_low_importance`` runs, with the same kernel.
     """
-    k, ratio = _check_args(importance, visual_index, k, ratio)
-    if (
-        backend in (None, "cpu")
-        and _plain_eager(importance, visual_index)
-        and importance.device.type == "cpu"
-        and extension() is not None
+    if (backend is None or backend == "cpu") and _direct_cpu_call(
+        importance, visual_index, k, ratio
     ):
-        return extension().select_low_importance_cpu(importance, visual_index, k, ratio or 0.0)
+        return extension().select_low_importance_cpu(
+            importance, visual_index, -1 if k is None else k, ratio or 0.0
+        )
+    k, ratio = _check_args(importance, visual_index, k, ratio)
     backend = resolve_backend(backend, importance.device, OP)
     return torch.ops.cagul.select_low_importance(
         importance.detach(), visual_index, k, ratio, backend
@@ -111,34 +109,38 @@ def low_importance_tokens(
     return select_low_importance(importance, visual_index, k=k, ratio=ratio, backend=backend)
 
 
-def _plain_eager(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """True outside compilation/tracing, modes, functorch transforms and subclasses."""
+def _direct_cpu_call(importance, visual_index, k, ratio) -> bool:
+    """True for valid plain CPU tensors, k / ratio in range, and no compilation, tracing,
+    torch function / dispatch mode or functorch transform active. Cheap tests only (a few
+    hundred ns): anything else takes the checked custom-op path."""
+    if (
+        torch.compiler.is_compiling()
+        or type(importance) is not torch.Tensor
+        or type(visual_index) is not torch.Tensor
+        or not (importance.is_cpu and visual_index.is_cpu)
+        or importance.dtype not in FLOAT_DTYPES
+        or visual_index.dtype not in INDEX_DTYPES
+        or importance.dim() != 2
+    ):
+        return False
+    shape = importance.shape
+    if shape != visual_index.shape:
+        return False
+    if ratio is None:
+        if type(k) is not int or not 0 <= k <= shape[1]:
+            return False
+    elif k is not None or type(ratio) is not float or not 0 < ratio <= 1:
+        return False
     return (
-        not torch.compiler.is_compiling()
-        and type(a) is torch.Tensor
-        and type(b) is torch.Tensor
-        and _get_current_dispatch_mode() is None
+        extension() is not None
+        and torch._C._len_torch_dispatch_stack() == 0
         and not torch._C._is_torch_function_mode_enabled()
         and not torch._C._are_functorch_transforms_active()
     )
 
 
 def _check_args(importance, visual_index, k, ratio) -> tuple[int, float | None]:
-    """Metadata checks (trace-safe); returns ``(k, ratio)`` as the op takes them. The
-    common valid case is tested first in a few cheap comparisons."""
-    if (
-        isinstance(importance, torch.Tensor)
-        and isinstance(visual_index, torch.Tensor)
-        and importance.dim() == 2
-        and importance.dtype in FLOAT_DTYPES
-        and visual_index.dtype in INDEX_DTYPES
-        and importance.shape == visual_index.shape
-        and importance.device == visual_index.device
-    ):
-        if ratio is None and type(k) is int and 0 <= k <= importance.shape[1]:
-            return k, None
-        if k is None and type(ratio) is float and 0 < ratio <= 1:
-            return -1, ratio
+    """Metadata checks (trace-safe); returns ``(k, ratio)`` as the op takes them."""
     check_tensor(OP, "importance", importance, ndim=2, dtypes=FLOAT_DTYPES, shape_hint="[B, Nv]")
     check_tensor(
         OP, "visual_index", visual_index, ndim=2, dtypes=INDEX_DTYPES, shape_hint="[B, Nv]"

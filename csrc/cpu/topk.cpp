@@ -31,8 +31,8 @@ namespace {
 constexpr int kMaxBinBits = 11;
 constexpr int64_t kMaxBins = (int64_t{1} << kMaxBinBits) + 1;
 constexpr int64_t kSmall = 32;      // insertion sort up to this many words
-constexpr int64_t kMinChunk = 8192;  // smallest row chunk worth a thread
-constexpr int64_t kMinParallel = 16384;  // fewer slots in all are handled by one thread
+constexpr int64_t kMinChunk = 16384;  // smallest row chunk worth a thread
+constexpr int64_t kMinParallel = 32768;  // fewer slots in all: one thread (as ATen's grain)
 
 // The float's bits -> a key with ascending keys <-> ascending floats; -0.0 ties with +0.0.
 inline uint32_t order_key(uint32_t u) {
@@ -176,7 +176,7 @@ struct Buffer {
 };
 
 struct Workspace {
-  Buffer<uint64_t> words, scratch, out;
+  Buffer<uint64_t> words, scratch, out, tmp;
   Buffer<uint32_t> hist;
   Buffer<int64_t> start;
 };
@@ -208,17 +208,19 @@ Stats chunk_stats(const float* values, const int64_t* vidx, int64_t lo, int64_t 
   return {(hi - lo) - padded, key_lo, key_hi, nan != 0, bad != 0};
 }
 
-// Selects and writes one row; its passes over the whole row run on `chunks` threads.
-struct RowSelector {
-  const float* values;   // [Nv]
-  const int64_t* vidx;   // [Nv]
-  int64_t nv, count, width;
-  const Stats* stats;      // [chunks]
-  int64_t chunks;
-  int64_t* slots;          // [width]
-  int64_t* positions;      // [width]
+// Validates, selects and writes one row (count = k, or from ratio, up to width slots, the
+// rest -1); its passes over the whole row run on `chunks` threads. Returns the count, or -1
+// (writing nothing) when the row is invalid.
+struct RowTask {
+  const float* values;  // [Nv]
+  const int64_t* vidx;  // [Nv]
+  int64_t nv, k;
+  double ratio;
+  int64_t width, chunks;
+  int64_t* slots;      // [width]
+  int64_t* positions;  // [width]
 
-  void write(const uint64_t* out, int64_t lo, int64_t hi) const {
+  void write(const uint64_t* out, int64_t count, int64_t lo, int64_t hi) const {
     for (int64_t i = lo; i < hi; ++i) {
       const int64_t slot = i < count ? static_cast<int64_t>(out[i] & 0xffffffffu) : -1;
       slots[i] = slot;
@@ -226,18 +228,27 @@ struct RowSelector {
     }
   }
 
-  void run(Workspace& ws) const {
+  int64_t run(Workspace& ws) const {
+    std::vector<Stats> stats(chunks);
+    for_chunks(chunks, [&](int64_t c) {
+      auto [a, e] = chunk_range(c, chunks, nv);
+      stats[c] = chunk_stats(values, vidx, a, e);
+    });
     int64_t m = 0;
     uint32_t lo = 0xffffffffu, hi = 0;
     std::vector<int64_t> first(chunks + 1, 0);  // chunk c's words start after chunks < c
     for (int64_t c = 0; c < chunks; ++c) {
+      if (stats[c].nan || stats[c].bad_index) return -1;
       first[c + 1] = m += stats[c].valid;
       lo = std::min(lo, stats[c].lo);
       hi = std::max(hi, stats[c].hi);
     }
+    const int64_t count = ratio > 0 ? ratio_count(ratio, m) : k;
+    if (count > m) return -1;
     uint64_t* words = ws.words.get(m);
     uint64_t* scratch = ws.scratch.get(m);
     uint64_t* out = ws.out.get(count);
+    uint64_t* tmp = ws.tmp.get(count);
     const bool radix = count > 0 && count < m && m > kSmall && lo < hi;
     const Range r(lo, hi, m);
     uint32_t* hist = ws.hist.get(chunks * kMaxBins);
@@ -256,8 +267,8 @@ struct RowSelector {
     });
     if (!radix) {
       if (count > 0) select_words(words, m, count, out, scratch);
-      write(out, 0, width);
-      return;
+      write(out, count, 0, width);
+      return count;
     }
     // Bin t holds the count-th word; output bucket b < t is [start[b], start[b + 1]).
     int64_t* start = ws.start.get(r.bins + 1);
@@ -269,45 +280,45 @@ struct RowSelector {
       start[t + 1] = start[t] + n;
       if (start[t + 1] >= count) break;
     }
-    // Counters -> write offsets (buckets < t into out, bin t's candidates into scratch),
-    // chunk by chunk so that every bucket keeps slot order.
-    int64_t n_cand = 0;
-    for (int64_t b = 0; b <= t; ++b) {
-      int64_t run = b < t ? start[b] : 0;
-      for (int64_t c = 0; c < chunks; ++c) {
-        const uint32_t n = hist[c * kMaxBins + b];
-        hist[c * kMaxBins + b] = static_cast<uint32_t>(run);
-        run += n;
-      }
-      if (b == t) n_cand = run;
+    // Pass 2: chunk c owns the buckets [own[c], own[c + 1]) (about equal in size): it
+    // scatters their words from the whole row in slot order, sorts and writes them. The
+    // last chunk also collects bin t's words, the candidates for the rest of the count.
+    std::vector<int64_t> own(chunks + 1, t);
+    own[0] = 0;
+    for (int64_t c = 1, b = 0; c < chunks; ++c) {
+      while (b < t && start[b] * chunks < c * start[t]) ++b;
+      own[c] = b;
     }
-    // Pass 2: scatter.
+    int64_t n_cand = 0;
     for_chunks(chunks, [&](int64_t c) {
-      uint32_t* off = hist + c * kMaxBins;
-      for (int64_t i = first[c]; i < first[c + 1]; ++i) {
+      const uint32_t b0 = own[c], n_own = own[c + 1] - own[c];
+      const bool last = c == chunks - 1;
+      uint32_t* pos = hist + c * kMaxBins;
+      for (uint32_t b = 0; b < n_own; ++b) pos[b] = start[b0 + b];
+      int64_t nc = 0;
+      for (int64_t i = 0; i < m; ++i) {
         const uint64_t x = words[i];
         const uint32_t b = r.bin(x);
-        if (b < t) out[off[b]++] = x;
-        else if (b == t) scratch[off[b]++] = x;
+        if (b - b0 < n_own) out[pos[b - b0]++] = x;
+        else if (last && b == t) scratch[nc++] = x;
       }
-    });
-    // Pass 3: sort and write the buckets below t; then the rest of the count from bin t.
-    split(chunks > 1, t, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
+      if (last) n_cand = nc;
+      for (uint32_t b = b0; b < b0 + n_own; ++b)
         if (start[b + 1] - start[b] > 1)
-          sort_words(out + start[b], start[b + 1] - start[b], words + start[b]);
-        write(out, start[b], start[b + 1]);
-      }
+          sort_words(out + start[b], start[b + 1] - start[b], tmp + start[b]);
+      write(out, count, start[b0], start[b0 + n_own]);
     });
     select_words(scratch, n_cand, count - start[t], out + start[t], words);
-    write(out, start[t], width);
+    write(out, count, start[t], width);
+    return count;
   }
 };
 
 // Raises the first error in row order, naming the row and slot.
 void raise_first_error(const float* values, const int64_t* vidx, int64_t b_size, int64_t nv,
-                       const std::vector<int64_t>& valid, int64_t k, double ratio) {
+                       int64_t k, double ratio) {
   for (int64_t b = 0; b < b_size; ++b) {
+    int64_t valid = 0;
     for (int64_t j = 0; j < nv; ++j) {
       const int64_t idx = vidx[b * nv + j];
       TORCH_CHECK_VALUE(idx >= -1, "select_low_importance: visual_index entries must be -1 ",
@@ -315,9 +326,10 @@ void raise_first_error(const float* values, const int64_t* vidx, int64_t b_size,
       const float v = values[b * nv + j];
       TORCH_CHECK_VALUE(idx < 0 || v == v, "select_low_importance: importance is NaN at row ",
                         b, ", slot ", j, " (a valid visual token)");
+      valid += idx >= 0;
     }
-    TORCH_CHECK_VALUE(ratio > 0 || k <= valid[b], "select_low_importance: k=", k,
-                      " exceeds the ", valid[b], " valid visual tokens of row ", b);
+    TORCH_CHECK_VALUE(ratio > 0 || k <= valid, "select_low_importance: k=", k, " exceeds the ",
+                      valid, " valid visual tokens of row ", b);
   }
 }
 
@@ -333,57 +345,39 @@ std::tuple<at::Tensor, at::Tensor> select_low_importance(const at::Tensor& impor
                                                          const at::Tensor& visual_index_in,
                                                          int64_t k, double ratio) {
   // The kernel reads fp32 values and int64 indices; other dtypes are converted (exactly).
-  const at::Tensor importance = importance_in.to(at::kFloat).contiguous();
-  const at::Tensor visual_index = visual_index_in.to(at::kLong).contiguous();
+  auto as = [](const at::Tensor& t, at::ScalarType type) {
+    return t.scalar_type() == type && t.is_contiguous() ? t : t.to(type).contiguous();
+  };
+  const at::Tensor importance = as(importance_in, at::kFloat);
+  const at::Tensor visual_index = as(visual_index_in, at::kLong);
   const int64_t b_size = importance.size(0), nv = importance.size(1);
   TORCH_CHECK(nv < (int64_t{1} << 32), "select_low_importance: at most 2^32 - 1 slots per row");
-  const int64_t threads = at::get_num_threads();
-  const int64_t chunks = b_size < threads ? std::clamp<int64_t>(nv / kMinChunk, 1, threads) : 1;
   const float* values = importance.const_data_ptr<float>();
   const int64_t* vidx = visual_index.const_data_ptr<int64_t>();
-
-  // Validate and count the valid slots of every (row, chunk).
-  std::vector<Stats> stats(b_size * chunks);
-  split(b_size * chunks > 1 && b_size * nv >= kMinParallel, b_size * chunks,
-        [&](int64_t begin, int64_t end) {
-          for (int64_t item = begin; item < end; ++item) {
-            auto [lo, hi] = chunk_range(item % chunks, chunks, nv);
-            const int64_t row = (item / chunks) * nv;
-            stats[item] = chunk_stats(values + row, vidx + row, lo, hi);
-          }
-        });
-  std::vector<int64_t> valid(b_size, 0), counts(b_size, k);
-  bool failed = false;
-  for (int64_t b = 0; b < b_size; ++b) {
-    for (int64_t c = 0; c < chunks; ++c) {
-      const Stats& s = stats[b * chunks + c];
-      valid[b] += s.valid;
-      failed |= s.nan || s.bad_index;
-    }
-    if (ratio > 0) counts[b] = ratio_count(ratio, valid[b]);
-    failed |= counts[b] > valid[b];
-  }
-  if (failed) raise_first_error(values, vidx, b_size, nv, valid, k, ratio);
-
-  const int64_t width =
-      ratio > 0 ? (b_size > 0 ? *std::max_element(counts.begin(), counts.end()) : 0) : k;
-  at::Tensor slots = at::empty({b_size, width}, visual_index.options());
-  at::Tensor positions = at::empty({b_size, width}, visual_index.options());
-  if (width == 0) return {slots, positions};
-  int64_t* slots_ptr = slots.data_ptr<int64_t>();
-  int64_t* pos_ptr = positions.data_ptr<int64_t>();
+  // Room for the largest possible count; narrowed below when every row is shorter.
+  const int64_t cap = ratio > 0 ? ratio_count(ratio, nv) : k;
+  at::Tensor slots = at::empty({b_size, cap}, visual_index.options());
+  at::Tensor positions = at::empty({b_size, cap}, visual_index.options());
+  const int64_t threads = at::get_num_threads();
+  const int64_t chunks = b_size < threads ? std::clamp<int64_t>(nv / kMinChunk, 1, threads) : 1;
+  std::vector<int64_t> counts(b_size);
   auto run_rows = [&](int64_t begin, int64_t end) {
     Workspace ws;
     for (int64_t b = begin; b < end; ++b) {
-      const RowSelector row{values + b * nv,  vidx + b * nv,           nv,
-                            counts[b],        width,                   stats.data() + b * chunks,
-                            chunks,           slots_ptr + b * width,   pos_ptr + b * width};
-      row.run(ws);
+      const RowTask row{values + b * nv, vidx + b * nv, nv, k, ratio, cap, chunks,
+                        slots.data_ptr<int64_t>() + b * cap,
+                        positions.data_ptr<int64_t>() + b * cap};
+      counts[b] = row.run(ws);
     }
   };
-  // Few rows: one at a time, each split over the threads; else rows over threads.
+  // Few long rows: one at a time, each split over the threads; else rows over threads.
   split(chunks == 1 && b_size > 1 && b_size * nv >= kMinParallel, b_size, run_rows);
-  return {slots, positions};
+  if (std::any_of(counts.begin(), counts.end(), [](int64_t c) { return c < 0; }))
+    raise_first_error(values, vidx, b_size, nv, k, ratio);
+  const int64_t width =
+      ratio > 0 ? (b_size > 0 ? *std::max_element(counts.begin(), counts.end()) : 0) : k;
+  if (width == cap) return {slots, positions};
+  return {slots.narrow(1, 0, width).contiguous(), positions.narrow(1, 0, width).contiguous()};
 }
 
 }  // namespace cagul::cpu
