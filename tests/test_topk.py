@@ -203,8 +203,9 @@ def test_triton_longer_rows():
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("batch", [1, 3])
 def test_cpu_large_rows(kind, batch):
-    """Rows long enough for the split-row (B=1) and row-parallel paths of the C++ kernel."""
-    nv = 40000
+    """Rows long enough for the split-row (B=1, 2+ threads) and row-parallel paths of the
+    C++ kernel."""
+    nv = 70000
     vi = _padded_index([nv - 3 * b for b in range(batch)], nv, seed=batch)
     x = _values(kind, vi.shape, seed=batch)
     for form in ({"ratio": 0.25}, {"k": 20000}, {"ratio": 1.0}):
@@ -214,7 +215,7 @@ def test_cpu_large_rows(kind, batch):
 
 
 def test_cpu_deterministic_across_threads():
-    vi = _padded_index([40000, 39000], 40000, seed=4)  # split-row path with 2+ threads
+    vi = _padded_index([70000, 69000], 70000, seed=4)  # split-row path with 2+ threads
     x = _values("ties", vi.shape, seed=4)
     first = select_low_importance(x[:1], vi[:1], ratio=0.3, backend="cpu")
     again = select_low_importance(x[:1], vi[:1], ratio=0.3, backend="cpu")

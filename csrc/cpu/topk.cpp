@@ -10,16 +10,20 @@
 //      candidates, and the loop repeats on them for the rest of the count;
 //   3. every output bucket is sorted by the same radix scheme, down to insertion sort for
 //      small buckets; all-equal buckets are already in slot order.
-// Rows are spread over threads. When there are fewer rows than threads, a long row is split
-// into one chunk per thread for the passes over the whole row (per-chunk histograms, bucket
-// offsets in chunk order) and its buckets are sorted in parallel; the result does not
-// depend on the thread count.
+// Each row is validated (NaN at a valid slot, index < -1, k > valid count) in the same pass
+// that finds its key range. Rows are spread over the threads; when there are fewer rows
+// than threads, a long row is split into one chunk per thread: per-chunk statistics and
+// histograms, then each chunk owns a run of buckets that it scatters (from the whole row,
+// in slot order), sorts and writes. Pieces of work are fixed, so the result does not depend
+// on the thread count; see for_chunks for how they are handed out.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "kernels.h"
@@ -31,7 +35,7 @@ namespace {
 constexpr int kMaxBinBits = 11;
 constexpr int64_t kMaxBins = (int64_t{1} << kMaxBinBits) + 1;
 constexpr int64_t kSmall = 32;      // insertion sort up to this many words
-constexpr int64_t kMinChunk = 16384;  // smallest row chunk worth a thread
+constexpr int64_t kMinChunk = 32768;  // smallest row chunk worth a thread
 constexpr int64_t kMinParallel = 32768;  // fewer slots in all: one thread (as ATen's grain)
 
 // The float's bits -> a key with ascending keys <-> ascending floats; -0.0 ties with +0.0.
@@ -68,21 +72,39 @@ inline std::pair<int64_t, int64_t> chunk_range(int64_t c, int64_t chunks, int64_
   return {n * c / chunks, n * (c + 1) / chunks};
 }
 
-// fn(begin, end) over [0, n): serially, or split over threads when parallel.
+// Runs fn(c) for every piece c in [0, n), each a fixed share of the work, so the result does
+// not depend on which thread runs which piece. Pieces 1.. are offered to ATen's inter-op
+// thread pool; the caller runs piece 0, then every piece no pool thread has claimed yet.
+// A fork-join region would wait for every worker to be scheduled, which on a loaded
+// machine can take milliseconds; here the caller never waits for a worker that has not
+// started, only for one already running its piece.
 template <typename F>
-void split(bool parallel, int64_t n, const F& fn) {
-  if (parallel) {
-    at::parallel_for(0, n, 1, fn);
-  } else if (n > 0) {
-    fn(0, n);
+void for_chunks(int64_t n, const F& fn) {
+  if (n == 1) {
+    fn(0);
+    return;
   }
-}
-
-template <typename F>
-void for_chunks(int64_t chunks, const F& fn) {
-  split(chunks > 1, chunks, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) fn(c);
-  });
+  struct Piece {
+    std::atomic<bool> claimed{false}, done{false};
+  };
+  // Shared with the pool tasks, which may start after this function has returned; fn is
+  // only used by a task that claimed its piece, and then this function waits for it.
+  const std::shared_ptr<Piece[]> pieces(new Piece[n]);
+  for (int64_t c = 1; c < n; ++c) {
+    at::launch([pieces, c, &fn] {
+      if (pieces[c].claimed.exchange(true)) return;
+      fn(c);
+      pieces[c].done.store(true, std::memory_order_release);
+    });
+  }
+  fn(0);
+  for (int64_t c = 1; c < n; ++c) {
+    if (!pieces[c].claimed.exchange(true)) {
+      fn(c);
+      continue;
+    }
+    while (!pieces[c].done.load(std::memory_order_acquire)) std::this_thread::yield();
+  }
 }
 
 void insertion_sort(uint64_t* w, int64_t m) {
@@ -361,7 +383,11 @@ std::tuple<at::Tensor, at::Tensor> select_low_importance(const at::Tensor& impor
   const int64_t threads = at::get_num_threads();
   const int64_t chunks = b_size < threads ? std::clamp<int64_t>(nv / kMinChunk, 1, threads) : 1;
   std::vector<int64_t> counts(b_size);
-  auto run_rows = [&](int64_t begin, int64_t end) {
+  // Few long rows: one at a time, each split over the threads; else rows over threads.
+  const bool row_parallel = chunks == 1 && b_size > 1 && b_size * nv >= kMinParallel;
+  const int64_t row_pieces = row_parallel ? std::min(b_size, threads) : 1;
+  for_chunks(row_pieces, [&](int64_t piece) {
+    auto [begin, end] = chunk_range(piece, row_pieces, b_size);
     Workspace ws;
     for (int64_t b = begin; b < end; ++b) {
       const RowTask row{values + b * nv, vidx + b * nv, nv, k, ratio, cap, chunks,
@@ -369,9 +395,7 @@ std::tuple<at::Tensor, at::Tensor> select_low_importance(const at::Tensor& impor
                         positions.data_ptr<int64_t>() + b * cap};
       counts[b] = row.run(ws);
     }
-  };
-  // Few long rows: one at a time, each split over the threads; else rows over threads.
-  split(chunks == 1 && b_size > 1 && b_size * nv >= kMinParallel, b_size, run_rows);
+  });
   if (std::any_of(counts.begin(), counts.end(), [](int64_t c) { return c < 0; }))
     raise_first_error(values, vidx, b_size, nv, k, ratio);
   const int64_t width =
