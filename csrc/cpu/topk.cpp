@@ -33,7 +33,7 @@ namespace cagul::cpu {
 namespace {
 
 constexpr int kMaxBinBits = 11;
-constexpr int64_t kMaxBins = (int64_t{1} << kMaxBinBits) + 1;
+constexpr int64_t kMaxBins = int64_t{1} << kMaxBinBits;
 constexpr int64_t kSmall = 32;      // insertion sort up to this many words
 constexpr int64_t kMinChunk = 32768;  // smallest row chunk worth a thread
 constexpr int64_t kMinParallel = 32768;  // fewer slots in all: one thread (as ATen's grain)
@@ -54,7 +54,8 @@ inline uint32_t key_of(uint64_t word) { return static_cast<uint32_t>(word >> 32)
 
 inline int bit_length(uint64_t x) { return x ? 64 - __builtin_clzll(x) : 0; }
 
-// Bins over the key range [lo, hi] for m words: about m / 4 of them, at most 2^11 + 1.
+// Bins over the key range [lo, hi] for m words: about m / 4 of them (at least 16 when the
+// range allows), at most 2^11, so that a histogram stays in L1.
 struct Range {
   uint32_t lo;
   int shift;

@@ -21,7 +21,7 @@ inline int64_t select_row_words(int64_t nv) {
 // strides given), counts [batch] int64 (validated: <= the row's valid slots). Writes the
 // counts[b] lowest-importance valid slots of row b, ordered by (importance, slot), and their
 // visual_index entries into slots / positions [batch, width] (which the caller fills with -1).
-// words: batch * select_row_words(nv) scratch words.
+// words: batch * select_row_words(nv) scratch words. batch <= 65535.
 cudaError_t select_low_importance(const float* importance, int64_t importance_row_stride,
                                   const int64_t* visual_index, int64_t visual_index_row_stride,
                                   const int64_t* counts, int64_t batch, int64_t nv, int64_t width,

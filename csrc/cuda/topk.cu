@@ -88,6 +88,7 @@ cudaError_t select_low_importance(const float* importance, int64_t importance_ro
                                   uint64_t* words, int64_t* slots, int64_t* positions,
                                   cudaStream_t stream) {
   if (batch == 0 || width == 0) return cudaSuccess;
+  if (batch > 65535) return cudaErrorInvalidConfiguration;  // rows are grid.y
   const int64_t row_words = select_row_words(nv);
   int slot_bits = 1;
   while ((int64_t{1} << slot_bits) < row_words) ++slot_bits;
