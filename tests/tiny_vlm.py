@@ -52,6 +52,8 @@ def _text(layers: int, **extra) -> dict:
         pad_token_id=PAD,
         bos_token_id=BOS,
         eos_token_id=EOS,
+        # large enough weights that the logits are not near-uniform (the model is steerable)
+        initializer_range=0.15,
         **extra,
     )
 
