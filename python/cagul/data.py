@@ -104,13 +104,16 @@ class VLMCollator:
 
     ``processor``: a transformers processor (``__call__(images=, text=)``, ``.tokenizer``,
     ``.image_token``); the prompt is ``config.prompt_template`` with ``{image}`` replaced
-    by the processor's image placeholder.
+    by the processor's image placeholder. ``target="answer"`` always uses the true answer
+    (evaluation), ``"refusal"`` always the refusal.
     """
 
-    def __init__(self, processor: Any, config: CagulConfig):
+    def __init__(self, processor: Any, config: CagulConfig, target: str = "auto"):
         if not callable(processor) or not hasattr(processor, "tokenizer"):
             raise TypeError("VLMCollator: processor must be a transformers processor")
-        self.processor, self.config = processor, config
+        if target not in ("auto", "answer", "refusal"):
+            raise ValueError(f"VLMCollator: target must be auto/answer/refusal, got {target!r}")
+        self.processor, self.config, self.target_kind = processor, config, target
         self.image_token = getattr(processor, "image_token", None)
         if not isinstance(self.image_token, str):
             raise ValueError("VLMCollator: the processor has no image_token")
@@ -121,7 +124,8 @@ class VLMCollator:
         )
 
     def target(self, sample: dict) -> str:
-        if sample["is_forget"] and self.config.forget_loss == "idk":
+        refuse = sample["is_forget"] and self.config.forget_loss == "idk"
+        if self.target_kind == "refusal" or (self.target_kind == "auto" and refuse):
             return sample.get("refusal") or self.config.refusal
         return sample["answer"]
 

@@ -212,13 +212,13 @@ def _autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def _to_device(obj: Any, device: torch.device) -> Any:
+def to_device(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.to(device, non_blocking=True)
     if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
+        return {k: to_device(v, device) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(v, device) for v in obj)
+        return type(obj)(to_device(v, device) for v in obj)
     return obj
 
 
@@ -342,7 +342,7 @@ class CagulTrainer:
         while self.step < cfg.steps:
             sums: dict[str, float] = {}
             for micro in range(cfg.grad_accum):
-                batch = _to_device(next(batches), self.device)
+                batch = to_device(next(batches), self.device)
                 last = micro == cfg.grad_accum - 1
                 sync = contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync()
                 with sync, self._autocast():
