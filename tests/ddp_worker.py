@@ -12,11 +12,10 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import tiny_vlm as tv  # noqa: E402
-
-from cagul import CagulConfig, CagulModel  # noqa: E402
-from cagul.data import VLMCollator  # noqa: E402
-from cagul.train import CagulMethod, CagulTrainer  # noqa: E402
+import tiny_vlm as tv
+from cagul import CagulConfig, CagulModel
+from cagul.data import VLMCollator
+from cagul.train import CagulMethod, CagulTrainer
 
 
 def main(out: str) -> None:
