@@ -84,6 +84,17 @@ def test_both_modes_train_and_generate(family, mode):
     assert out.shape == (4, prompts["input_ids"].shape[1] + 3)
 
 
+def test_bf16_autocast_training_runs():
+    """autocast="bf16" (CPU here): the ops get bf16 activations, the modules stay fp32."""
+    vlm, model, collate, data = build("llava", "input", steps=2, batch_size=4, autocast="bf16")
+    before_hash = vlm_hash(vlm)
+    trainer = CagulTrainer(CagulMethod(model), data, collate, model.config, progress=False)
+    assert trainer.amp_dtype == torch.bfloat16
+    history = trainer.train()
+    assert math.isfinite(history[-1]["loss"]) and vlm_hash(vlm) == before_hash
+    assert model.encoder.w2.dtype == torch.float32 and model.encoder.w2.abs().max() > 0
+
+
 def _reference_row_nll(logits, labels):
     """Mean next-token cross entropy of each row over its labelled tokens."""
     logits, labels = logits[:, :-1].float(), labels[:, 1:]

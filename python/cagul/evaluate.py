@@ -55,7 +55,10 @@ def evaluate(
                 gate = model.gate(vis)
                 if kind == "answer":
                     add("gate", gate)
-                    add("answer_nll_base", _row_nll(model.run(vis, gate & False).logits, labels))
+                    add(
+                        "answer_nll_base",
+                        _row_nll(model.run(vis, torch.zeros_like(gate)).logits, labels),
+                    )
                 add(f"{kind}_nll", _row_nll(model.run(vis, gate).logits, labels))
     finally:
         model.train(was_training)

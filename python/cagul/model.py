@@ -343,7 +343,9 @@ class CagulModel(nn.Module):
     def _transformed_features(self, vis: VisualInputs, gate: torch.Tensor):
         """``mode="input"``: importance (pass stopped after layer L), selection, encoder."""
         layer = self.config.layer
-        with torch.no_grad(), self._cagul_attention(), self._capture(vis, stop=True) as cap:
+        # The importance (a ranking) is computed in the model's own dtype, outside autocast.
+        no_autocast = torch.autocast(vis.tokens.device.type, enabled=False)
+        with torch.no_grad(), no_autocast, self._cagul_attention(), self._capture(vis, True) as cap:
             self.vlm(**self._model_kwargs(vis))
         slots, _ = self._select(cap.importance[layer], vis.visual_index, gate)
         tokens = self.encoder(vis.tokens, slots.to(vis.tokens.device), backend=self.config.backend)

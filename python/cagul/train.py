@@ -150,7 +150,9 @@ class CagulMethod(nn.Module):
         need_ref = bool(retain_rows.any()) or cfg.forget_loss == "npo"
         if need_ref:
             with torch.no_grad():
-                ref_logp, _, _ = answer_log_probs(model.run(vis, has_visual & False).logits, labels)
+                ref_logp, _, _ = answer_log_probs(
+                    model.run(vis, torch.zeros_like(has_visual)).logits, labels
+                )
         if cfg.forget_loss == "idk":
             forget_per_row = nll
         elif cfg.forget_loss == "ga":
