@@ -180,38 +180,33 @@ def test_gate_selects_samples(family, mode):
         torch.testing.assert_close(got[1::2], want[1::2], rtol=1e-5, atol=1e-5)
 
 
+def _layer_input(layer: torch.nn.Module, run) -> torch.Tensor:
+    """The hidden states entering ``layer`` during ``run()``."""
+    seen = []
+    handle = layer.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs.get("hidden_states", args[0] if args else None)),
+        with_kwargs=True,
+    )
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        handle.remove()
+    return seen[-1]
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_transform_touches_only_selected_visual_tokens(mode):
-    """The selected count follows k / ratio, and only visual positions are rewritten."""
+    """k tokens per sample are rewritten, all of them image tokens: in the LLM inputs
+    (mode="input": layer 0's input) or in layer L's output (layer L + 1's input)."""
     vlm, model, collate, data = build("llava", mode, k=3, ratio=None)
     perturb(model)
     inputs = collate(data[:2])["inputs"]
-    captured = {}
-    layer = model._layer if mode == "inline" else vlm.model.language_model.layers[0]
-
-    def grab(module, args, kwargs):
-        captured.setdefault("x", []).append(kwargs.get("hidden_states", args[0] if args else None))
-
-    handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            model(**inputs, forget_gate=torch.ones(2, dtype=torch.bool))
-            vlm(**inputs)
-    finally:
-        handle.remove()
-    # mode="input": layer 0's input is the embeddings; "inline": layer L's input is the
-    # previous layer's output, so look at layer L + 1 (the transformed output) instead.
-    if mode == "inline":
-        captured.clear()
-        nxt = vlm.model.language_model.layers[model.config.layer + 1]
-        handle = nxt.register_forward_pre_hook(grab, with_kwargs=True)
-        try:
-            with torch.no_grad():
-                model(**inputs, forget_gate=torch.ones(2, dtype=torch.bool))
-                vlm(**inputs)
-        finally:
-            handle.remove()
-    transformed, plain = captured["x"][-2], captured["x"][-1]
+    layers = vlm.model.language_model.layers
+    layer = layers[0] if mode == "input" else layers[model.config.layer + 1]
+    gate = torch.ones(2, dtype=torch.bool)
+    transformed = _layer_input(layer, lambda: model(**inputs, forget_gate=gate))
+    plain = _layer_input(layer, lambda: vlm(**inputs))
     changed = (transformed != plain).any(-1)
     image = inputs["input_ids"] == vlm.config.image_token_id
     assert changed.sum(1).tolist() == [3, 3]
