@@ -367,7 +367,13 @@ class CagulModel(nn.Module):
             if importance is None:
                 raise RuntimeError("CagulModel: layer importance was not captured")
             _, positions = self._select(importance, vis.visual_index, gate)
-            new = self.encoder(hidden, positions.to(hidden.device), backend=self.config.backend)
+            # Inference rewrites only the K selected rows of the fresh layer output.
+            new = self.encoder(
+                hidden,
+                positions.to(hidden.device),
+                inplace=not torch.is_grad_enabled(),
+                backend=self.config.backend,
+            )
             return (new, *output[1:]) if isinstance(output, tuple) else new
 
         with self._cagul_attention(), self._capture(vis, stop=False) as cap:
