@@ -5,8 +5,17 @@ Drop-in torch ops (``torch.library`` custom ops with fake implementations):
 - ``attention_with_lse``: attention output + natural-log LSE (FlashAttention / SDPA).
 - ``cross_modal_importance``: mean attention from query tokens to visual tokens, from
   q, k and the LSE, without materialising the attention matrix.
+- ``transform_scatter``: a residual MLP on selected token rows, written back in place of
+  the originals (gather, both GEMMs, activation, residual and scatter fused), with autograd.
+- ``ResidualTokenMLP``: the ``nn.Module`` holding the weights of ``transform_scatter``.
 """
 
-from .ops import attention_with_lse, cross_modal_importance
+from .modules import ResidualTokenMLP
+from .ops import attention_with_lse, cross_modal_importance, transform_scatter
 
-__all__ = ["attention_with_lse", "cross_modal_importance"]
+__all__ = [
+    "ResidualTokenMLP",
+    "attention_with_lse",
+    "cross_modal_importance",
+    "transform_scatter",
+]

@@ -5,7 +5,10 @@ They favour obviousness over memory: they materialise the gathered tiles in full
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 
 def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -66,3 +69,108 @@ def importance_from_probs(
     n_queries = (query_index >= 0).sum(dim=1).clamp(min=1).float()
     importance = cols.sum(dim=(1, 2)) / (h * n_queries[:, None])
     return importance * (visual_index >= 0)
+
+
+# --- transform_scatter -------------------------------------------------------------------
+
+_GELU_TANH_C = math.sqrt(2.0 / math.pi)
+
+
+def activation(z: torch.Tensor, name: str) -> torch.Tensor:
+    """``gelu`` (erf), ``gelu_tanh``, ``silu`` or ``relu`` of ``z``."""
+    if name == "gelu":
+        return F.gelu(z)
+    if name == "gelu_tanh":
+        return F.gelu(z, approximate="tanh")
+    if name == "silu":
+        return F.silu(z)
+    if name == "relu":
+        return F.relu(z)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def activation_grad(z: torch.Tensor, name: str) -> torch.Tensor:
+    """``d activation(z) / dz``, written out (the oracle for the kernels' backward)."""
+    if name == "gelu":
+        cdf = 0.5 * (1.0 + torch.erf(z * math.sqrt(0.5)))
+        return cdf + z * torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+    if name == "gelu_tanh":
+        # gelu_tanh(z) = z * sigmoid(2u), u = c (z + 0.044715 z^3)
+        s = torch.sigmoid(2.0 * _GELU_TANH_C * (z + 0.044715 * z**3))
+        return s + z * s * (1.0 - s) * 2.0 * _GELU_TANH_C * (1.0 + 3 * 0.044715 * z * z)
+    if name == "silu":
+        s = torch.sigmoid(z)
+        return s * (1.0 + z * (1.0 - s))
+    if name == "relu":
+        return (z > 0).to(z.dtype)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _selected(positions: torch.Tensor, gate: torch.Tensor):
+    """``(b, i, p)`` of every valid slot of a sample whose gate is not zero."""
+    keep = (positions >= 0) & (gate != 0)[:, None]
+    bi, ki = keep.nonzero(as_tuple=True)
+    return bi, ki, positions[bi, ki]
+
+
+def transform_scatter_rows(x, positions, w1, b1, w2, b2, gate, activation_name):
+    """The transformed rows: ``((b, p), x[b,p] + g_b * (act(x[b,p] @ w1 + b1) @ w2 + b2))``
+    for every selected ``(b, p)``, in the compute dtype (fp32, or fp64 for fp64 input)."""
+    cdt = _compute_dtype(x)
+    bi, _, pi = _selected(positions, gate)
+    xs = x[bi, pi].to(cdt)  # [N, D]
+    hidden = activation(xs @ w1.to(cdt) + b1.to(cdt), activation_name)
+    rows = xs + gate.to(cdt)[bi, None] * (hidden @ w2.to(cdt) + b2.to(cdt))
+    return (bi, pi), rows
+
+
+def transform_scatter(
+    x: torch.Tensor,
+    positions: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    gate: torch.Tensor,
+    activation_name: str,
+) -> torch.Tensor:
+    """Gather -> MLP -> ``index_put``, out of place and differentiable with plain autograd.
+
+    ``x [B, S, D]``, ``positions [B, K]`` (-1 = padding, no repeats within a row),
+    ``w1 [D, R]``, ``b1 [R]``, ``w2 [R, D]``, ``b2 [D]``, ``gate [B]`` float. Rows of samples
+    whose gate is 0 and rows not selected are copies of ``x``.
+    """
+    index, rows = transform_scatter_rows(x, positions, w1, b1, w2, b2, gate, activation_name)
+    return x.index_put(index, rows.to(x.dtype))
+
+
+def transform_scatter_hidden(x, positions, w1, b1, gate) -> torch.Tensor:
+    """Pre-activations ``z [B, K, R] = x[b, p] @ w1 + b1`` (compute dtype; 0 where a slot is
+    padding or its sample's gate is 0), the tensor the fused forward keeps for backward."""
+    cdt = _compute_dtype(x)
+    bi, ki, pi = _selected(positions, gate)
+    z = x.new_zeros((*positions.shape, w1.shape[1]), dtype=cdt)
+    z[bi, ki] = x[bi, pi].to(cdt) @ w1.to(cdt) + b1.to(cdt)
+    return z
+
+
+def transform_scatter_backward(dy, x, positions, z, w1, w2, gate, activation_name, need_dx):
+    """Gradients of ``transform_scatter`` from ``dy [B, S, D]`` and the saved pre-activations
+    ``z``: ``(dx, dw1, db1, dw2, db2)``; ``dx`` is an empty tensor unless ``need_dx``."""
+    cdt = _compute_dtype(x)
+    bi, ki, pi = _selected(positions, gate)
+    zs = z[bi, ki]  # [N, R]
+    dy_rows = dy[bi, pi].to(cdt)
+    gdy = gate.to(cdt)[bi, None] * dy_rows
+    dz = (gdy @ w2.to(cdt).T) * activation_grad(zs, activation_name)
+    dw2 = activation(zs, activation_name).T @ gdy
+    dw1 = x[bi, pi].to(cdt).T @ dz
+    dx = x.new_empty(0)
+    if need_dx:
+        rows = (dy_rows + dz @ w1.to(cdt).T).to(x.dtype)
+        dx = dy.to(x.dtype).contiguous().index_put((bi, pi), rows)
+    return dx, dw1.to(w1.dtype), dz.sum(0).to(w1.dtype), dw2.to(w2.dtype), gdy.sum(0).to(w2.dtype)

@@ -15,25 +15,27 @@
 
 namespace {
 
-cagul::cuda::ScalarType cuda_scalar_type(const at::Tensor& t) {
+cagul::cuda::ScalarType cuda_dtype(const at::Tensor& t) {
   switch (t.scalar_type()) {
-    case at::kFloat:
-      return cagul::cuda::ScalarType::Float32;
-    case at::kHalf:
-      return cagul::cuda::ScalarType::Float16;
-    case at::kBFloat16:
-      return cagul::cuda::ScalarType::BFloat16;
-    default:
-      TORCH_CHECK(false, "expected a float32, float16 or bfloat16 tensor, got ", t.scalar_type());
+    case at::kFloat: return cagul::cuda::ScalarType::Float32;
+    case at::kHalf: return cagul::cuda::ScalarType::Float16;
+    case at::kBFloat16: return cagul::cuda::ScalarType::BFloat16;
+    default: TORCH_CHECK(false, "CUDA kernels take float32, float16 or bfloat16, got ", t.scalar_type());
   }
 }
 
-// Same contract as cagul::cpu::cross_modal_importance, on CUDA tensors. The kernel writes
-// per-kv-head partial sums (or per-head sums), reduced here over kv heads in order.
+void check_launch(cudaError_t err, const char* op) {
+  TORCH_CHECK(err == cudaSuccess, op, ": CUDA launch failed: ", cudaGetErrorString(err));
+}
+
+at::Tensor fp32_contiguous(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
+
+// Same contract as cagul::cpu::cross_modal_importance, on CUDA tensors: per-head or
+// per-kv-head column sums.
 at::Tensor cross_modal_importance_cuda(const at::Tensor& q_in, const at::Tensor& k_in,
                                        const at::Tensor& lse, const at::Tensor& query_index,
                                        const at::Tensor& visual_index, double scale, bool causal,
-                                       bool mean, bool per_head) {
+                                       bool per_head) {
   for (const at::Tensor* t : {&q_in, &k_in, &lse, &query_index, &visual_index}) {
     TORCH_CHECK(t->is_cuda() && t->device() == q_in.device(),
                 "cross_modal_importance_cuda: all tensors must be on one CUDA device");
@@ -58,19 +60,100 @@ at::Tensor cross_modal_importance_cuda(const at::Tensor& q_in, const at::Tensor&
       out.mutable_data_ptr<float>(), b, hq, hkv, q.size(3), query_index.size(1), nv,
       q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
       lse.stride(0), lse.stride(1), lse.stride(2), static_cast<float>(scale), causal, per_head};
-  const cudaError_t err = cagul::cuda::launch_cross_modal_importance(
-      args, cuda_scalar_type(q), c10::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, "cross_modal_importance_cuda: ", cudaGetErrorString(err));
-  if (!per_head) out = out.sum(1);  // fixed-order reduction over kv heads
-  if (mean) {
-    const at::Tensor n_valid = (query_index >= 0).sum(1).clamp_min(1).to(at::kFloat);
-    out = per_head ? out / n_valid.view({b, 1, 1}) : out / (n_valid.view({b, 1}) * hq);
-  }
+  check_launch(cagul::cuda::launch_cross_modal_importance(args, cuda_dtype(q),
+                                                         c10::cuda::getCurrentCUDAStream()),
+               "cross_modal_importance_cuda");
   return out;
 }
 
+// See cagul::cpu::transform_scatter for the contract; weights are handed over as fp32.
+std::vector<at::Tensor> transform_scatter_cuda(const at::Tensor& x, const at::Tensor& positions,
+                                               const at::Tensor& w1, const at::Tensor& b1,
+                                               const at::Tensor& w2, const at::Tensor& b2,
+                                               const at::Tensor& gate, int64_t activation, bool inplace) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor w1f = fp32_contiguous(w1), b1f = fp32_contiguous(b1);
+  const at::Tensor w2f = fp32_contiguous(w2), b2f = fp32_contiguous(b2);
+  const at::Tensor gatef = fp32_contiguous(gate), pos = positions.contiguous();
+  const int64_t b_size = x.size(0), k = pos.size(1), d = x.size(2), r = w1.size(1);
+  at::Tensor y = inplace ? x : at::empty(x.sizes(), x.options()).copy_(x);
+  at::Tensor z = inplace ? at::Tensor() : at::zeros({b_size, k, r}, x.options().dtype(at::kFloat));
+  cagul::cuda::TransformScatterForwardArgs args{};
+  args.dtype = cuda_dtype(x);
+  args.x = x.data_ptr();
+  args.y = y.data_ptr();
+  for (int i = 0; i < 3; ++i) {
+    args.x_stride[i] = x.stride(i);
+    args.y_stride[i] = y.stride(i);
+  }
+  args.positions = pos.const_data_ptr<int64_t>();
+  args.gate = gatef.const_data_ptr<float>();
+  args.w1 = w1f.const_data_ptr<float>();
+  args.b1 = b1f.const_data_ptr<float>();
+  args.w2 = w2f.const_data_ptr<float>();
+  args.b2 = b2f.const_data_ptr<float>();
+  args.z = inplace ? nullptr : z.data_ptr<float>();
+  args.batch = b_size;
+  args.slots = k;
+  args.dim = d;
+  args.rank = r;
+  args.activation = static_cast<int>(activation);
+  check_launch(cagul::cuda::transform_scatter_forward(args, c10::cuda::getCurrentCUDAStream()),
+               "transform_scatter_cuda");
+  if (inplace) return {};
+  return {y, z};
+}
+
+std::vector<at::Tensor> transform_scatter_backward_cuda(const at::Tensor& dy, const at::Tensor& x,
+                                                        const at::Tensor& positions, const at::Tensor& z,
+                                                        const at::Tensor& w1, const at::Tensor& w2,
+                                                        const at::Tensor& gate, int64_t activation,
+                                                        bool need_dx) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(),
+              "transform_scatter: dy must match x in shape and dtype");
+  const at::Tensor w1t = w1.to(at::kFloat).t().contiguous(), w2t = w2.to(at::kFloat).t().contiguous();
+  const at::Tensor zf = fp32_contiguous(z), gatef = fp32_contiguous(gate), pos = positions.contiguous();
+  const int64_t b_size = x.size(0), s = x.size(1), k = pos.size(1), d = x.size(2), r = w1.size(1);
+  const at::TensorOptions f32 = x.options().dtype(at::kFloat);
+  at::Tensor dx = need_dx ? at::empty(x.sizes(), x.options()).copy_(dy) : at::empty({0}, x.options());
+  const int64_t total = 2 * d * r + d + r;
+  const int64_t splits = cagul::cuda::transform_scatter_backward_splits(b_size, k, d);
+  at::Tensor dz = at::zeros({b_size, k, r}, f32);
+  at::Tensor partials = at::empty({std::max<int64_t>(splits, 1), total}, f32);
+  at::Tensor grads = at::zeros({total}, f32);
+  cagul::cuda::TransformScatterBackwardArgs args{};
+  args.dtype = cuda_dtype(x);
+  args.x = x.data_ptr();
+  args.dy = dy.data_ptr();
+  for (int i = 0; i < 3; ++i) {
+    args.x_stride[i] = x.stride(i);
+    args.dy_stride[i] = dy.stride(i);
+  }
+  args.dx = need_dx ? dx.data_ptr() : nullptr;
+  args.positions = pos.const_data_ptr<int64_t>();
+  args.gate = gatef.const_data_ptr<float>();
+  args.z = zf.const_data_ptr<float>();
+  args.w1t = w1t.const_data_ptr<float>();
+  args.w2t = w2t.const_data_ptr<float>();
+  args.dz = dz.data_ptr<float>();
+  args.partials = partials.data_ptr<float>();
+  args.grads = grads.data_ptr<float>();
+  args.batch = b_size;
+  args.seq = s;
+  args.slots = k;
+  args.dim = d;
+  args.rank = r;
+  args.activation = static_cast<int>(activation);
+  check_launch(cagul::cuda::transform_scatter_backward(args, c10::cuda::getCurrentCUDAStream()),
+               "transform_scatter_backward_cuda");
+  const std::vector<at::Tensor> parts = grads.split_with_sizes({d * r, d * r, d, r});
+  return {dx, parts[0].view({d, r}).to(w1.scalar_type(), false, true), parts[3].to(w1.scalar_type(), false, true),
+          parts[1].view({r, d}).to(w2.scalar_type(), false, true), parts[2].to(w2.scalar_type(), false, true)};
+}
+
 }  // namespace
-#endif
+#endif  // CAGUL_WITH_CUDA
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "cagul_kernels compiled kernels (CPU; CUDA when built with nvcc)";
@@ -82,11 +165,27 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cross_modal_importance_cpu", &cagul::cpu::cross_modal_importance,
         "Cross-modal attention importance (CPU)", py::arg("q"), py::arg("k"), py::arg("lse"),
         py::arg("query_index"), py::arg("visual_index"), py::arg("scale"), py::arg("causal"),
-        py::arg("mean"), py::arg("per_head"));
+        py::arg("per_head"));
+  m.def("transform_scatter_cpu", &cagul::cpu::transform_scatter,
+        "Residual MLP on selected rows, scattered back (CPU): [y, z], or [] in place", py::arg("x"),
+        py::arg("positions"), py::arg("w1"), py::arg("b1"), py::arg("w2"), py::arg("b2"),
+        py::arg("gate"), py::arg("activation"), py::arg("inplace"));
+  m.def("transform_scatter_backward_cpu", &cagul::cpu::transform_scatter_backward,
+        "Gradients of transform_scatter (CPU): [dx, dw1, db1, dw2, db2]", py::arg("dy"),
+        py::arg("x"), py::arg("positions"), py::arg("z"), py::arg("w1"), py::arg("w2"),
+        py::arg("gate"), py::arg("activation"), py::arg("need_dx"));
 #ifdef CAGUL_WITH_CUDA
   m.def("cross_modal_importance_cuda", &cross_modal_importance_cuda,
         "Cross-modal attention importance (CUDA)", py::arg("q"), py::arg("k"), py::arg("lse"),
         py::arg("query_index"), py::arg("visual_index"), py::arg("scale"), py::arg("causal"),
-        py::arg("mean"), py::arg("per_head"));
+        py::arg("per_head"));
+  m.def("transform_scatter_cuda", &transform_scatter_cuda,
+        "Residual MLP on selected rows, scattered back (CUDA): [y, z], or [] in place", py::arg("x"),
+        py::arg("positions"), py::arg("w1"), py::arg("b1"), py::arg("w2"), py::arg("b2"),
+        py::arg("gate"), py::arg("activation"), py::arg("inplace"));
+  m.def("transform_scatter_backward_cuda", &transform_scatter_backward_cuda,
+        "Gradients of transform_scatter (CUDA): [dx, dw1, db1, dw2, db2]", py::arg("dy"),
+        py::arg("x"), py::arg("positions"), py::arg("z"), py::arg("w1"), py::arg("w2"),
+        py::arg("gate"), py::arg("activation"), py::arg("need_dx"));
 #endif
 }

@@ -21,6 +21,7 @@ from helpers import make_index, vlm_layout
 from test_importance import SHAPES
 
 from cagul_kernels import attention_with_lse, reference
+from cagul_kernels.ops.importance import finish_importance
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NVCC = shutil.which("nvcc")
@@ -93,20 +94,12 @@ def _emulated(lib, q, k, lse, qi, vi, scale, causal, per_head):
     return out
 
 
-def _finish(raw, qi, hq, mean, per_head):
-    out = raw if per_head else raw.sum(1)
-    if mean:
-        n = (qi >= 0).sum(1).clamp(min=1).float()
-        out = out / (n[:, None, None] if per_head else n[:, None] * hq)
-    return out
-
-
 def _check(lib, q, k, lse, qi, vi, causal):
     scale = q.shape[-1] ** -0.5
     for per_head in (False, True):
         raw = _emulated(lib, q, k, lse, qi, vi, scale, causal, per_head)
         for mean in (True, False):
-            got = _finish(raw, qi, q.shape[1], mean, per_head)
+            got = finish_importance(raw, qi, q.shape[1], mean, per_head)
             want = reference.cross_modal_importance(
                 q.float(), k.float(), lse, qi, vi, scale, causal, mean, per_head
             )

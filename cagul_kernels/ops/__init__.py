@@ -2,5 +2,6 @@
 
 from .attention import attention_with_lse
 from .importance import cross_modal_importance
+from .transform_scatter import transform_scatter
 
-__all__ = ["attention_with_lse", "cross_modal_importance"]
+__all__ = ["attention_with_lse", "cross_modal_importance", "transform_scatter"]

@@ -114,46 +114,26 @@ def _check_values(lse, query_index, visual_index) -> None:
         raise ValueError(f"{OP}: lse must be finite at every valid query position")
 
 
-def _cpu(q, k, lse, query_index, visual_index, scale, causal, mean, per_head):
-    return extension().cross_modal_importance_cpu(
-        q,
-        k,
-        lse,
-        query_index.contiguous(),
-        visual_index.contiguous(),
-        scale,
-        causal,
-        mean,
-        per_head,
-    )
+def finish_importance(
+    sums: torch.Tensor, query_index: torch.Tensor, hq: int, mean: bool, per_head: bool
+) -> torch.Tensor:
+    """Kernel column sums -> importance. ``sums`` is ``[B, Hq, Nv]`` (``per_head``) or
+    ``[B, Hkv, Nv]`` per kv group, reduced here over groups in a fixed order; ``mean``
+    divides by the valid query count (and by ``Hq`` when heads are summed)."""
+    out = sums if per_head else sums.sum(dim=1)
+    if not mean:
+        return out
+    n_valid = (query_index >= 0).sum(dim=1).clamp(min=1).float()
+    return out / (n_valid[:, None, None] if per_head else n_valid[:, None] * hq)
 
 
-def _triton(q, k, lse, query_index, visual_index, scale, causal, mean, per_head):
-    from ..triton.importance import cross_modal_importance as triton_importance
+def _kernel_sums(backend: str):
+    """The backend's column-sum kernel: ``(q, k, lse, qi, vi, scale, causal, per_head)``."""
+    if backend == "triton":
+        from ..triton.importance import column_sums
 
-    return triton_importance(q, k, lse, query_index, visual_index, scale, causal, mean, per_head)
-
-
-def _cuda(q, k, lse, query_index, visual_index, scale, causal, mean, per_head):
-    return extension().cross_modal_importance_cuda(
-        q,
-        k,
-        lse,
-        query_index.contiguous(),
-        visual_index.contiguous(),
-        scale,
-        causal,
-        mean,
-        per_head,
-    )
-
-
-_IMPLEMENTATIONS = {
-    "reference": reference.cross_modal_importance,
-    "cpu": _cpu,
-    "triton": _triton,
-    "cuda": _cuda,
-}
+        return column_sums
+    return getattr(extension(), f"cross_modal_importance_{backend}")
 
 
 @torch.library.custom_op("cagul::cross_modal_importance", mutates_args=())
@@ -170,8 +150,14 @@ def _importance_op(
     backend: str,
 ) -> torch.Tensor:
     _check_values(lse, query_index, visual_index)
-    impl = _IMPLEMENTATIONS[backend]
-    return impl(q, k, lse, query_index, visual_index, scale, causal, mean, per_head)
+    if backend == "reference":
+        return reference.cross_modal_importance(
+            q, k, lse, query_index, visual_index, scale, causal, mean, per_head
+        )
+    sums = _kernel_sums(backend)(
+        q, k, lse, query_index.contiguous(), visual_index.contiguous(), scale, causal, per_head
+    )
+    return finish_importance(sums, query_index, q.shape[1], mean, per_head)
 
 
 @_importance_op.register_fake

@@ -5,8 +5,7 @@ once (rows ``visual_index``, any strides) and reuses it for every query head of 
 and every block of ``BLOCK_M`` query rows (rows ``query_index``): ``s = q k^T`` on the tensor
 cores, ``p = exp2(s * scale * log2(e) - lse * log2(e))`` with the causal / padding masks,
 column sums in fp32 registers. Each output element is written by exactly one program, summed
-in a fixed order (query heads, then query blocks); the kv-head partials ``[B, Hkv, Nv]`` are
-then reduced by ``torch.sum`` in head order. No atomics: results are deterministic.
+in a fixed order (query heads, then query blocks). No atomics: results are deterministic.
 """
 
 from __future__ import annotations
@@ -129,7 +128,7 @@ def _block_sizes(d: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     return 32, 64, block_d, 4
 
 
-def cross_modal_importance(
+def column_sums(
     q: torch.Tensor,
     k: torch.Tensor,
     lse: torch.Tensor,
@@ -137,12 +136,11 @@ def cross_modal_importance(
     visual_index: torch.Tensor,
     scale: float,
     causal: bool,
-    mean: bool,
     per_head: bool,
 ) -> torch.Tensor:
-    """Same contract as ``reference.cross_modal_importance``: ``q [B, Hq, S, D]``,
-    ``k [B, Hkv, S, D]`` (any strides), ``lse [B, Hq, S]`` fp32, int64 indices ``[B, Nq]`` /
-    ``[B, Nv]`` with -1 padding. Returns ``[B, Hq, Nv]`` (``per_head``) or ``[B, Nv]`` fp32."""
+    """Column sums of ``exp(scale q.k - lse)`` over the valid query rows: ``[B, Hq, Nv]``
+    per query head (``per_head``) or ``[B, Hkv, Nv]`` per kv group, fp32. ``q [B, Hq, S, D]``,
+    ``k [B, Hkv, S, D]`` (any strides), ``lse [B, Hq, S]`` fp32, int64 indices with -1 padding."""
     b, hq, _, d = q.shape
     hkv = k.shape[1]
     query_index = query_index.contiguous()
@@ -177,9 +175,4 @@ def cross_modal_importance(
             BLOCK_D=block_d,
             num_warps=num_warps,
         )
-    if not per_head:
-        out = out.sum(dim=1)  # kv-head partials, reduced in head order
-    if mean:
-        n_valid = (query_index >= 0).sum(dim=1).clamp(min=1).float()
-        out = out / (n_valid[:, None, None] if per_head else n_valid[:, None] * hq)
     return out

@@ -5,8 +5,8 @@
 // BLAS call on gathered fp32 copies; exp(S - lse) is summed down the columns with a
 // vectorised exp and the causal mask. Per-thread scratch is three tiles. Every output
 // element is summed by one thread in a fixed order (query heads, then query blocks, then
-// rows), and kv-group partials are added in group order: results are deterministic and
-// independent of the thread count.
+// rows): results are deterministic and independent of the thread count. The caller reduces
+// the kv-group sums and normalises (cagul_kernels/ops/importance.py).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
@@ -105,7 +105,7 @@ struct ImportanceKernel {
 
 at::Tensor cross_modal_importance(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& lse,
                                   const at::Tensor& query_index, const at::Tensor& visual_index,
-                                  double scale, bool causal, bool mean, bool per_head) {
+                                  double scale, bool causal, bool per_head) {
   TORCH_CHECK(query_index.is_contiguous() && visual_index.is_contiguous(), "indices must be contiguous");
   TORCH_CHECK(query_index.scalar_type() == at::kLong && visual_index.scalar_type() == at::kLong,
               "indices must be int64");
@@ -119,7 +119,7 @@ at::Tensor cross_modal_importance(const at::Tensor& q_in, const at::Tensor& k_in
   const int64_t group = hq / hkv;
   const int64_t n_blocks = (nv + BLOCK_N - 1) / BLOCK_N;
 
-  // Per-head output directly, or per-kv-group partial sums reduced below in group order.
+  // Per-head column sums, or per-kv-group sums (the op reduces them over groups in order).
   at::Tensor out = at::zeros(per_head ? std::vector<int64_t>{b_size, hq, nv}
                                       : std::vector<int64_t>{b_size, hkv, nv},
                              q.options().dtype(at::kFloat));
@@ -146,11 +146,6 @@ at::Tensor cross_modal_importance(const at::Tensor& q_in, const at::Tensor& k_in
         }
       });
     });
-  }
-  if (!per_head) out = out.sum(1);  // fixed-order reduction over kv groups
-  if (mean) {
-    const at::Tensor n_valid = (query_index >= 0).sum(1).clamp_min(1).to(at::kFloat);
-    out = per_head ? out / n_valid.view({b_size, 1, 1}) : out / (n_valid.view({b_size, 1}) * hq);
   }
   return out;
 }

@@ -4,13 +4,34 @@
 
 #include <ATen/ATen.h>
 
+#include <vector>
+
 namespace cagul::cpu {
 
 // q [B, Hq, S, D], k [B, Hkv, S, D] (any strides, fp32/fp16/bf16), lse [B, Hq, S] fp32,
 // query_index [B, Nq], visual_index [B, Nv] contiguous int64 with -1 padding.
-// Returns [B, Hq, Nv] (per_head) or [B, Nv] fp32.
+// Returns fp32 column sums of exp(scale q.k - lse) over the valid (causally visible) query
+// rows: [B, Hq, Nv] per query head (per_head) or [B, Hkv, Nv] per kv group.
 at::Tensor cross_modal_importance(const at::Tensor& q, const at::Tensor& k, const at::Tensor& lse,
                                   const at::Tensor& query_index, const at::Tensor& visual_index,
-                                  double scale, bool causal, bool mean, bool per_head);
+                                  double scale, bool causal, bool per_head);
+
+// transform_scatter: x [B, S, D] (any strides; fp32/fp16/bf16/fp64), positions [B, K]
+// contiguous int64 (-1 = padding, no repeats in a row, validated in Python), w1 [D, R],
+// b1 [R], w2 [R, D], b2 [D] (dtype of x), gate [B] contiguous float32, activation = index in
+// ACTIVATIONS of cagul_kernels/ops/transform_scatter.py. Returns {y, z} (y contiguous,
+// z [B, K, R] pre-activations in fp32, fp64 for fp64 x), or {} with inplace (x is written).
+std::vector<at::Tensor> transform_scatter(const at::Tensor& x, const at::Tensor& positions,
+                                          const at::Tensor& w1, const at::Tensor& b1,
+                                          const at::Tensor& w2, const at::Tensor& b2,
+                                          const at::Tensor& gate, int64_t activation, bool inplace);
+
+// Gradients from dy [B, S, D] (dtype of x, any strides) and the forward's z: {dx, dw1, db1,
+// dw2, db2}; dx is contiguous (an empty tensor unless need_dx). Deterministic.
+std::vector<at::Tensor> transform_scatter_backward(const at::Tensor& dy, const at::Tensor& x,
+                                                   const at::Tensor& positions, const at::Tensor& z,
+                                                   const at::Tensor& w1, const at::Tensor& w2,
+                                                   const at::Tensor& gate, int64_t activation,
+                                                   bool need_dx);
 
 }  // namespace cagul::cpu
