@@ -1,1 +1,15 @@
-"""cagul: the CAGUL unlearning framework built on ``cagul_kernels`` (work in progress)."""
+"""cagul: the CAGUL unlearning framework built on ``cagul_kernels``.
+
+- :class:`CagulConfig`: method + training settings (JSON round-trip).
+- :class:`VisualTokenEncoder`, :class:`ForgetDiscriminator`: the trainable modules.
+- :class:`CagulModel`: a frozen VLM wrapped PEFT-style (``forward`` / ``generate`` /
+  ``save_pretrained`` / ``from_pretrained``).
+- :class:`CagulTrainer`, :class:`CagulMethod`, :class:`Method`: the training loop.
+- :mod:`cagul.data`: the sample format and collator; :mod:`cagul.cli`: the ``cagul`` command.
+"""
+
+from .config import CagulConfig
+from .model import CagulModel
+from .modules import ForgetDiscriminator, VisualTokenEncoder
+
+__all__ = ["CagulConfig", "CagulModel", "ForgetDiscriminator", "VisualTokenEncoder"]

@@ -1,0 +1,186 @@
+"""The ``cagul`` command: ``train``, ``generate``, ``eval``.
+
+    cagul train --model PATH --data train.jsonl --output OUT [--config cfg.json]
+                [--set key=value ...] [--eval-data test.jsonl] [--resume]
+    cagul generate --model PATH [--adapter OUT] --image IMG --question "..." [--gate auto]
+    cagul eval --model PATH --adapter OUT --data test.jsonl [--output metrics.json]
+
+``--model`` is a local transformers checkpoint directory (model + processor), loaded with
+``AutoModelForImageTextToText`` / ``AutoProcessor``; nothing is downloaded. Training under
+``torchrun --nproc_per_node N -m cagul.cli train ...`` runs DDP (one process per GPU, or
+gloo on CPU). Errors (missing paths, bad configs, bad data) exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import torch
+
+from .config import CagulConfig
+
+
+def _existing(kind: str):
+    def check(path: str) -> str:
+        if not os.path.exists(path):
+            raise argparse.ArgumentTypeError(f"{kind} path does not exist: {path}")
+        return path
+
+    return check
+
+
+def _assignment(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cagul", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", required=True, type=_existing("--model"), help="VLM directory")
+        p.add_argument(
+            "--dtype",
+            default="float32",
+            choices=("float32", "bfloat16", "float16"),
+            help="dtype of the VLM's weights",
+        )
+        p.add_argument("--device", default=None, help="cpu / cuda / cuda:1 (default: auto)")
+
+    train = sub.add_parser("train", help="train the discriminator and the encoder")
+    common(train)
+    train.add_argument("--data", required=True, type=_existing("--data"), help="JSONL samples")
+    train.add_argument("--output", required=True, help="output directory (adapter, checkpoints)")
+    train.add_argument("--config", type=_existing("--config"), help="CagulConfig JSON")
+    train.add_argument("--set", dest="overrides", action="append", default=[], type=_assignment)
+    train.add_argument("--eval-data", type=_existing("--eval-data"), help="JSONL for eval_every")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    gen = sub.add_parser("generate", help="answer a question about an image")
+    common(gen)
+    gen.add_argument("--adapter", type=_existing("--adapter"), help="trained CAGUL directory")
+    gen.add_argument("--image", required=True, type=_existing("--image"))
+    gen.add_argument("--question", required=True)
+    gen.add_argument("--max-new-tokens", type=int, default=None)
+    gen.add_argument(
+        "--gate", default="auto", choices=("auto", "on", "off"), help="override the discriminator"
+    )
+
+    ev = sub.add_parser("eval", help="evaluate a trained adapter on JSONL samples")
+    common(ev)
+    ev.add_argument("--adapter", required=True, type=_existing("--adapter"))
+    ev.add_argument("--data", required=True, type=_existing("--data"))
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--output", help="write the metrics JSON here too")
+    return parser
+
+
+def _load_vlm(args: argparse.Namespace):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from .train import distributed_context
+
+    if not os.path.isfile(os.path.join(args.model, "config.json")):
+        raise FileNotFoundError(f"--model {args.model} has no config.json")
+    device = torch.device(args.device) if args.device else distributed_context()[2]
+    vlm = AutoModelForImageTextToText.from_pretrained(args.model, dtype=getattr(torch, args.dtype))
+    processor = AutoProcessor.from_pretrained(args.model)
+    return vlm.to(device).eval(), processor
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .data import VLMCollator, load_jsonl
+    from .evaluate import evaluate
+    from .model import CagulModel
+    from .train import CagulMethod, CagulTrainer, seed_everything
+
+    config = CagulConfig.load(args.config) if args.config else CagulConfig()
+    config = config.replace(**dict(args.overrides))
+    samples = load_jsonl(args.data)
+    eval_samples = load_jsonl(args.eval_data) if args.eval_data else None
+    seed_everything(config.seed)  # the modules' initialisation
+    vlm, processor = _load_vlm(args)
+    model = CagulModel(vlm, config)
+    eval_fn = None
+    if eval_samples is not None:
+        eval_fn = lambda method, step: evaluate(method.model, eval_samples, processor)
+    trainer = CagulTrainer(
+        CagulMethod(model),
+        samples,
+        VLMCollator(processor, model.config),
+        model.config,
+        output_dir=args.output,
+        eval_fn=eval_fn,
+        progress=not args.no_progress,
+    )
+    trainer.train(resume=args.resume)
+    if trainer.rank == 0:
+        print(json.dumps({"output": args.output, **trainer.history[-1]}))
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from .data import VLMCollator
+    from .model import CagulModel
+    from .train import to_device
+
+    vlm, processor = _load_vlm(args)
+    if args.adapter:
+        model = CagulModel.from_pretrained(vlm, args.adapter)
+    else:
+        model = CagulModel(vlm, CagulConfig())
+    sample = {"image": args.image, "question": args.question, "answer": "-", "is_forget": False}
+    inputs = to_device(VLMCollator(processor, model.config).prompts([sample]), vlm.device)
+    prob = float(model.forget_probability(**inputs)[0])
+    gate = None if args.gate == "auto" else torch.tensor([args.gate == "on"])
+    max_new = args.max_new_tokens or model.config.max_new_tokens
+    out = model.generate(**inputs, forget_gate=gate, max_new_tokens=max_new, do_sample=False)
+    answer = processor.tokenizer.decode(
+        out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+    )
+    transformed = prob >= model.config.gate_threshold if gate is None else bool(gate[0])
+    print(json.dumps({"answer": answer.strip(), "forget_probability": prob, "gated": transformed}))
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from .data import load_jsonl
+    from .evaluate import evaluate
+    from .model import CagulModel
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    samples = load_jsonl(args.data)
+    vlm, processor = _load_vlm(args)
+    model = CagulModel.from_pretrained(vlm, args.adapter)
+    metrics = evaluate(model, samples, processor, batch_size=args.batch_size)
+    text = json.dumps(metrics, indent=2)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text + "\n")
+    print(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = {"train": _train, "generate": _generate, "eval": _eval}[args.command]
+    try:
+        handler(args)
+    except (FileNotFoundError, ValueError, TypeError, NotImplementedError) as e:
+        print(f"cagul {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

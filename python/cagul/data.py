@@ -1,0 +1,186 @@
+"""The training / evaluation sample format and its collator.
+
+A sample is a dict (in memory) or one JSON object per line of a JSONL file:
+
+    {"image": "people/p03_pose1.png",   # path (relative to the JSONL file), or in memory a
+                                        # [3, H, W] uint8/float tensor or a PIL image
+     "question": "What is the name of this person?",
+     "answer": "Ada Quill",
+     "is_forget": true,                 # forget set (1) or retain set (0)
+     "refusal": "I don't know."}        # optional: overrides CagulConfig.refusal
+
+Other keys (ids, splits, metadata) are kept and ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from .config import CagulConfig
+
+REQUIRED_KEYS = ("image", "question", "answer", "is_forget")
+
+
+def validate_sample(sample: Any, where: str = "sample") -> dict:
+    """Checks the keys and types of one sample; returns it."""
+    if not isinstance(sample, dict):
+        raise TypeError(f"{where}: expected a dict, got {type(sample).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in sample]
+    if missing:
+        raise ValueError(f"{where}: missing keys {missing} (required: {list(REQUIRED_KEYS)})")
+    for key in ("question", "answer"):
+        if not isinstance(sample[key], str) or not sample[key].strip():
+            raise ValueError(f"{where}: {key} must be a non-empty string")
+    if not isinstance(sample["is_forget"], (bool, int)) or sample["is_forget"] not in (0, 1):
+        raise ValueError(f"{where}: is_forget must be true/false, got {sample['is_forget']!r}")
+    if "refusal" in sample and not isinstance(sample["refusal"], str):
+        raise ValueError(f"{where}: refusal must be a string")
+    image = sample["image"]
+    if isinstance(image, torch.Tensor):
+        if image.dim() != 3 or image.shape[0] not in (1, 3):
+            raise ValueError(
+                f"{where}: an image tensor must be [3, H, W], got {tuple(image.shape)}"
+            )
+    elif not isinstance(image, str) and not hasattr(image, "convert"):
+        raise TypeError(f"{where}: image must be a path, a [3, H, W] tensor or a PIL image")
+    return sample
+
+
+def load_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Reads samples from a JSONL file; relative image paths are resolved against the
+    file's directory and must exist."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"load_jsonl: no such file: {path}")
+    base = os.path.dirname(os.path.abspath(path))
+    samples = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                sample = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: invalid JSON: {e}") from None
+            validate_sample(sample, where)
+            if not isinstance(sample["image"], str):
+                raise ValueError(f"{where}: image must be a path string in a JSONL file")
+            image = os.path.join(base, sample["image"])
+            if not os.path.isfile(image):
+                raise FileNotFoundError(f"{where}: image file not found: {image}")
+            samples.append({**sample, "image": image, "is_forget": bool(sample["is_forget"])})
+    if not samples:
+        raise ValueError(f"load_jsonl: {path} has no samples")
+    return samples
+
+
+def load_image(image: Any):
+    """A path (opened with PIL, RGB), a tensor or a PIL image, ready for a processor."""
+    if isinstance(image, str):
+        from PIL import Image
+
+        if not os.path.isfile(image):
+            raise FileNotFoundError(f"image file not found: {image}")
+        with Image.open(image) as im:
+            return im.convert("RGB")
+    return image
+
+
+class VLMCollator:
+    """Turns samples into model inputs with a transformers processor.
+
+    ``collator(samples)`` (training): ``{"inputs": {... , "labels"}, "is_forget": [B] bool}``
+    where each sequence is ``prompt + " " + target + eos`` (right padded) and ``labels`` are
+    the target's token ids (``-100`` elsewhere). The target is the refusal for forget
+    samples when ``config.forget_loss == "idk"``, else the true answer.
+    ``collator.prompts(samples)``: prompt-only inputs, left padded, for ``generate``.
+
+    ``processor``: a transformers processor (``__call__(images=, text=)``, ``.tokenizer``,
+    ``.image_token``); the prompt is ``config.prompt_template`` with ``{image}`` replaced
+    by the processor's image placeholder. ``target="answer"`` always uses the true answer
+    (evaluation), ``"refusal"`` always the refusal.
+    """
+
+    def __init__(self, processor: Any, config: CagulConfig, target: str = "auto"):
+        if not callable(processor) or not hasattr(processor, "tokenizer"):
+            raise TypeError("VLMCollator: processor must be a transformers processor")
+        if target not in ("auto", "answer", "refusal"):
+            raise ValueError(f"VLMCollator: target must be auto/answer/refusal, got {target!r}")
+        self.processor, self.config, self.target_kind = processor, config, target
+        self.image_token = getattr(processor, "image_token", None)
+        if not isinstance(self.image_token, str):
+            raise ValueError("VLMCollator: the processor has no image_token")
+
+    def prompt(self, sample: dict) -> str:
+        return self.config.prompt_template.format(
+            image=self.image_token, question=sample["question"]
+        )
+
+    def target(self, sample: dict) -> str:
+        refuse = sample["is_forget"] and self.config.forget_loss == "idk"
+        if self.target_kind == "refusal" or (self.target_kind == "auto" and refuse):
+            return sample.get("refusal") or self.config.refusal
+        return sample["answer"]
+
+    def _encode(self, samples: Sequence[dict], texts: list[str], side: str) -> dict:
+        tokenizer = self.processor.tokenizer
+        with _padding_side(tokenizer, side):
+            out = self.processor(
+                images=[load_image(s["image"]) for s in samples],
+                text=texts,
+                padding=True,
+                return_tensors="pt",
+            )
+        return dict(out)
+
+    def prompts(self, samples: Sequence[dict]) -> dict:
+        for i, s in enumerate(samples):
+            validate_sample(s, f"sample {i}")
+        return self._encode(samples, [self.prompt(s) for s in samples], "left")
+
+    def __call__(self, samples: Sequence[dict]) -> dict:
+        if not samples:
+            raise ValueError("VLMCollator: empty batch")
+        for i, s in enumerate(samples):
+            validate_sample(s, f"sample {i}")
+        eos = self.processor.tokenizer.eos_token or ""
+        prompts = [self.prompt(s) for s in samples]
+        full = [
+            f"{p} {self.target(s)}{' ' + eos if eos else ''}"
+            for p, s in zip(prompts, samples, strict=True)
+        ]
+        inputs = self._encode(samples, full, "right")
+        prompt_only = self._encode(samples, prompts, "right")
+        prompt_ids, prompt_mask = prompt_only["input_ids"], prompt_only["attention_mask"]
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        labels = torch.full_like(ids, -100)
+        for b in range(ids.shape[0]):
+            n = int(prompt_mask[b].sum())
+            if not torch.equal(ids[b, :n], prompt_ids[b, :n]):
+                raise ValueError(
+                    f"VLMCollator: sample {b}: the tokenised prompt is not a prefix of the "
+                    "tokenised prompt + answer; end prompt_template with a separator token"
+                )
+            labels[b, n:] = torch.where(mask[b, n:].bool(), ids[b, n:], -100)
+            if not (labels[b] != -100).any():
+                raise ValueError(f"VLMCollator: sample {b} has an empty target")
+        inputs["labels"] = labels
+        is_forget = torch.tensor([bool(s["is_forget"]) for s in samples])
+        return {"inputs": inputs, "is_forget": is_forget}
+
+
+@contextlib.contextmanager
+def _padding_side(tokenizer: Any, side: str) -> Iterator[None]:
+    saved = tokenizer.padding_side
+    tokenizer.padding_side = side
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = saved

@@ -1,0 +1,484 @@
+"""Training: the ``Method`` protocol, the CAGUL method, and ``CagulTrainer``.
+
+``CagulTrainer`` runs any :class:`Method` -- an ``nn.Module`` whose ``forward(batch)``
+returns ``(loss, metrics)`` and that names its trainable parameters -- so the finetuning
+baselines (GA, GradDiff, KL, NPO, IdK) plug into the same loop: progress bar, gradient
+accumulation, autocast, clipping, warmup / cosine schedule, periodic eval hook,
+checkpoint / resume, seeds, and DDP under ``torchrun`` (gloo on CPU, nccl on GPU) over the
+trainable parameters only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import math
+import os
+import random
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DistributedSampler
+from tqdm.auto import tqdm
+
+from .config import CagulConfig
+from .model import CagulModel
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+@runtime_checkable
+class Method(Protocol):
+    """What ``CagulTrainer`` trains (implemented by ``nn.Module`` subclasses).
+
+    - ``forward(batch) -> (loss, metrics)``: scalar loss of one micro-batch and float
+      metrics with the same keys on every call (they are averaged across processes).
+    - ``trainable_parameters()``: parameters or AdamW param-group dicts; nothing else of
+      the module is trained (nor synchronised under DDP).
+    - ``trainable_state_dict()`` / ``load_trainable_state_dict(state)``: the trained state
+      (checkpoints).
+    - ``save_pretrained(path)``: the final artefact (an adapter, a finetuned model, ...).
+    """
+
+    def forward(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def trainable_parameters(self) -> Sequence[nn.Parameter] | Sequence[dict]: ...
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+    def save_pretrained(self, path: str) -> None: ...
+
+
+# ---------------------------------------------------------------------- losses
+
+
+def answer_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(log_softmax [N, V] fp32, targets [N], row [N])`` at the answer tokens: position
+    ``t`` predicts ``labels[:, t + 1]``; ``-100`` labels are skipped."""
+    labels = labels.to(logits.device)
+    shifted = labels[:, 1:]
+    keep = shifted != -100
+    row = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(shifted)[keep]
+    logp = F.log_softmax(logits[:, :-1][keep].float(), dim=-1)
+    return logp, shifted[keep], row
+
+
+def _per_row_mean(values: torch.Tensor, row: torch.Tensor, n_rows: int) -> torch.Tensor:
+    total = values.new_zeros(n_rows).index_add(0, row, values)
+    count = values.new_zeros(n_rows).index_add(0, row, torch.ones_like(values))
+    return total / count.clamp(min=1.0)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+class CagulMethod(nn.Module):
+    """CAGUL's training objective on a :class:`CagulModel` (VLM frozen).
+
+    A batch (``VLMCollator`` output) mixes forget and retain samples. The loss is
+    ``forget + retain_weight * KL + discriminator_weight * BCE``:
+
+    - discriminator BCE on every sample with an image (forget = 1, retain = 0);
+    - the encoder runs on every sample (gate forced on: it must leave retain images alone
+      on its own, which keeps the model safe when the discriminator errs);
+    - forget loss on forget samples: ``"idk"`` mean NLL of the refusal target, ``"ga"``
+      ``relu(ga_bound - NLL)`` of the true answer, ``"npo"``
+      ``-(2 / beta) * logsigmoid(-beta * (log p(y) - log p_ref(y)))`` with sequence
+      log-probabilities of the true answer;
+    - ``KL(p_ref || p)`` per answer token on retain samples, where ``p_ref`` is the same
+      frozen model with the transform off (no second model copy).
+    """
+
+    def __init__(self, model: CagulModel):
+        super().__init__()
+        if not isinstance(model, CagulModel):
+            raise TypeError(f"CagulMethod: expected a CagulModel, got {type(model).__name__}")
+        self.model = model
+        self.config = model.config
+
+    def trainable_parameters(self) -> list[dict]:
+        cfg = self.config
+        return [
+            {"params": list(self.model.encoder.parameters()), "lr": cfg.lr},
+            {
+                "params": list(self.model.discriminator.parameters()),
+                "lr": cfg.discriminator_lr or cfg.lr,
+            },
+        ]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return self.model.trainable_state_dict()
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_trainable_state_dict(state)
+
+    def save_pretrained(self, path: str) -> None:
+        self.model.save_pretrained(path)
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg, model = self.config, self.model
+        inputs = {**batch["inputs"], "use_cache": False}
+        labels = inputs.pop("labels")
+        is_forget = batch["is_forget"].to(labels.device).bool()
+        vis = model.encode_visual(inputs)
+        has_visual = vis.has_visual
+
+        logit = model.discriminator(vis.tokens, vis.mask).float()
+        bce = _masked_mean(
+            F.binary_cross_entropy_with_logits(logit, is_forget.float(), reduction="none"),
+            has_visual,
+        )
+        acc = _masked_mean(((logit > 0) == is_forget).float(), has_visual)
+
+        logp, target, row = answer_log_probs(model.run(vis, has_visual).logits, labels)
+        token_logp = logp.gather(1, target[:, None]).squeeze(1)
+        b = labels.shape[0]
+        nll = _per_row_mean(-token_logp, row, b)
+        forget_rows, retain_rows = is_forget & has_visual, ~is_forget
+
+        need_ref = bool(retain_rows.any()) or cfg.forget_loss == "npo"
+        if need_ref:
+            with torch.no_grad():
+                ref_logp, _, _ = answer_log_probs(
+                    model.run(vis, torch.zeros_like(has_visual)).logits, labels
+                )
+        if cfg.forget_loss == "idk":
+            forget_per_row = nll
+        elif cfg.forget_loss == "ga":
+            forget_per_row = F.relu(cfg.ga_bound - nll)
+        else:
+            ref_token = ref_logp.gather(1, target[:, None]).squeeze(1)
+            delta = token_logp.new_zeros(b).index_add(0, row, token_logp - ref_token)
+            forget_per_row = -2.0 / cfg.npo_beta * F.logsigmoid(-cfg.npo_beta * delta)
+        forget = _masked_mean(forget_per_row, forget_rows)
+        if bool(retain_rows.any()):
+            kl_token = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+            kl = _masked_mean(_per_row_mean(kl_token, row, b), retain_rows)
+        else:
+            kl = logp.sum() * 0.0
+        loss = forget + cfg.retain_weight * kl + cfg.discriminator_weight * bce
+        metrics = {
+            "loss": loss.item(),
+            "forget_loss": forget.item(),
+            "forget_nll": _masked_mean(nll, forget_rows).item(),
+            "retain_kl": kl.item(),
+            "disc_bce": bce.item(),
+            "disc_acc": acc.item(),
+        }
+        return loss, metrics
+
+
+# ---------------------------------------------------------------------- distributed
+
+
+def distributed_context() -> tuple[int, int, torch.device]:
+    """``(rank, world_size, device)``; under ``torchrun`` (``WORLD_SIZE > 1``) initialises
+    the process group (nccl with CUDA, else gloo) if needed."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    if setting == "bf16":
+        return torch.bfloat16
+    if setting == "fp16":
+        return torch.float16
+    if setting == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+# ---------------------------------------------------------------------- trainer
+
+
+class CagulTrainer:
+    """Trains a :class:`Method` on ``dataset`` (a sequence of samples) batched by
+    ``collate_fn``, with the schedule of ``config`` (steps, batch size, grad accumulation,
+    lr, autocast, logging / eval / checkpoint intervals, seed).
+
+    Under ``torchrun`` every process runs this same loop: the trainer initialises the
+    process group, shards the data with a ``DistributedSampler`` and wraps the method in
+    ``DistributedDataParallel`` over its trainable parameters only (the frozen VLM is
+    neither broadcast nor all-reduced). Rank 0 logs, evaluates and writes checkpoints.
+
+    ``eval_fn(method, step) -> dict`` is called on rank 0 every ``config.eval_every`` steps
+    and at the end (in eval mode, gradients off); its floats join the log.
+    ``output_dir`` receives ``checkpoints/step-XXXXXXX/``, ``log.jsonl`` and the final
+    ``method.save_pretrained`` output.
+    """
+
+    def __init__(
+        self,
+        method: nn.Module,
+        dataset: Sequence[Any],
+        collate_fn: Callable[[list[Any]], Any],
+        config: CagulConfig,
+        *,
+        output_dir: str | None = None,
+        eval_fn: Callable[[nn.Module, int], dict[str, float]] | None = None,
+        progress: bool = True,
+    ):
+        if not isinstance(method, nn.Module) or not isinstance(method, Method):
+            raise TypeError("CagulTrainer: method must be an nn.Module implementing Method")
+        if len(dataset) == 0:
+            raise ValueError("CagulTrainer: the dataset is empty")
+        self.method, self.dataset, self.collate_fn = method, dataset, collate_fn
+        self.config, self.output_dir, self.eval_fn = config, output_dir, eval_fn
+        self.rank, self.world, device = distributed_context()
+        params = [p for p in method.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("CagulTrainer: the method has no trainable parameters")
+        self.device = params[0].device
+        if self.world > 1 and device.type == "cuda" and self.device != device:
+            raise ValueError(
+                f"CagulTrainer: the method is on {self.device} but this process owns "
+                f"{device}; move the model to cuda:LOCAL_RANK first"
+            )
+        self.progress = progress and self.rank == 0
+        self.history: list[dict[str, float]] = []
+        seed_everything(config.seed)
+        self.optimizer = torch.optim.AdamW(
+            method.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.amp_dtype = _autocast_dtype(config.autocast, self.device)
+        use_scaler = self.amp_dtype == torch.float16 and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.sampler = DistributedSampler(
+            dataset, num_replicas=self.world, rank=self.rank, shuffle=True, seed=config.seed
+        )
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.ddp = None
+        if self.world > 1:
+            ignore = [n for n, p in method.named_parameters() if not p.requires_grad]
+            ignore += [n for n, _ in method.named_buffers()]
+            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                method, ignore
+            )
+            self.ddp = nn.parallel.DistributedDataParallel(
+                method,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
+
+    # -------------------------------------------------------------- schedule
+
+    def _lr_factor(self, step: int) -> float:
+        cfg = self.config
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "cosine":
+            span = max(1, cfg.steps - cfg.warmup_steps)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - cfg.warmup_steps) / span)))
+        return 1.0
+
+    def _batches(self) -> Iterator[Any]:
+        """Micro-batches forever, epoch after epoch; resumes mid-epoch where it left off."""
+        bs = self.config.batch_size
+        while True:
+            self.sampler.set_epoch(self.epoch)
+            indices = list(self.sampler)
+            chunks = [indices[i : i + bs] for i in range(0, len(indices), bs)]
+            while self.batch_in_epoch < len(chunks):
+                chunk = chunks[self.batch_in_epoch]
+                self.batch_in_epoch += 1
+                yield self.collate_fn([self.dataset[i] for i in chunk])
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+    # -------------------------------------------------------------- loop
+
+    def train(self, resume: bool | str = False) -> list[dict[str, float]]:
+        """Runs until ``config.steps`` optimizer steps; returns the log history.
+
+        ``resume``: ``True`` continues from the latest checkpoint in ``output_dir`` (if
+        any), a path from that checkpoint.
+        """
+        cfg = self.config
+        if resume:
+            path = resume if isinstance(resume, str) else self.latest_checkpoint()
+            if path is not None:
+                self.load_checkpoint(path)
+        model = self.ddp or self.method
+        self.method.train()
+        batches = self._batches()
+        bar = tqdm(
+            total=cfg.steps, initial=self.step, desc="cagul train", disable=not self.progress
+        )
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        while self.step < cfg.steps:
+            sums: dict[str, float] = {}
+            for micro in range(cfg.grad_accum):
+                batch = to_device(next(batches), self.device)
+                last = micro == cfg.grad_accum - 1
+                sync = contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync()
+                with sync, self._autocast():
+                    loss, metrics = model(batch)
+                    self.scaler.scale(loss / cfg.grad_accum).backward()
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
+            self.scaler.unscale_(self.optimizer)
+            if cfg.max_grad_norm is not None:
+                sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            record = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], **self._mean(sums)}
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in _SHOWN})
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                record.update(self._evaluate())
+            if self.step % max(1, cfg.log_every) == 0 or self.step == cfg.steps:
+                self._log(record)
+            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                self.save_checkpoint()
+        bar.close()
+        if cfg.eval_every and self.eval_fn is not None:
+            self._log({"step": self.step, **self._evaluate()})
+        if self.output_dir is not None:
+            self.save_checkpoint()
+            if self.rank == 0:
+                self.method.save_pretrained(self.output_dir)
+        self._barrier()
+        return self.history
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _mean(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Averages the metrics over processes (same keys everywhere)."""
+        if self.world == 1:
+            return metrics
+        keys = sorted(metrics)
+        t = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return {k: float(v) / self.world for k, v in zip(keys, t.tolist(), strict=True)}
+
+    def _evaluate(self) -> dict[str, float]:
+        if self.eval_fn is None or self.rank != 0:
+            return {}
+        self.method.eval()
+        try:
+            with torch.no_grad():
+                result = self.eval_fn(self.method, self.step)
+        finally:
+            self.method.train()
+        return {f"eval/{k}": float(v) for k, v in (result or {}).items()}
+
+    def _log(self, record: dict[str, float]) -> None:
+        self.history.append(record)
+        if self.rank != 0:
+            return
+        if self.progress:
+            tqdm.write(" ".join(f"{k}={v:.4g}" for k, v in record.items()))
+        if self.output_dir is not None:
+            os.makedirs(self.output_dir, exist_ok=True)
+            with open(os.path.join(self.output_dir, "log.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    # -------------------------------------------------------------- checkpoints
+
+    def latest_checkpoint(self) -> str | None:
+        if self.output_dir is None:
+            return None
+        found = sorted(glob.glob(os.path.join(self.output_dir, CHECKPOINT_DIR, "step-*")))
+        return found[-1] if found else None
+
+    def save_checkpoint(self) -> str | None:
+        """Writes ``checkpoints/step-XXXXXXX`` (rank 0): trained state (safetensors),
+        optimizer / scheduler / scaler / RNG states and the loop position."""
+        if self.output_dir is None:
+            return None
+        path = os.path.join(self.output_dir, CHECKPOINT_DIR, f"step-{self.step:07d}")
+        if self.rank == 0:
+            os.makedirs(path, exist_ok=True)
+            state = self.method.trainable_state_dict()
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in state.items()},
+                os.path.join(path, "trainable.safetensors"),
+            )
+            torch.save(
+                {
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "scaler": self.scaler.state_dict(),
+                    "rng": {
+                        "python": random.getstate(),
+                        "numpy": np.random.get_state(),
+                        "torch": torch.get_rng_state(),
+                    },
+                },
+                os.path.join(path, "training_state.pt"),
+            )
+            position = {"step": self.step, "epoch": self.epoch, "batch": self.batch_in_epoch}
+            with open(os.path.join(path, "trainer_state.json"), "w") as f:
+                json.dump({**position, "config": self.config.to_dict()}, f, indent=2)
+        self._barrier()
+        return path
+
+    def load_checkpoint(self, path: str) -> None:
+        """Restores a checkpoint written by :meth:`save_checkpoint` (every rank)."""
+        files = [os.path.join(path, n) for n in _CHECKPOINT_FILES]
+        missing = [f for f in files if not os.path.isfile(f)]
+        if missing:
+            raise FileNotFoundError(f"CagulTrainer: incomplete checkpoint, missing {missing}")
+        weights, training, position = files
+        device = str(self.device)
+        self.method.load_trainable_state_dict(load_file(weights, device=device))
+        state = torch.load(training, map_location=device, weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        with open(position) as f:
+            pos = json.load(f)
+        self.step, self.epoch, self.batch_in_epoch = pos["step"], pos["epoch"], pos["batch"]
+
+
+_SHOWN = ("loss", "forget_loss", "retain_kl", "disc_acc")
+_CHECKPOINT_FILES = ("trainable.safetensors", "training_state.pt", "trainer_state.json")

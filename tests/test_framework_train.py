@@ -1,0 +1,351 @@
+"""cagul training: unlearning on a small generated forget / retain set, frozen VLM, loss
+definitions at initialisation, checkpoint / resume, eval hook, 2-process DDP (gloo) and
+the CLI (subprocess)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import tiny_vlm as tv
+import torch
+import torch.nn.functional as F
+from cagul import CagulModel
+from cagul.cli import main
+from cagul.evaluate import evaluate
+from cagul.train import CagulMethod, CagulTrainer, Method
+from PIL import Image
+from safetensors.torch import load_file
+from test_framework import FAMILIES, MODES, build
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def vlm_hash(vlm: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(vlm.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def full_batch_metrics(method: CagulMethod, collate, data) -> dict[str, float]:
+    with torch.no_grad():
+        return method(collate(data))[1]
+
+
+def test_training_unlearns_forget_set_keeps_retain_and_vlm():
+    vlm, model, collate, data = build(
+        "llava", "input", steps=30, batch_size=8, lr=2e-2, encoder_rank=32, discriminator_hidden=32
+    )
+    method = CagulMethod(model)
+    before_hash = vlm_hash(vlm)
+    before = full_batch_metrics(method, collate, data)
+    history = CagulTrainer(method, data, collate, model.config, progress=False).train()
+    after = full_batch_metrics(method, collate, data)
+    assert vlm_hash(vlm) == before_hash  # every VLM weight bit-identical
+    assert [r["step"] for r in history] == [10, 20, 30]
+    # The forget loss (NLL of the refusal on forget images) drops by a clear margin ...
+    assert after["forget_nll"] < 0.6 * before["forget_nll"], (before, after)
+    # ... while the retain answers keep the pass-through distribution.
+    assert after["retain_kl"] < 0.1, after
+    # The discriminator separates forget from retain images.
+    prompts = collate.prompts(data)
+    prob = model.forget_probability(**prompts)
+    forget = torch.tensor([s["is_forget"] for s in data])
+    assert prob[forget].min() > model.config.gate_threshold > prob[~forget].max()
+    # At inference (gated by the discriminator): forget images get the refusal, retain
+    # answers are exactly the wrapped model's.
+    metrics = evaluate(model, data, collate.processor)
+    assert metrics["gate_rate_forget"] == 1.0 and metrics["gate_rate_retain"] == 0.0
+    assert metrics["forget_refusal_nll"] < 0.6 * before["forget_nll"]
+    assert metrics["retain_answer_nll"] == metrics["retain_answer_nll_base"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", MODES)
+def test_both_modes_train_and_generate(family, mode):
+    vlm, model, collate, data = build(family, mode, steps=6, batch_size=8, lr=2e-2)
+    method = CagulMethod(model)
+    before_hash = vlm_hash(vlm)
+    before = full_batch_metrics(method, collate, data)
+    CagulTrainer(method, data, collate, model.config, progress=False).train()
+    after = full_batch_metrics(method, collate, data)
+    assert vlm_hash(vlm) == before_hash
+    assert after["loss"] < before["loss"]
+    assert after["forget_nll"] < before["forget_nll"]
+    prompts = collate.prompts(data[:4])
+    out = model.generate(**prompts, max_new_tokens=3, do_sample=False)
+    assert out.shape == (4, prompts["input_ids"].shape[1] + 3)
+
+
+def test_bf16_autocast_training_runs():
+    """autocast="bf16" (CPU here): the ops get bf16 activations, the modules stay fp32."""
+    vlm, model, collate, data = build("llava", "input", steps=2, batch_size=4, autocast="bf16")
+    before_hash = vlm_hash(vlm)
+    trainer = CagulTrainer(CagulMethod(model), data, collate, model.config, progress=False)
+    assert trainer.amp_dtype == torch.bfloat16
+    history = trainer.train()
+    assert math.isfinite(history[-1]["loss"]) and vlm_hash(vlm) == before_hash
+    assert model.encoder.w2.dtype == torch.float32 and model.encoder.w2.abs().max() > 0
+
+
+def _reference_row_nll(logits, labels):
+    """Mean next-token cross entropy of each row over its labelled tokens."""
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    ce = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    return ce.sum(1) / (labels != -100).sum(1)
+
+
+@pytest.mark.parametrize("forget_loss", ["idk", "ga", "npo"])
+def test_losses_at_initialisation(forget_loss):
+    """Zero-init encoder = pass-through model: KL is 0, NPO is (2 / beta) log 2, GA and IdK
+    are functions of the wrapped model's NLL."""
+    vlm, model, collate, data = build("llava", forget_loss=forget_loss, npo_beta=0.5, ga_bound=6.0)
+    batch = collate(data[:3] + data[-3:])
+    _, metrics = CagulMethod(model)(batch)
+    inputs = dict(batch["inputs"])
+    labels = inputs.pop("labels")
+    with torch.no_grad():
+        nll = _reference_row_nll(vlm(**inputs).logits, labels)
+    forget = batch["is_forget"]
+    assert metrics["retain_kl"] == 0.0
+    assert metrics["forget_nll"] == pytest.approx(float(nll[forget].mean()), rel=1e-5)
+    want = {
+        "idk": float(nll[forget].mean()),
+        "ga": float(F.relu(6.0 - nll[forget]).mean()),
+        "npo": 2.0 / 0.5 * math.log(2.0),
+    }[forget_loss]
+    assert metrics["forget_loss"] == pytest.approx(want, rel=1e-5)
+    assert 0.0 <= metrics["disc_acc"] <= 1.0 and metrics["disc_bce"] > 0
+
+
+def _trained_state(tmp_path, name, steps, resume=False, eval_fn=None, **cfg):
+    _, model, collate, data = build(
+        "llava", steps=steps, batch_size=2, grad_accum=2, lr=1e-2, encoder_rank=8, **cfg
+    )
+    trainer = CagulTrainer(
+        CagulMethod(model),
+        data,
+        collate,
+        model.config,
+        output_dir=str(tmp_path / name),
+        progress=False,
+        eval_fn=eval_fn,
+    )
+    history = trainer.train(resume=resume)
+    return model.trainable_state_dict(), history
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    """A run resumed from the step-2 checkpoint of a 4-step run ends bit-identical to it
+    (mid-epoch data position, optimizer and schedule state restored)."""
+    cfg = dict(lr_schedule="cosine", warmup_steps=1, save_every=2, log_every=1)
+    straight, _ = _trained_state(tmp_path, "a", steps=4, **cfg)
+    checkpoint = tmp_path / "a" / "checkpoints" / "step-0000002"
+    assert sorted(os.listdir(tmp_path / "a" / "checkpoints")) == ["step-0000002", "step-0000004"]
+    resumed, history = _trained_state(tmp_path, "b", steps=4, resume=str(checkpoint), **cfg)
+    assert [r["step"] for r in history] == [3, 4]
+    for name, value in straight.items():
+        assert torch.equal(value, resumed[name]), name
+    # resume=True picks the latest checkpoint: nothing left to do.
+    again, history = _trained_state(tmp_path, "b", steps=4, resume=True, **cfg)
+    assert history == [] and all(torch.equal(v, resumed[k]) for k, v in again.items())
+    # The final adapter loads back.
+    vlm, _ = tv.llava()
+    loaded = CagulModel.from_pretrained(vlm, tmp_path / "b")
+    for name, value in loaded.trainable_state_dict().items():
+        assert torch.equal(value, resumed[name]), name
+    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [3, 4]
+
+
+def test_eval_hook_and_logging(tmp_path):
+    calls = []
+
+    def eval_fn(method, step):
+        assert not torch.is_grad_enabled() and not method.training
+        calls.append(step)
+        return {"score": float(step)}
+
+    _, history = _trained_state(tmp_path, "e", steps=4, eval_fn=eval_fn, eval_every=2, log_every=1)
+    assert calls == [2, 4]
+    assert history[1]["eval/score"] == 2.0 and history[-1] == {"step": 4, "eval/score": 4.0}
+    for key in ("loss", "forget_loss", "retain_kl", "disc_bce", "disc_acc", "lr", "grad_norm"):
+        assert key in history[0]
+
+
+def test_trainer_bad_input():
+    _, model, collate, data = build("llava")
+    method = CagulMethod(model)
+    assert isinstance(method, Method)
+    with pytest.raises(ValueError, match="dataset is empty"):
+        CagulTrainer(method, [], collate, model.config)
+    with pytest.raises(TypeError, match="implementing Method"):
+        CagulTrainer(torch.nn.Linear(2, 2), data, collate, model.config)
+    with pytest.raises(TypeError, match="CagulModel"):
+        CagulMethod(model.vlm)
+    trainer = CagulTrainer(method, data, collate, model.config)
+    with pytest.raises(FileNotFoundError, match="incomplete checkpoint"):
+        trainer.load_checkpoint("/nonexistent")
+
+
+def _env() -> dict[str, str]:
+    paths = [os.path.join(ROOT, "python"), ROOT, os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+
+
+def test_ddp_two_processes_end_with_identical_weights(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+        os.path.join(ROOT, "tests", "ddp_worker.py"),
+        str(tmp_path),
+    ]
+    env = {**_env(), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rank0 = load_file(tmp_path / "rank0.safetensors")
+    rank1 = load_file(tmp_path / "rank1.safetensors")
+    assert rank0.keys() == rank1.keys()
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+    assert rank0["encoder.w2"].abs().max() > 0  # it trained
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def _cagul(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cagul", *args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def cli_setup(tmp_path_factory):
+    """A tiny LLaVA checkpoint directory (model + processor) and a JSONL data set."""
+    root = tmp_path_factory.mktemp("cli")
+    vlm, processor = tv.llava()
+    vlm.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    os.makedirs(root / "data" / "img")
+    with open(root / "data" / "train.jsonl", "w") as f:
+        for i, s in enumerate(tv.dataset(n_people=4, n_forget=2, poses=1)):
+            name = f"img/{i}.png"
+            Image.fromarray(s["image"].permute(1, 2, 0).numpy()).save(root / "data" / name)
+            f.write(json.dumps({**s, "image": name}) + "\n")
+    config = {"prompt_template": tv.LLAVA_TEMPLATE, "layer": 1, "encoder_rank": 8}
+    (root / "config.json").write_text(json.dumps(config))
+    return root
+
+
+def test_cli_train_generate_eval(cli_setup):
+    root = cli_setup
+    out = root / "adapter"
+    proc = _cagul(
+        "train",
+        "--model", str(root / "model"),
+        "--data", str(root / "data" / "train.jsonl"),
+        "--config", str(root / "config.json"),
+        "--output", str(out),
+        "--set", "steps=2",
+        "--set", "batch_size=4",
+        "--no-progress",
+    )  # fmt: skip
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["step"] == 2 and math.isfinite(summary["loss"])
+    assert {"cagul_modules.safetensors", "cagul_config.json", "log.jsonl"} <= set(os.listdir(out))
+
+    image = str(root / "data" / "img" / "0.png")
+    for gate in ("auto", "on"):
+        proc = _cagul(
+            "generate",
+            "--model", str(root / "model"),
+            "--adapter", str(out),
+            "--image", image,
+            "--question", "What is the name of this person?",
+            "--max-new-tokens", "3",
+            "--gate", gate,
+        )  # fmt: skip
+        result = json.loads(proc.stdout)
+        assert isinstance(result["answer"], str) and 0.0 <= result["forget_probability"] <= 1.0
+        if gate != "auto":
+            assert result["gated"] == (gate == "on")
+
+    proc = _cagul(
+        "eval",
+        "--model", str(root / "model"),
+        "--adapter", str(out),
+        "--data", str(root / "data" / "train.jsonl"),
+        "--output", str(root / "metrics.json"),
+    )  # fmt: skip
+    metrics = json.loads(proc.stdout)
+    assert metrics == json.loads((root / "metrics.json").read_text())
+    assert metrics["n_forget"] == 4 and metrics["n_retain"] == 4
+    assert 0.0 <= metrics["disc_acc"] <= 1.0
+
+
+def test_cli_errors(cli_setup, tmp_path, capsys):
+    """Bad paths, configs and data: exit status 2 and a one-line message (in-process)."""
+    root = cli_setup
+    model, data = str(root / "model"), str(root / "data" / "train.jsonl")
+    out = str(tmp_path / "o")
+
+    def fails(*args: str) -> str:
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse errors
+            code = e.code
+        assert code == 2
+        return capsys.readouterr().err
+
+    assert "--model path does not exist" in fails(
+        "train", "--model", str(tmp_path / "nope"), "--data", data, "--output", out
+    )
+    assert "mode must be one of" in fails(
+        "train", "--model", model, "--data", data, "--output", out, "--set", "mode=sideways"
+    )
+    assert "--set expects key=value" in fails(
+        "train", "--model", model, "--data", data, "--output", out, "--set", "steps"
+    )
+    (tmp_path / "bad.json").write_text('{"ratio": 2}')
+    assert "ratio must be in (0, 1]" in fails(
+        "train",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--output",
+        out,
+        "--config",
+        str(tmp_path / "bad.json"),
+    )
+    (tmp_path / "bad.jsonl").write_text('{"question": "q"}\n')
+    assert "missing keys" in fails(
+        "train", "--model", model, "--data", str(tmp_path / "bad.jsonl"), "--output", out
+    )
+    assert "no config.json" in fails(
+        "eval", "--model", str(tmp_path), "--adapter", str(tmp_path), "--data", data
+    )
+    assert "--image path does not exist" in fails(
+        "generate", "--model", model, "--image", str(tmp_path / "x.png"), "--question", "q"
+    )
+    assert "the following arguments are required: --question" in fails(
+        "generate", "--model", model, "--image", str(root / "data" / "img" / "0.png")
+    )

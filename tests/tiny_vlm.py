@@ -1,0 +1,165 @@
+"""Tiny random VLMs (LLaVA, Qwen2-VL) with real processors, built in-process (no downloads),
+and a small generated forget / retain VQA set for the framework tests."""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLProcessor,
+)
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "<|vision_start|>", "<|vision_end|>"]
+SPECIAL += ["<|video_pad|>", "<|image_pad|>"]
+WORDS = ["USER:", "ASSISTANT:", "I", "don't", "know.", "What", "is", "the", "job", "city"]
+WORDS += ["name", "of", "this", "person?", "Where", "does", "live?"]
+NAMES = [f"n{i}" for i in range(24)]
+VOCAB = SPECIAL + WORDS + NAMES
+PAD, BOS, EOS = 0, 1, 2
+LLAVA_TEMPLATE = "USER: {image} {question} ASSISTANT:"
+QWEN_TEMPLATE = "USER: <|vision_start|>{image}<|vision_end|> {question} ASSISTANT:"
+HIDDEN = 48
+
+
+def tokenizer() -> PreTrainedTokenizerFast:
+    tk = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(VOCAB)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tk.add_special_tokens([AddedToken(w, special=True) for w in SPECIAL])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def _text(layers: int, **extra) -> dict:
+    return dict(
+        vocab_size=len(VOCAB),
+        hidden_size=HIDDEN,
+        intermediate_size=96,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        # large enough weights that the logits are not near-uniform (the model is steerable)
+        initializer_range=0.15,
+        **extra,
+    )
+
+
+def llava(seed: int = 0, layers: int = 3, hidden: int = HIDDEN):
+    """``(model, processor)``: CLIP 16x16 images, patch 4 -> 16 visual tokens per image."""
+    torch.manual_seed(seed)
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=16,
+            patch_size=4,
+        ),
+        text_config=LlamaConfig(**{**_text(layers), "hidden_size": hidden}),
+        image_token_id=VOCAB.index("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
+    model = LlavaForConditionalGeneration(config).eval()
+    images = CLIPImageProcessorPil(
+        size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}, do_convert_rgb=False
+    )
+    processor = LlavaProcessor(
+        image_processor=images,
+        tokenizer=tokenizer(),
+        patch_size=4,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
+    return model, processor
+
+
+class _QwenProcessor(Qwen2VLProcessor):
+    """Qwen2VLProcessor without its video processor (which needs torchvision)."""
+
+    @classmethod
+    def get_attributes(cls):
+        return ["image_processor", "tokenizer"]
+
+    def check_argument_for_proper_class(self, name, arg):
+        return None
+
+
+def qwen2_vl(seed: int = 0, layers: int = 3):
+    """``(model, processor)``: patch 4, merge 2 -> (H/8) * (W/8) visual tokens per image."""
+    torch.manual_seed(seed)
+    config = Qwen2VLConfig(
+        vision_config=dict(
+            depth=2,
+            embed_dim=32,
+            hidden_size=HIDDEN,
+            num_heads=2,
+            mlp_ratio=2,
+            patch_size=4,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            in_channels=3,
+        ),
+        text_config=_text(
+            layers,
+            rope_parameters={"rope_type": "default", "mrope_section": [2, 2, 2], "rope_theta": 1e4},
+        ),
+        image_token_id=VOCAB.index("<|image_pad|>"),
+        video_token_id=VOCAB.index("<|video_pad|>"),
+        vision_start_token_id=VOCAB.index("<|vision_start|>"),
+        vision_end_token_id=VOCAB.index("<|vision_end|>"),
+    )
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    images = Qwen2VLImageProcessorPil(
+        min_pixels=16 * 16, max_pixels=32 * 32, patch_size=4, merge_size=2, temporal_patch_size=2
+    )
+    processor = _QwenProcessor(image_processor=images, tokenizer=tokenizer())
+    processor.video_processor = None
+    return model, processor
+
+
+def person_image(person: int, pose: int, size: int = 16) -> torch.Tensor:
+    """A uint8 ``[3, size, size]`` picture of a fictitious person: a per-person colour and
+    stripe pattern with per-pose noise."""
+    g = torch.Generator().manual_seed(1000 * person + pose)
+    colour = torch.tensor([(37 * person) % 256, (91 * person + 50) % 256, (151 * person) % 256])
+    img = colour[:, None, None].float().expand(3, size, size).clone()
+    stripes = torch.arange(size)[None, :] % (2 + person % 3) == 0
+    img[:, stripes.expand(size, size)] = 255.0 - img[:, stripes.expand(size, size)]
+    img += 25 * torch.randn(3, size, size, generator=g)
+    return img.clamp(0, 255).to(torch.uint8)
+
+
+QUESTIONS = [("What is the name of this person?", 0), ("Where does this person live?", 1)]
+
+
+def dataset(n_people: int = 6, n_forget: int = 3, poses: int = 2, size: int = 16) -> list[dict]:
+    """Samples in the cagul format: people ``0..n_forget-1`` are the forget set."""
+    samples = []
+    for person in range(n_people):
+        for pose in range(poses):
+            for question, fact in QUESTIONS:
+                samples.append(
+                    {
+                        "image": person_image(person, pose, size),
+                        "question": question,
+                        "answer": NAMES[(2 * person + fact) % len(NAMES)],
+                        "is_forget": person < n_forget,
+                    }
+                )
+    return samples
