@@ -71,6 +71,38 @@ def importance_from_probs(
     return importance * (visual_index >= 0)
 
 
+# --- select_low_importance ---------------------------------------------------------------
+
+
+def ratio_counts(visual_index: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Per-row selection counts ``ceil(ratio * n_valid)`` ``[B]`` int64, float-safe: a
+    product within 1e-9 (relative) of an integer counts as that integer, so ``0.7 * 10``
+    gives 7, not 8 (``0.7 * 10 == 7.000000000000001`` in floating point)."""
+    x = (visual_index >= 0).sum(dim=1).double() * ratio
+    r = x.round()
+    near = (x - r).abs() <= 1e-9 * x
+    return torch.where(near, r, x.ceil()).long()
+
+
+def select_low_importance(
+    importance: torch.Tensor, visual_index: torch.Tensor, counts: torch.Tensor, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``counts[b]`` lowest-importance valid slots of every row by a stable sort.
+
+    ``importance [B, Nv]``, ``visual_index [B, Nv]`` (-1 = padding), ``counts [B]``
+    (``<=`` the row's valid count). Returns ``(slots, positions)`` ``[B, width]`` int64,
+    ordered by (importance, slot), ``-1`` past ``counts[b]``. Padded slots sort after every
+    valid one (also after valid ``+inf``) by a second stable sort on the padding flag.
+    """
+    by_value = torch.sort(importance.float(), dim=1, stable=True).indices
+    padded = (visual_index < 0).gather(1, by_value)
+    order = by_value.gather(1, torch.sort(padded.byte(), dim=1, stable=True).indices)
+    slots = order[:, :width]
+    keep = torch.arange(width, device=slots.device) < counts[:, None]
+    positions = visual_index.long().gather(1, slots)
+    return slots.where(keep, -1), positions.where(keep, -1)
+
+
 # --- transform_scatter -------------------------------------------------------------------
 
 _GELU_TANH_C = math.sqrt(2.0 / math.pi)

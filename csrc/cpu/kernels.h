@@ -34,4 +34,17 @@ std::vector<at::Tensor> transform_scatter_backward(const at::Tensor& dy, const a
                                                    const at::Tensor& gate, int64_t activation,
                                                    bool need_dx);
 
+// importance [B, Nv] (fp32/fp16/bf16), visual_index [B, Nv] (int32/int64, -1 padding).
+// Per row, the count smallest-importance valid slots ordered by (importance, slot):
+// count = k, or ratio_count(ratio, valid slots) when ratio > 0 (then k is ignored and the
+// width is the largest count). Returns (slots, positions) [B, width] int64, -1 past the
+// row's count. Raises ValueError on NaN at a valid slot, indices below -1, k > valid count.
+std::tuple<at::Tensor, at::Tensor> select_low_importance(const at::Tensor& importance,
+                                                         const at::Tensor& visual_index,
+                                                         int64_t k, double ratio);
+
+// ceil(ratio * n_valid), where a product within 1e-9 (relative) of an integer counts as
+// that integer, so 0.7 * 10 -> 7 (not 8 from 7.000000000000001).
+int64_t ratio_count(double ratio, int64_t n_valid);
+
 }  // namespace cagul::cpu

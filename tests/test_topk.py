@@ -1,0 +1,387 @@
+"""select_low_importance and low_importance_tokens: every backend against the reference
+(itself checked against a brute-force sort), ties, padding, ratio counts, determinism,
+opcheck, torch.compile and bad input."""
+
+import math
+
+import pytest
+import torch
+from helpers import CPU_TENSOR_BACKENDS, make_index, vlm_layout
+
+from cagul_kernels import (
+    attention_with_lse,
+    cross_modal_importance,
+    low_importance_tokens,
+    reference,
+    select_low_importance,
+)
+from cagul_kernels.triton.topk import select_low_importance as triton_select
+
+
+def _expected(importance, visual_index, k=None, ratio=None):
+    """The reference selection, with the counts from the spec."""
+    if ratio is not None:
+        counts = reference.ratio_counts(visual_index, ratio)
+        width = int(counts.max()) if counts.numel() else 0
+    else:
+        counts, width = torch.full((importance.shape[0],), k), k
+    return reference.select_low_importance(importance, visual_index, counts, width)
+
+
+def _brute_force(importance, visual_index, counts, width):
+    """Python's sort of (value, slot) tuples over the valid slots of each row."""
+    slots, positions = [], []
+    for b in range(importance.shape[0]):
+        valid = [
+            (float(importance[b, j]), j)
+            for j in range(importance.shape[1])
+            if visual_index[b, j] >= 0
+        ]
+        chosen = [j for _, j in sorted(valid)[: int(counts[b])]]
+        chosen += [-1] * (width - len(chosen))
+        slots.append(chosen)
+        positions.append([int(visual_index[b, j]) if j >= 0 else -1 for j in chosen])
+    return torch.tensor(slots, dtype=torch.int64), torch.tensor(positions, dtype=torch.int64)
+
+
+def _padded_index(valid_counts, nv, seed=0, scatter=True):
+    """[B, Nv] positions with valid_counts[b] valid slots (scattered among -1 pads)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for n in valid_counts:
+        row = torch.full((nv,), -1, dtype=torch.int64)
+        where = torch.randperm(nv, generator=g)[:n] if scatter else torch.arange(n)
+        row[where.sort().values] = torch.arange(n) * 3 + 7  # increasing positions
+        rows.append(row)
+    return torch.stack(rows)
+
+
+def _values(kind, shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if kind == "random":
+        return torch.rand(shape, generator=g)
+    if kind == "ties":  # many exact ties
+        return torch.randint(0, 4, shape, generator=g).float() * 0.25
+    if kind == "equal":  # all equal, with -0.0 and +0.0 mixed
+        return torch.where(torch.rand(shape, generator=g) < 0.5, -0.0, 0.0)
+    if kind == "signed":  # negative, +-inf, denormals
+        x = torch.randn(shape, generator=g) * 1e3
+        x.view(-1)[::5] = float("inf")
+        x.view(-1)[1::7] = float("-inf")
+        x.view(-1)[2::11] = 1e-40
+        x.view(-1)[3::13] = -1e-40
+        return x
+    raise ValueError(kind)
+
+
+KINDS = ["random", "ties", "equal", "signed"]
+# (valid counts per row, Nv): different valid counts, Nv not a power of two, one full row.
+LAYOUTS = [([77, 40, 1], 77), ([300, 123, 64], 300), ([5, 200], 211)]
+
+
+def test_reference_matches_brute_force():
+    for kind in KINDS:
+        for counts_per_row, nv in LAYOUTS[:2]:
+            vi = _padded_index(counts_per_row, nv)
+            x = _values(kind, vi.shape)
+            for k in (0, 1, min(counts_per_row)):
+                got = _expected(x, vi, k=k)
+                want = _brute_force(x, vi, torch.full((len(counts_per_row),), k), k)
+                assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+            counts = reference.ratio_counts(vi, 0.3)
+            got = _expected(x, vi, ratio=0.3)
+            want = _brute_force(x, vi, counts, int(counts.max()))
+            assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+
+
+def test_reference_never_selects_padding_before_valid_inf():
+    x = torch.tensor([[float("inf"), float("inf"), 1.0]])
+    vi = torch.tensor([[-1, 5, 6]])
+    for backend in ("reference", *CPU_TENSOR_BACKENDS):
+        slots, positions = select_low_importance(x, vi, k=2, backend=backend)
+        assert slots.tolist() == [[2, 1]] and positions.tolist() == [[6, 5]]
+
+
+@pytest.mark.parametrize("backend", CPU_TENSOR_BACKENDS)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda x: f"Nv{x[1]}")
+def test_matches_reference(backend, kind, layout):
+    counts_per_row, nv = layout
+    vi = _padded_index(counts_per_row, nv, seed=nv)
+    x = _values(kind, vi.shape, seed=nv)
+    for form in ({"k": min(counts_per_row)}, {"k": 1}, {"ratio": 0.25}, {"ratio": 1.0}):
+        slots, positions = select_low_importance(x, vi, backend=backend, **form)
+        want_slots, want_positions = _expected(x, vi, **form)
+        assert slots.dtype == positions.dtype == torch.int64
+        assert torch.equal(slots, want_slots), form
+        assert torch.equal(positions, want_positions), form
+
+
+@pytest.mark.parametrize("backend", CPU_TENSOR_BACKENDS)
+def test_only_k_valid_slots(backend):
+    """Rows whose valid slots are exactly k: every valid slot, by importance."""
+    vi = _padded_index([6, 6, 6], 50, seed=3)
+    x = _values("random", vi.shape, seed=3)
+    x[vi < 0] = -1.0  # padded slots would win if they were considered
+    slots, positions = select_low_importance(x, vi, k=6, backend=backend)
+    assert torch.equal(slots, _expected(x, vi, k=6)[0])
+    assert (positions >= 0).all() and (vi.gather(1, slots) == positions).all()
+
+
+def test_ratio_counts_are_float_safe():
+    cases = [(0.7, 10, 7), (0.1, 30, 3), (0.25, 4, 1), (0.3, 7, 3), (1.0, 5, 5), (0.001, 1000, 1)]
+    cases += [(0.5, 0, 0), (1e-9, 5, 1), (0.29, 100, 29), (0.57, 100, 57)]
+    for ratio, n, want in cases:
+        vi = make_index([list(range(n)), [0]], width=max(n, 1))
+        assert int(reference.ratio_counts(vi, ratio)[0]) == want, (ratio, n)
+        x = torch.rand(vi.shape)
+        for backend in ("reference", *CPU_TENSOR_BACKENDS):
+            slots, _ = select_low_importance(x, vi, ratio=ratio, backend=backend)
+            assert int((slots[0] >= 0).sum()) == want, (ratio, n, backend)
+            assert int((slots[1] >= 0).sum()) == math.ceil(ratio - 1e-12), (ratio, backend)
+
+
+@pytest.mark.parametrize("backend", CPU_TENSOR_BACKENDS)
+def test_k_zero_and_empty_batch(backend):
+    vi = _padded_index([10, 3], 12)
+    x = torch.rand(vi.shape)
+    slots, positions = select_low_importance(x, vi, k=0, backend=backend)
+    assert slots.shape == positions.shape == (2, 0) and slots.dtype == torch.int64
+    slots, positions = select_low_importance(x[:0], vi[:0], ratio=0.5, backend=backend)
+    assert slots.shape == (0, 0)
+    slots, positions = select_low_importance(x[:0], vi[:0], k=4, backend=backend)
+    assert slots.shape == (0, 4)
+
+
+@pytest.mark.parametrize("backend", CPU_TENSOR_BACKENDS)
+def test_low_precision_values_and_int32_index(backend):
+    vi = _padded_index([90, 71], 97, seed=5)
+    for dtype in (torch.float16, torch.bfloat16):
+        x = _values("random", vi.shape, seed=5).to(dtype)  # rounding creates ties
+        got = select_low_importance(x, vi.int(), ratio=0.4, backend=backend)
+        want = _expected(x.float(), vi, ratio=0.4)
+        assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+
+
+def test_nan_at_padded_slot_is_ignored():
+    vi = _padded_index([20, 20], 30, seed=2)
+    x = _values("random", vi.shape, seed=2)
+    x[vi < 0] = float("nan")
+    want = _expected(x.nan_to_num(0.0), vi, k=5)
+    for backend in ("reference", *CPU_TENSOR_BACKENDS):
+        got = select_low_importance(x, vi, k=5, backend=backend)
+        assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+
+
+@pytest.mark.parametrize("nv", [16, 77, 300])
+def test_triton_multi_chunk_merge(nv):
+    """Rows spanning many sorted chunks (ranks by binary search across chunks)."""
+    vi = _padded_index([nv, nv // 2, 3], nv, seed=nv)
+    for kind in KINDS:
+        x = _values(kind, vi.shape, seed=nv)
+        counts = reference.ratio_counts(vi, 0.6)
+        width = int(counts.max())
+        got = triton_select(x, vi, counts, width, chunk=16)
+        want = reference.select_low_importance(x, vi, counts, width)
+        assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True)), kind
+
+
+def test_triton_longer_rows():
+    vi = _padded_index([1500, 1111], 1500, seed=9)
+    x = _values("ties", vi.shape, seed=9) + _values("random", vi.shape, seed=1) * 1e-3
+    got = select_low_importance(x, vi, ratio=0.25, backend="triton")
+    want = _expected(x, vi, ratio=0.25)
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    vi = _padded_index([20000], 20000)
+    x = _values("random", vi.shape, seed=2)
+    counts = reference.ratio_counts(vi, 0.25)
+    got = triton_select(x, vi, counts, int(counts.max()), chunk=1024)
+    want = _expected(x, vi, ratio=0.25)
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_cpu_large_rows(kind, batch):
+    """Rows long enough for the split-row (B=1, 2+ threads) and row-parallel paths of the
+    C++ kernel."""
+    nv = 70000
+    vi = _padded_index([nv - 3 * b for b in range(batch)], nv, seed=batch)
+    x = _values(kind, vi.shape, seed=batch)
+    for form in ({"ratio": 0.25}, {"k": 20000}, {"ratio": 1.0}):
+        got = select_low_importance(x, vi, backend="cpu", **form)
+        want = _expected(x, vi, **form)
+        assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True)), form
+
+
+def test_cpu_deterministic_across_threads():
+    vi = _padded_index([70000, 69000], 70000, seed=4)  # split-row path with 2+ threads
+    x = _values("ties", vi.shape, seed=4)
+    first = select_low_importance(x[:1], vi[:1], ratio=0.3, backend="cpu")
+    again = select_low_importance(x[:1], vi[:1], ratio=0.3, backend="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = select_low_importance(x[:1], vi[:1], ratio=0.3, backend="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in ((first, again), (first, single)):
+        assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("backend", ["reference", *CPU_TENSOR_BACKENDS])
+def test_low_importance_tokens_end_to_end(backend):
+    """Equals the backend's importance followed by the reference selection."""
+    if backend == "triton":
+        pytest.importorskip("cagul_kernels.triton.importance")
+    b, hq, hkv, d = 2, 4, 2, 32
+    s, qi, vi = vlm_layout(b, 2, 30, 3, 6, seed=1)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(b, h, s, d, generator=g) for h in (hq, hkv, hkv))
+    _, lse = attention_with_lse(q, k, v)
+    importance = cross_modal_importance(q, k, lse, qi, vi, backend=backend)
+    for form in ({"k": 7}, {"ratio": 0.3}):
+        got = low_importance_tokens(q, k, lse, qi, vi, backend=backend, **form)
+        want = _expected(importance, vi, **form)
+        assert all(torch.equal(x, y) for x, y in zip(got, want, strict=True))
+        assert (got[1][got[0] >= 0] >= 0).all()
+    for bad in ({}, {"k": 1, "ratio": 0.5}):
+        with pytest.raises(ValueError, match="exactly one of k or ratio"):
+            low_importance_tokens(q, k, lse, qi, vi, backend=backend, **bad)
+
+
+def test_opcheck():
+    vi = _padded_index([40, 25], 45, seed=6)
+    x = _values("ties", vi.shape, seed=6)
+    for backend in ("reference", "cpu"):
+        for k, ratio in ((5, None), (-1, 0.5)):
+            torch.library.opcheck(
+                torch.ops.cagul.select_low_importance.default, (x, vi, k, ratio, backend)
+            )
+
+
+def test_torch_compile_fullgraph():
+    """k form: static width. ratio form: the op's fake returns an unbacked width."""
+    vi = _padded_index([40, 25], 45, seed=7)
+    x = _values("random", vi.shape, seed=7)
+
+    def with_k(x, vi):
+        slots, positions = select_low_importance(x * 2, vi, k=9, backend="cpu")
+        return slots, positions + 1
+
+    def with_ratio(x, vi):
+        slots, positions = select_low_importance(x, vi, ratio=0.3, backend="cpu")
+        return slots, positions.clamp(min=0)
+
+    for fn in (with_k, with_ratio):
+        compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+        got, want = compiled(x, vi), fn(x, vi)
+        assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+
+
+def test_fast_path_equals_custom_op():
+    vi = _padded_index([60, 31], 64, seed=8)
+    x = _values("ties", vi.shape, seed=8)
+    for k, ratio in ((10, None), (-1, 0.45)):
+        via_op = torch.ops.cagul.select_low_importance(x, vi, k, ratio, "cpu")
+        form = {"k": k} if ratio is None else {"ratio": ratio}
+        direct = select_low_importance(x, vi, **form)
+        assert all(torch.equal(a, b) for a, b in zip(via_op, direct, strict=True))
+
+
+class TestBadInput:
+    def setup_method(self):
+        self.vi = _padded_index([8, 5], 10, seed=1)
+        self.x = _values("random", self.vi.shape, seed=1)
+
+    def test_k_and_ratio(self):
+        with pytest.raises(ValueError, match="exactly one of k or ratio"):
+            select_low_importance(self.x, self.vi)
+        with pytest.raises(ValueError, match="exactly one of k or ratio"):
+            select_low_importance(self.x, self.vi, k=2, ratio=0.5)
+
+    def test_k_range_and_type(self):
+        with pytest.raises(ValueError, match="k must be >= 0"):
+            select_low_importance(self.x, self.vi, k=-1)
+        with pytest.raises(ValueError, match="exceeds the Nv=10"):
+            select_low_importance(self.x, self.vi, k=11)
+        for bad in (2.0, True, "3"):
+            with pytest.raises(TypeError, match="k must be an int"):
+                select_low_importance(self.x, self.vi, k=bad)
+
+    @pytest.mark.parametrize("backend", ["reference", *CPU_TENSOR_BACKENDS])
+    def test_k_above_valid_count(self, backend):
+        with pytest.raises(ValueError, match="k=6 exceeds the 5 valid visual tokens of row 1"):
+            select_low_importance(self.x, self.vi, k=6, backend=backend)
+
+    def test_ratio_range_and_type(self):
+        for bad in (0.0, 1.5, -0.2, float("nan"), float("inf")):
+            with pytest.raises(ValueError, match=r"ratio must be in \(0, 1\]"):
+                select_low_importance(self.x, self.vi, ratio=bad)
+        for bad in ("0.5", True, torch.tensor(0.5)):
+            with pytest.raises(TypeError, match="ratio must be a float"):
+                select_low_importance(self.x, self.vi, ratio=bad)
+
+    @pytest.mark.parametrize("backend", ["reference", *CPU_TENSOR_BACKENDS])
+    def test_nan_importance(self, backend):
+        x = self.x.clone()
+        j = int((self.vi[1] >= 0).nonzero()[2])
+        x[1, j] = float("nan")
+        with pytest.raises(ValueError, match=f"importance is NaN at row 1, slot {j}"):
+            select_low_importance(x, self.vi, ratio=0.5, backend=backend)
+
+    @pytest.mark.parametrize("backend", ["reference", *CPU_TENSOR_BACKENDS])
+    def test_index_below_padding(self, backend):
+        vi = self.vi.clone()
+        vi[0, 4] = -3
+        with pytest.raises(ValueError, match="visual_index entries must be -1"):
+            select_low_importance(self.x, vi, k=1, backend=backend)
+
+    def test_shapes_dtypes_devices(self):
+        with pytest.raises(ValueError, match="same shape"):
+            select_low_importance(self.x[:, :9], self.vi, k=1)
+        with pytest.raises(ValueError, match="importance must be 2-D"):
+            select_low_importance(self.x[0], self.vi[0], k=1)
+        with pytest.raises(TypeError, match="importance must have dtype"):
+            select_low_importance(self.x.double(), self.vi, k=1)
+        with pytest.raises(TypeError, match="visual_index must have dtype"):
+            select_low_importance(self.x, self.vi.float(), k=1)
+        with pytest.raises(TypeError, match=r"importance must be a torch\.Tensor"):
+            select_low_importance(self.x.tolist(), self.vi, k=1)
+        with pytest.raises(ValueError, match="one device"):
+            select_low_importance(self.x, self.vi.to("meta"), k=1)
+
+    def test_backend_names(self):
+        with pytest.raises(ValueError, match="backend must be"):
+            select_low_importance(self.x, self.vi, k=1, backend="metal")
+        with pytest.raises(ValueError, match="backend='cuda' needs CUDA tensors"):
+            select_low_importance(self.x, self.vi, k=1, backend="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("shape", [(1, 576), (8, 2880), (3, 16384), (8, 65536), (2, 70001)])
+def test_gpu_matches_reference(backend, shape):
+    b, nv = shape
+    vi = _padded_index([nv - 17 * i for i in range(b)], nv, seed=nv)
+    for kind in KINDS:
+        x = _values(kind, vi.shape, seed=nv)
+        for form in ({"ratio": 0.25}, {"k": nv // 3}, {"ratio": 1.0}):
+            got = select_low_importance(x.cuda(), vi.cuda(), backend=backend, **form)
+            want = _expected(x, vi, **form)
+            assert all(torch.equal(g.cpu(), w) for g, w in zip(got, want, strict=True))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_bad_input_and_determinism(backend):
+    vi = _padded_index([300, 200], 300, seed=2).cuda()
+    x = _values("ties", vi.shape, seed=2).cuda()
+    first = select_low_importance(x, vi, ratio=0.5, backend=backend)
+    again = select_low_importance(x, vi, ratio=0.5, backend=backend)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    with pytest.raises(ValueError, match="exceeds the 200 valid visual tokens of row 1"):
+        select_low_importance(x, vi, k=250, backend=backend)
+    x[0, int((vi[0] >= 0).nonzero()[0])] = float("nan")
+    with pytest.raises(ValueError, match="importance is NaN"):
+        select_low_importance(x, vi, k=5, backend=backend)
