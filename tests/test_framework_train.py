@@ -95,13 +95,6 @@ def test_bf16_autocast_training_runs():
     assert model.encoder.w2.dtype == torch.float32 and model.encoder.w2.abs().max() > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="the 'cagul' attention does not cast q/k/v to the autocast dtype (q, k are fp32 "
-    "after RoPE, v is bf16): cagul_kernels.integrations.transformers needs sdpa's autocast "
-    "policy; remove this mark when it has it",
-)
 def test_bf16_autocast_inline_mode():
     _, model, collate, data = build("llava", "inline")
     with torch.autocast("cpu", dtype=torch.bfloat16):
