@@ -31,8 +31,12 @@ test: lint
 demo: install
 	$(PY) benchmarks/bench_importance.py --quick
 
+# Every benchmark, each writing CSV/JSON/PNG to benchmarks/results/ (tens of minutes on CPU).
 bench: install
 	$(PY) benchmarks/bench_importance.py
+	$(PY) benchmarks/bench_topk.py
+	$(PY) benchmarks/bench_transform_scatter.py
+	$(PY) benchmarks/bench_vlm_long_context.py
 
 clean:
 	rm -rf build *.egg-info cagul_kernels/*.so

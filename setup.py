@@ -64,6 +64,7 @@ setup(
         "cagul_kernels.triton",
         "cagul_kernels.integrations",
         "cagul",
+        "cagul.data",
     ],
     package_dir={"cagul": "python/cagul"},
     ext_modules=[_extension()],

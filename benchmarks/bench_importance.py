@@ -2,9 +2,10 @@
 
 Providers, in one process and run, for a prompt ``[32 text][Nv image][128 question]``:
 
-- ``eager``: scores and softmax probabilities materialised (``B x H x S x S``, what
-  ``output_attentions=True`` / FastV / SparseVLM do), attention output ``P @ V``, then the
-  question rows' mean over heads on the image columns.
+- ``eager``: transformers' ``eager_attention_forward`` (what ``output_attentions=True`` /
+  FastV / SparseVLM run today): scores and softmax probabilities materialised
+  (``B x H x S x S``), attention output ``P @ V``, then the question rows' mean over heads
+  on the image columns.
 - ``attention_with_lse``: the fused attention alone (output + LSE).
 - ``attention_with_lse+importance``: the fused attention plus ``cross_modal_importance``.
 - ``importance`` (alone, per backend) and ``importance_torch_recompute`` (the plain-torch
@@ -24,8 +25,10 @@ import gc
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
+from transformers.models.llama.modeling_llama import eager_attention_forward
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -43,15 +46,15 @@ HQ, D, PREFIX, QUESTION = 16, 128, 32, 128
 
 
 def eager_importance(q, k, v, query_index, visual_index):
-    """The ``output_attentions=True`` way: materialise softmax probabilities."""
-    hq, s = q.shape[1], q.shape[2]
-    k = k.repeat_interleave(hq // k.shape[1], dim=1)
-    v = v.repeat_interleave(hq // v.shape[1], dim=1)
-    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-    scores.masked_fill_(torch.ones(s, s, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
-    probs = scores.softmax(dim=-1)
-    del scores
-    out = probs @ v
+    """The ``output_attentions=True`` way, literally: transformers' eager attention (Llama)
+    with the additive 4-D causal mask the model builds, keeping the probabilities, then
+    the question rows' mean over heads on the image columns."""
+    s = q.shape[2]
+    mask = torch.full((s, s), torch.finfo(q.dtype).min, dtype=q.dtype, device=q.device).triu(1)
+    module = SimpleNamespace(num_key_value_groups=q.shape[1] // k.shape[1], training=False)
+    out, probs = eager_attention_forward(
+        module, q, k, v, mask[None, None], 1 / math.sqrt(q.shape[-1])
+    )
     rows = probs[:, :, query_index[0]][..., visual_index[0]]
     return out, rows.float().mean(dim=(1, 2))
 

@@ -95,6 +95,13 @@ def test_bf16_autocast_training_runs():
     assert model.encoder.w2.dtype == torch.float32 and model.encoder.w2.abs().max() > 0
 
 
+def test_bf16_autocast_inline_mode():
+    _, model, collate, data = build("llava", "inline")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = CagulMethod(model)(collate(data[:4]))
+    assert torch.isfinite(loss)
+
+
 def _reference_row_nll(logits, labels):
     """Mean next-token cross entropy of each row over its labelled tokens."""
     logits, labels = logits[:, :-1].float(), labels[:, 1:]

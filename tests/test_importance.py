@@ -235,3 +235,18 @@ def test_attention_with_lse_matches_sdpa():
         ref_out, ref_lse = attention_with_lse(q, k, v, causal=causal, backend="reference")
         torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_with_lse_autocast_casts_like_sdpa():
+    """Under autocast mixed q/k (fp32 after RoPE) and v (bf16) run in the autocast dtype."""
+    q, k = torch.randn(1, 4, 9, 32), torch.randn(1, 2, 9, 32)
+    v = torch.randn(1, 2, 9, 32).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, lse = attention_with_lse(q, k, v)
+        want = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v.float(), is_causal=True, enable_gqa=True
+        )
+    assert out.dtype == want.dtype == torch.bfloat16 and lse.dtype == torch.float32
+    torch.testing.assert_close(out, want, rtol=2e-2, atol=2e-2)
+    with pytest.raises(TypeError, match="share a dtype"):
+        attention_with_lse(q, k, v)

@@ -40,6 +40,7 @@ def attention_with_lse(
         scale: softmax scale, default ``1 / sqrt(D)``.
         attn_mask: optional bool (True = attend) or additive float mask broadcastable to
             ``[B, Hq, Sq, Sk]``, combined with ``causal``.
+            Under autocast q, k, v are cast to the autocast dtype, as SDPA does.
         backend: ``None`` (best available), ``"flash_attn"``, ``"sdpa"`` (PyTorch's own
             fused kernels) or ``"reference"`` (plain torch, materialises the scores).
 
@@ -52,6 +53,11 @@ def attention_with_lse(
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(op, name, t, ndim=4, dtypes=FLOAT_DTYPES, shape_hint="[B, H, S, D]")
     check_same_device(op, q=q, k=k, v=v, attn_mask=attn_mask)
+    if torch.is_autocast_enabled(q.device.type):
+        # As F.scaled_dot_product_attention: run in the autocast dtype (RoPE often leaves
+        # q, k in fp32 while v is already bf16).
+        dtype = torch.get_autocast_dtype(q.device.type)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"{op}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     b, hq, sq, d = q.shape

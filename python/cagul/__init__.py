@@ -11,5 +11,14 @@
 from .config import CagulConfig
 from .model import CagulModel
 from .modules import ForgetDiscriminator, VisualTokenEncoder
+from .train import CagulMethod, CagulTrainer, Method
 
-__all__ = ["CagulConfig", "CagulModel", "ForgetDiscriminator", "VisualTokenEncoder"]
+__all__ = [
+    "CagulConfig",
+    "CagulMethod",
+    "CagulModel",
+    "CagulTrainer",
+    "ForgetDiscriminator",
+    "Method",
+    "VisualTokenEncoder",
+]

@@ -8,10 +8,11 @@ import math
 import os
 from typing import Any
 
+from cagul_kernels.integrations.transformers import QUERY_POLICIES
+from cagul_kernels.ops.transform_scatter import ACTIVATIONS
+
 MODES = ("input", "inline")
 FORGET_LOSSES = ("idk", "ga", "npo")
-QUERY_POLICIES = ("question", "last", "all_text")
-ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
 AUTOCAST = ("auto", "bf16", "fp16", "none")
 LR_SCHEDULES = ("constant", "cosine")
 CONFIG_NAME = "cagul_config.json"

@@ -2,61 +2,45 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 import cagul_kernels
+from cagul_kernels import ResidualTokenMLP
 
 
-class VisualTokenEncoder(nn.Module):
-    """Residual MLP ``D -> rank -> D`` applied in place to selected token rows.
+class VisualTokenEncoder(ResidualTokenMLP):
+    """The CAGUL visual token encoder: :class:`cagul_kernels.ResidualTokenMLP` (residual MLP
+    ``D -> rank -> D`` on selected rows through ``transform_scatter``; zero-initialised last
+    layer, so an untrained encoder is the identity) whose parameters stay fp32 and are cast
+    to ``x``'s dtype for the op (bf16 / fp16 models, autocast).
 
-    ``forward(x [B, S, D], positions [B, K])`` returns ``y`` with
-    ``y[b, p] = x[b, p] + g_b * (act(x[b, p] @ w1 + b1) @ w2 + b2)`` for every valid
-    ``p = positions[b, i]`` (``-1`` = padding) and every other row of ``x`` unchanged,
-    through :func:`cagul_kernels.transform_scatter`. ``w2`` and ``b2`` start at zero, so an
-    untrained encoder is the identity. Parameters stay fp32; they are cast to ``x``'s dtype
-    for the op (bf16 / fp16 models, autocast).
+    ``forward(x [B, S, D], positions [B, K], gate=None)``: ``y[b, p] = x[b, p] +
+    g_b * (act(x[b, p] @ w1 + b1) @ w2 + b2)`` at every valid ``p = positions[b, i]``
+    (``-1`` = padding); every other row of ``x`` is returned unchanged.
     """
-
-    def __init__(self, dim: int, rank: int, activation: str = "gelu"):
-        super().__init__()
-        if dim < 1 or rank < 1:
-            raise ValueError(f"VisualTokenEncoder: dim and rank must be >= 1, got {dim}, {rank}")
-        self.dim, self.rank, self.activation = dim, rank, activation
-        bound = 1.0 / math.sqrt(dim)
-        self.w1 = nn.Parameter(torch.empty(dim, rank).uniform_(-bound, bound))
-        self.b1 = nn.Parameter(torch.zeros(rank))
-        self.w2 = nn.Parameter(torch.zeros(rank, dim))
-        self.b2 = nn.Parameter(torch.zeros(dim))
 
     def forward(
         self,
         x: torch.Tensor,
         positions: torch.Tensor,
         gate: torch.Tensor | None = None,
-        *,
         inplace: bool = False,
         backend: str | None = None,
     ) -> torch.Tensor:
-        dt = x.dtype
+        w1, b1, w2, b2 = (p.to(x.dtype) for p in (self.w1, self.b1, self.w2, self.b2))
         return cagul_kernels.transform_scatter(
             x,
             positions,
-            self.w1.to(dt),
-            self.b1.to(dt),
-            self.w2.to(dt),
-            self.b2.to(dt),
+            w1,
+            b1,
+            w2,
+            b2,
             activation=self.activation,
             gate=gate,
             inplace=inplace,
             backend=backend,
         )
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}, rank={self.rank}, activation={self.activation!r}"
 
 
 class ForgetDiscriminator(nn.Module):

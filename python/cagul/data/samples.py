@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .config import CagulConfig
+from ..config import CagulConfig
 
 REQUIRED_KEYS = ("image", "question", "answer", "is_forget")
 
