@@ -197,7 +197,7 @@ def option_scores(
     """Per sample, ``[n_options]`` mean per-token log-likelihood of each option (+ eos) as
     the answer to the sample's question."""
     expanded = [{**s, "answer": option} for s in samples for option in s["options"]]
-    scores = []
+    scores = [torch.zeros(0)]
     for chunk in _chunks(expanded, batch_size):
         logits, labels = _answer_logits(model, collator, chunk)
         scores.append(-_row_nll(logits, labels).cpu())
@@ -245,7 +245,7 @@ def answer_kl(
         ref_logits, _ = _answer_logits(reference, collator, chunk)
         logp, _, row = answer_log_probs(logits, labels)
         ref_logp, _, _ = answer_log_probs(ref_logits, labels)
-        kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+        kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1).clamp(min=0.0)  # >= 0 up to rounding
         n = labels.shape[0]
         per_row = kl.new_zeros(n).index_add(0, row, kl)
         per_row /= kl.new_zeros(n).index_add(0, row, torch.ones_like(kl)).clamp(min=1.0)

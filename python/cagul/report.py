@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from .config import CagulConfig
@@ -160,7 +161,7 @@ def plot_importance(
     grid = math.isqrt(n)
     if grid * grid != n:
         raise ValueError(f"plot_importance: {n} visual tokens are not a square grid")
-    heat = importance[0, :n].reshape(grid, grid).cpu()
+    heat = importance[0, :n].reshape(grid, grid).cpu().numpy()
     chosen = [int(s) for s in slots[0] if s >= 0]
     prob = float(model.forget_probability(**inputs)[0])
     answers = {}
@@ -172,8 +173,8 @@ def plot_importance(
         new = out[0, inputs["input_ids"].shape[1] :]
         answers[name] = processor.tokenizer.decode(new, skip_special_tokens=True).strip()
 
-    image = sample["image"]
-    w, h = image.size
+    image = np.asarray(sample["image"].convert("RGB"))
+    h, w = image.shape[:2]
     fig, axes = plt.subplots(1, 2, figsize=(8.5, 4.6))
     axes[0].imshow(image)
     axes[0].set_title("forget-set image")

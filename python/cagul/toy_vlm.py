@@ -97,9 +97,14 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = 768):
         show_progress=False,
     )
     tk.train_from_iterator(list(texts), trainer)
-    tk.add_special_tokens([AddedToken(t, special=True) for t in SPECIAL_TOKENS])
+    # lstrip: "answer </s>" (the collator's format) ends in the eos token, no space token
+    special = {t: AddedToken(t, special=True, lstrip=t == "</s>") for t in SPECIAL_TOKENS}
+    tk.add_special_tokens(list(special.values()))
     return PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+        tokenizer_object=tk,
+        pad_token=special["<pad>"],
+        bos_token=special["<s>"],
+        eos_token=special["</s>"],
     )
 
 
