@@ -342,3 +342,37 @@ def test_cache_key_and_weights_hash(bench, tmp_path):
         next(again.parameters()).view(-1)[0] += 1e-6
     assert weights_hash(again) != weights_hash(vlm)
     assert math.isfinite(info["train_seconds"])
+
+
+# ---------------------------------------------------------------------- framework
+
+
+def test_per_sample_forget_loss():
+    """A sample's ``forget_loss`` overrides the config's: its target (refusal for idk, the
+    answer otherwise) and its loss; a mixed batch's forget loss is the mean of both."""
+    import tiny_vlm as tv
+    from cagul import CagulConfig, CagulMethod, CagulModel
+    from cagul.data import VLMCollator, validate_sample
+
+    vlm, processor = tv.llava()
+    config = CagulConfig(prompt_template=tv.LLAVA_TEMPLATE, layer=1, encoder_rank=8)
+    method = CagulMethod(CagulModel(vlm, config))
+    collate = VLMCollator(processor, method.config)
+    samples = tv.dataset(n_people=2, n_forget=2, poses=1)  # 4 forget samples
+    idk = [{**s, "forget_loss": "idk"} for s in samples[:2]]
+    npo = [{**s, "forget_loss": "npo"} for s in samples[2:]]
+    batch = collate(idk + npo)
+    assert batch["forget_loss"].tolist() == [0, 0, 2, 2]
+    tok = processor.tokenizer
+    targets = [tok.decode(ids[lab != -100], skip_special_tokens=True).strip()
+               for ids, lab in zip(batch["inputs"]["input_ids"], batch["inputs"]["labels"],
+                                   strict=True)]  # fmt: skip
+    assert targets == [config.refusal] * 2 + [s["answer"] for s in samples[2:]]
+    with torch.no_grad():
+        mixed = method(batch)[1]["forget_loss"]
+        only_idk = method(collate(idk))[1]["forget_loss"]
+        only_npo = method(collate(npo))[1]["forget_loss"]
+    assert only_npo == pytest.approx(2.0 / config.npo_beta * math.log(2.0), rel=1e-5)  # at init
+    assert mixed == pytest.approx((only_idk + only_npo) / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="forget_loss must be one of"):
+        validate_sample({**samples[0], "forget_loss": "kl"})

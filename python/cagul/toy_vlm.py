@@ -51,13 +51,13 @@ class ToyVLMConfig:
     ``warmup_steps`` and a cosine decay, ``weight_decay``, ``seed``.
     """
 
-    image_size: int = 64
+    image_size: int = 48
     patch_size: int = 8
     vision_hidden: int = 64
     vision_layers: int = 2
     vision_heads: int = 4
     hidden: int = 128
-    layers: int = 4
+    layers: int = 3
     heads: int = 4
     kv_heads: int = 2
     intermediate: int = 256
