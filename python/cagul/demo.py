@@ -37,11 +37,11 @@ VANILLA_SPLITS = ("forget", "retain", "strangers")
 RETAIN_ONLY_SPLITS = ("retain", "strangers")
 DEMO_CAGUL = dict(
     layer=1,
-    ratio=0.5,
+    ratio=0.75,
     encoder_rank=16,
     discriminator_hidden=32,
     lr=3e-3,
-    steps=200,
+    steps=600,
     batch_size=16,
     warmup_steps=10,
     lr_schedule="cosine",
@@ -56,10 +56,10 @@ class DemoConfig:
     """Everything ``cagul demo`` does.
 
     data / model / cagul: the benchmark, the toy VLM (architecture + training) and CAGUL
-    (``CagulConfig`` fields; defaults in ``DEMO_CAGUL``). forget_losses: every forget
-    sample enters CAGUL's training set once per listed forget loss (default: the refusal
-    as target, ``"idk"``, and the true answer pushed down, ``"npo"``); cagul_retain_ratio:
-    retain samples per forget entry.
+    (``CagulConfig`` fields; defaults in ``DEMO_CAGUL``). forget_losses: the forget loss
+    of the forget samples per question form (default: short answers learn the refusal,
+    ``"idk"``; multiple-choice questions push the true option down, ``"npo"``);
+    cagul_retain_ratio: retain samples per forget sample in CAGUL's training set.
     eval_samples: questions per split and form that are evaluated (a fixed random subset;
     0 = all). retain_only: also train and evaluate the retain-only model.
     """
@@ -67,9 +67,11 @@ class DemoConfig:
     data: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
     model: ToyVLMConfig = dataclasses.field(default_factory=ToyVLMConfig)
     cagul: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(DEMO_CAGUL))
-    forget_losses: tuple[str, ...] = ("idk", "npo")
+    forget_losses: dict[str, str] = dataclasses.field(
+        default_factory=lambda: {"short": "idk", "mc": "npo"}
+    )
     cagul_retain_ratio: float = 1.0
-    eval_samples: int = 200
+    eval_samples: int = 360
     retain_only: bool = False
     seed: int = 0
 
@@ -81,7 +83,7 @@ class DemoConfig:
             "data": self.data.to_dict(),
             "model": self.model.to_dict(),
             "cagul": self.cagul_config().to_dict(),
-            "forget_losses": list(self.forget_losses),
+            "forget_losses": dict(self.forget_losses),
             "cagul_retain_ratio": self.cagul_retain_ratio,
             "eval_samples": self.eval_samples,
             "retain_only": self.retain_only,
@@ -100,11 +102,10 @@ class DemoConfig:
             if field not in {f.name for f in dataclasses.fields(sub)}:
                 raise ValueError(f"demo config: unknown field {key!r}")
             setattr(self, section, dataclasses.replace(sub, **{field: value}))
-        elif not field and key == "forget_losses":
-            losses = (value,) if isinstance(value, str) else tuple(value)
-            if not losses or any(v not in FORGET_LOSSES for v in losses):
-                raise ValueError(f"demo config: forget_losses must be from {FORGET_LOSSES}")
-            self.forget_losses = losses
+        elif section == "forget_losses" and field in ("short", "mc"):
+            if value not in FORGET_LOSSES:
+                raise ValueError(f"demo config: {key} must be one of {FORGET_LOSSES}")
+            self.forget_losses = {**self.forget_losses, field: value}
         elif not field and key in {"cagul_retain_ratio", "eval_samples", "retain_only", "seed"}:
             setattr(self, key, value)
         else:
@@ -191,14 +192,14 @@ def eval_splits(bench: Benchmark, config: DemoConfig) -> dict[str, list[dict]]:
 def train_cagul(
     vlm, processor, bench: Benchmark, config: DemoConfig, output_dir: str, *, progress: bool
 ):
-    """``(CagulModel, seconds)``: CAGUL trained on every forget sample once per forget loss
-    of ``config.forget_losses`` and ``cagul_retain_ratio`` times as many retain samples;
-    the adapter goes to ``output_dir``."""
+    """``(CagulModel, seconds)``: CAGUL trained on the forget samples (forget loss per
+    question form: ``config.forget_losses``) and ``cagul_retain_ratio`` times as many
+    retain samples; the adapter goes to ``output_dir``."""
     cfg = config.cagul_config()
     seed_everything(cfg.seed)
     model = CagulModel(vlm, cfg)
     forget = [
-        {**s, "forget_loss": k} for k in config.forget_losses for s in bench.samples("forget")
+        {**s, "forget_loss": config.forget_losses[s["form"]]} for s in bench.samples("forget")
     ]
     retain = _subset(
         bench.samples("retain"), round(config.cagul_retain_ratio * len(forget)), cfg.seed
