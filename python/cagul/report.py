@@ -134,9 +134,10 @@ def plot_accuracy(results: dict[str, Any], path: str) -> None:
         ax.set_xticks(range(len(EVAL_SPLITS)), EVAL_SPLITS)
         ax.set_ylim(0, 1.05)
         ax.set_title(metric)
-    axes[0].legend(fontsize=8, loc="lower left")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9)
     fig.suptitle("vanilla vs CAGUL on the fictitious-people benchmark")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -272,7 +273,8 @@ def _examples(model: CagulModel, processor: Any, splits: dict, config: CagulConf
     collator = VLMCollator(processor, config, target="answer")
     rows = []
     for split, n in (("forget", 4), ("forget_test", 2), ("retain", 2), ("retain_test", 2)):
-        chosen = [s for s in splits[split] if s.get("form", "short") == "short"][:n]
+        short = [s for s in splits[split] if s.get("form", "short") == "short"]
+        chosen = short[:: max(1, len(short) // n)][:n]  # spread over people and facts
         vanilla = generate_answers(
             model.vlm, chosen, collator, max_new_tokens=config.max_new_tokens
         )
