@@ -138,6 +138,20 @@ def test_generate_reuses_and_errors(bench_dir, tmp_path):
             syn.SyntheticConfig(**bad)
 
 
+def test_jitter_views(bench):
+    import numpy as np
+    from cagul.demo import Augmented
+
+    samples = bench.samples("forget")[:2]
+    views = Augmented(samples, seed=0)
+    a, b = views[0], views[0]
+    assert a["question"] == samples[0]["question"] and a["image"].size == (32, 32)
+    assert not np.array_equal(np.asarray(a["image"]), np.asarray(b["image"]))
+    again = Augmented(samples, seed=0)[0]["image"]  # same seed, index and access count
+    assert np.array_equal(np.asarray(again), np.asarray(a["image"]))
+    assert len(views) == 2
+
+
 # ---------------------------------------------------------------------- tokenizer
 
 

@@ -22,11 +22,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from .config import FORGET_LOSSES, CagulConfig
 from .data import VLMCollator
-from .data.synthetic import EVAL_SPLITS, Benchmark, SyntheticConfig
+from .data.synthetic import EVAL_SPLITS, Benchmark, SyntheticConfig, jitter
 from .data.synthetic import generate as generate_benchmark
 from .evaluate import evaluate_splits
 from .model import CagulModel
@@ -40,6 +41,7 @@ DEMO_CAGUL = dict(
     ratio=0.75,
     encoder_rank=16,
     discriminator_hidden=32,
+    retain_weight=0.3,
     lr=3e-3,
     steps=600,
     batch_size=16,
@@ -59,7 +61,10 @@ class DemoConfig:
     (``CagulConfig`` fields; defaults in ``DEMO_CAGUL``). forget_losses: the forget loss
     of the forget samples per question form (default: short answers learn the refusal,
     ``"idk"``; multiple-choice questions push the true option down, ``"npo"``);
-    cagul_retain_ratio: retain samples per forget sample in CAGUL's training set.
+    cagul_retain_ratio: retain samples per forget sample in CAGUL's training set;
+    cagul_augment: CAGUL trains on randomly re-posed views of its images
+    (:func:`cagul.data.synthetic.jitter`), which helps the discriminator and the encoder
+    on unseen poses.
     eval_samples: questions per split and form that are evaluated (a fixed random subset;
     0 = all). retain_only: also train and evaluate the retain-only model.
     """
@@ -71,6 +76,7 @@ class DemoConfig:
         default_factory=lambda: {"short": "idk", "mc": "npo"}
     )
     cagul_retain_ratio: float = 1.0
+    cagul_augment: bool = True
     eval_samples: int = 360
     retain_only: bool = False
     seed: int = 0
@@ -85,6 +91,7 @@ class DemoConfig:
             "cagul": self.cagul_config().to_dict(),
             "forget_losses": dict(self.forget_losses),
             "cagul_retain_ratio": self.cagul_retain_ratio,
+            "cagul_augment": self.cagul_augment,
             "eval_samples": self.eval_samples,
             "retain_only": self.retain_only,
             "seed": self.seed,
@@ -106,7 +113,13 @@ class DemoConfig:
             if value not in FORGET_LOSSES:
                 raise ValueError(f"demo config: {key} must be one of {FORGET_LOSSES}")
             self.forget_losses = {**self.forget_losses, field: value}
-        elif not field and key in {"cagul_retain_ratio", "eval_samples", "retain_only", "seed"}:
+        elif not field and key in {
+            "cagul_retain_ratio",
+            "cagul_augment",
+            "eval_samples",
+            "retain_only",
+            "seed",
+        }:
             setattr(self, key, value)
         else:
             raise ValueError(f"demo config: unknown field {key!r}")
@@ -205,9 +218,10 @@ def train_cagul(
         bench.samples("retain"), round(config.cagul_retain_ratio * len(forget)), cfg.seed
     )
     shutil.rmtree(output_dir, ignore_errors=True)
+    samples = forget + retain
     trainer = CagulTrainer(
         CagulMethod(model),
-        forget + retain,
+        Augmented(samples, cfg.seed) if config.cagul_augment else samples,
         VLMCollator(processor, model.config),
         model.config,
         output_dir=output_dir,
@@ -216,6 +230,22 @@ def train_cagul(
     start = time.perf_counter()
     trainer.train()
     return model.eval(), time.perf_counter() - start
+
+
+class Augmented(Sequence):
+    """``samples`` whose images are re-posed at random (:func:`jitter`) on every access;
+    the views are a function of ``seed``, the index and the access count."""
+
+    def __init__(self, samples: Sequence[dict], seed: int):
+        self.samples, self.seed, self.calls = samples, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict:
+        self.calls += 1
+        rng = np.random.default_rng([self.seed, i, self.calls])
+        return {**self.samples[i], "image": jitter(self.samples[i]["image"], rng)}
 
 
 def _params(module: torch.nn.Module) -> int:

@@ -314,6 +314,31 @@ def draw_portrait(appearance: dict[str, int], pose_seed: Iterable[int], size: in
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
+def jitter(image, rng: np.random.Generator):
+    """A random re-pose of a portrait (a PIL image): shift, scale and rotation about the
+    centre (borders filled with the corner colour), brightness and noise -- an augmented
+    view for training on top of the drawn poses."""
+    from PIL import Image
+
+    size = image.size[0]
+    scale = rng.uniform(0.92, 1.08)
+    angle = math.radians(rng.uniform(-8.0, 8.0))
+    shift = rng.uniform(-0.06, 0.06, size=2) * size
+    cos, sin, c = math.cos(angle) / scale, math.sin(angle) / scale, size / 2
+    tx, ty = c + shift[0], c + shift[1]
+    coeffs = (cos, sin, c - cos * tx - sin * ty, -sin, cos, c + sin * tx - cos * ty)
+    moved = image.transform(
+        image.size,
+        Image.Transform.AFFINE,
+        coeffs,
+        Image.Resampling.BILINEAR,
+        fillcolor=image.getpixel((0, 0)),
+    )
+    pixels = np.asarray(moved, dtype=np.float32) * rng.uniform(0.9, 1.1)
+    pixels = pixels + rng.normal(0.0, 3.0, pixels.shape)
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+
+
 # ---------------------------------------------------------------------- questions
 
 
