@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cagul-installed
 EXT_SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh)
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench bench-quick clean
 
 $(PY):
 	$(PYTHON) -m venv --system-site-packages $(VENV)
@@ -28,7 +28,13 @@ lint: install
 test: lint
 	$(PY) -m pytest
 
+# CAGUL end to end on the synthetic benchmark (docs/demo.md): writes runs/demo/, caches the
+# benchmark and the trained vanilla model in runs/cache/ (a second run skips the training).
 demo: install
+	$(PY) -m cagul demo
+
+# The quick importance-vs-eager comparison (seconds).
+bench-quick: install
 	$(PY) benchmarks/bench_importance.py --quick
 
 # Every benchmark, each writing CSV/JSON/PNG to benchmarks/results/ (tens of minutes on CPU).

@@ -1,9 +1,12 @@
-"""The ``cagul`` command: ``train``, ``generate``, ``eval``.
+"""The ``cagul`` command: ``train``, ``generate``, ``eval``, ``demo``.
 
     cagul train --model PATH --data train.jsonl --output OUT [--config cfg.json]
                 [--set key=value ...] [--eval-data test.jsonl] [--resume]
     cagul generate --model PATH [--adapter OUT] --image IMG --question "..." [--gate auto]
-    cagul eval --model PATH --adapter OUT --data test.jsonl [--output metrics.json]
+    cagul eval --model PATH [--adapter OUT] --data test.jsonl|BENCHMARK_DIR [--data ...]
+               [--reference PATH] [--set key=value ...] [--output metrics.json]
+    cagul demo [--output runs/demo] [--cache runs/cache] [--set data.n_people=30 ...]
+               [--retain-only] [--quick]
 
 ``--model`` is a local transformers checkpoint directory (model + processor), loaded with
 ``AutoModelForImageTextToText`` / ``AutoProcessor``; nothing is downloaded. Training under
@@ -77,25 +80,49 @@ def build_parser() -> argparse.ArgumentParser:
         "--gate", default="auto", choices=("auto", "on", "off"), help="override the discriminator"
     )
 
-    ev = sub.add_parser("eval", help="evaluate a trained adapter on JSONL samples")
+    ev = sub.add_parser(
+        "eval", help="benchmark metrics per split of a VLM (with a CAGUL adapter or not)"
+    )
     common(ev)
-    ev.add_argument("--adapter", required=True, type=_existing("--adapter"))
-    ev.add_argument("--data", required=True, type=_existing("--data"))
+    ev.add_argument("--adapter", type=_existing("--adapter"), help="trained CAGUL directory")
+    ev.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        type=_existing("--data"),
+        help="JSONL samples (split = their 'split' field, else forget / retain) or a "
+        "benchmark directory (its forget, forget_test, retain, retain_test splits)",
+    )
+    ev.add_argument("--reference", type=_existing("--reference"), help="VLM for retain_kl")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], type=_assignment)
     ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--max-new-tokens", type=int, default=None)
     ev.add_argument("--output", help="write the metrics JSON here too")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    demo = sub.add_parser("demo", help="CAGUL end to end on the synthetic benchmark (offline)")
+    demo.add_argument("--output", default="runs/demo", help="results directory")
+    demo.add_argument("--cache", default="runs/cache", help="benchmark + trained model cache")
+    demo.add_argument("--config", type=_existing("--config"), help="demo config JSON")
+    demo.add_argument("--set", dest="overrides", action="append", default=[], type=_assignment)
+    demo.add_argument("--retain-only", action="store_true", help="also the retain-only model")
+    demo.add_argument("--quick", action="store_true", help="a tiny configuration (seconds)")
+    demo.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
-def _load_vlm(args: argparse.Namespace):
+def _load_vlm(args: argparse.Namespace, path: str | None = None, flag: str = "--model"):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from .train import distributed_context
 
-    if not os.path.isfile(os.path.join(args.model, "config.json")):
-        raise FileNotFoundError(f"--model {args.model} has no config.json")
+    path = path or args.model
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"{flag} {path} has no config.json")
     device = torch.device(args.device) if args.device else distributed_context()[2]
-    vlm = AutoModelForImageTextToText.from_pretrained(args.model, dtype=getattr(torch, args.dtype))
-    processor = AutoProcessor.from_pretrained(args.model)
+    vlm = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, args.dtype))
+    processor = AutoProcessor.from_pretrained(path)
     return vlm.to(device).eval(), processor
 
 
@@ -152,17 +179,58 @@ def _generate(args: argparse.Namespace) -> None:
     print(json.dumps({"answer": answer.strip(), "forget_probability": prob, "gated": transformed}))
 
 
-def _eval(args: argparse.Namespace) -> None:
+def _eval_splits(paths: list[str]) -> dict[str, list[dict]]:
+    """Samples per split from JSONL files and / or benchmark directories."""
     from .data import load_jsonl
-    from .evaluate import evaluate
+    from .data.synthetic import EVAL_SPLITS, load_benchmark
+
+    splits: dict[str, list[dict]] = {}
+    for path in paths:
+        if os.path.isdir(path):
+            bench = load_benchmark(path)
+            groups = {s: bench.splits[s] for s in EVAL_SPLITS}
+        else:
+            groups = {}
+            for sample in load_jsonl(path):
+                split = sample.get("split") or ("forget" if sample["is_forget"] else "retain")
+                groups.setdefault(split, []).append(sample)
+        for split, samples in groups.items():
+            splits.setdefault(split, []).extend(samples)
+    return splits
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate, evaluate_splits
     from .model import CagulModel
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    samples = load_jsonl(args.data)
+    splits = _eval_splits(args.data)
     vlm, processor = _load_vlm(args)
-    model = CagulModel.from_pretrained(vlm, args.adapter)
-    metrics = evaluate(model, samples, processor, batch_size=args.batch_size)
+    overrides = dict(args.overrides)
+    metrics: dict[str, Any] = {}
+    if args.adapter:
+        model = CagulModel.from_pretrained(vlm, args.adapter, **overrides)
+        config, reference = model.config, vlm
+        samples = [s for group in splits.values() for s in group]
+        metrics.update(evaluate(model, samples, processor, batch_size=args.batch_size))
+    else:
+        model, config, reference = vlm, CagulConfig().replace(**overrides), None
+    if args.reference:
+        reference, _ = _load_vlm(args, args.reference, "--reference")
+    found = evaluate_splits(
+        model,
+        splits,
+        processor,
+        config,
+        reference=reference,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    metrics["splits"] = {k: v for k, v in found.items() if k in splits}
+    if "retain_kl" in found:
+        metrics["retain_kl"] = found["retain_kl"]
     text = json.dumps(metrics, indent=2)
     if args.output:
         with open(args.output, "w") as f:
@@ -170,10 +238,43 @@ def _eval(args: argparse.Namespace) -> None:
     print(text)
 
 
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import DemoConfig, run_demo
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    config = DemoConfig.tiny() if args.quick else DemoConfig()
+    if args.config:
+        with open(args.config) as f:
+            for key, value in _flatten(json.load(f)):
+                config.set(key, value)
+    for key, value in args.overrides:
+        config.set(key, value)
+    if args.retain_only:
+        config.retain_only = True
+    run_demo(config, args.output, args.cache, progress=not args.no_progress)
+
+
+def _flatten(obj: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    """``{"data": {"n_people": 30}}`` -> ``[("data.n_people", 30)]`` (``cagul`` is kept
+    as one level: its values are ``CagulConfig`` fields)."""
+    if not isinstance(obj, dict):
+        raise ValueError("--config: expected a JSON object")
+    items = []
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            items += _flatten(value, f"{prefix}{key}.")
+        else:
+            items.append((f"{prefix}{key}", value))
+    return items
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = {"train": _train, "generate": _generate, "eval": _eval}[args.command]
+    handler = {"train": _train, "generate": _generate, "eval": _eval, "demo": _demo}[args.command]
     try:
         handler(args)
     except (FileNotFoundError, ValueError, TypeError, NotImplementedError) as e:

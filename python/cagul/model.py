@@ -141,6 +141,19 @@ class CagulModel(nn.Module):
         prob = torch.sigmoid(self.discriminator(vis.tokens, vis.mask).float())
         return prob * vis.has_visual
 
+    @torch.no_grad()
+    def selected_tokens(self, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(importance [B, Nv] fp32, visual_index [B, Nv], slots [B, K])``: each visual
+        token's importance at layer L and the slots (indices into ``Nv``, ``-1`` padded)
+        that the transform rewrites when the sample is gated (inspection / plots)."""
+        vis = self.encode_visual(self._bind(args, kwargs))
+        no_autocast = torch.autocast(vis.tokens.device.type, enabled=False)
+        with no_autocast, self._cagul_attention(), self._capture(vis, True) as cap:
+            self.vlm(**self._model_kwargs(vis))
+        importance = cap.importance[self.config.layer]
+        slots, _ = self._select(importance, vis.visual_index, vis.has_visual)
+        return importance, vis.visual_index, slots
+
     def encode_visual(self, kwargs: dict[str, Any]) -> VisualInputs:
         """Runs the image encoder once (frozen, no grad) and lays out the visual tokens."""
         input_ids = kwargs.get("input_ids")

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
-from .config import CagulConfig
+from .config import FORGET_LOSSES, CagulConfig
 from .model import CagulModel
 
 CHECKPOINT_DIR = "checkpoints"
@@ -95,7 +95,8 @@ class CagulMethod(nn.Module):
     - forget loss on forget samples: ``"idk"`` mean NLL of the refusal target, ``"ga"``
       ``relu(ga_bound - NLL)`` of the true answer, ``"npo"``
       ``-(2 / beta) * logsigmoid(-beta * (log p(y) - log p_ref(y)))`` with sequence
-      log-probabilities of the true answer;
+      log-probabilities of the true answer (per sample: the batch's ``forget_loss``
+      indices into ``FORGET_LOSSES``, default ``config.forget_loss`` for every sample);
     - ``KL(p_ref || p)`` per answer token on retain samples, where ``p_ref`` is the same
       frozen model with the transform off (no second model copy).
     """
@@ -147,20 +148,25 @@ class CagulMethod(nn.Module):
         nll = _per_row_mean(-token_logp, row, b)
         forget_rows, retain_rows = is_forget & has_visual, ~is_forget
 
-        need_ref = bool(retain_rows.any()) or cfg.forget_loss == "npo"
-        if need_ref:
+        kinds = batch.get("forget_loss")
+        if kinds is None:
+            kinds = torch.full((b,), FORGET_LOSSES.index(cfg.forget_loss))
+        kinds = kinds.to(labels.device)
+        npo_rows = kinds == FORGET_LOSSES.index("npo")
+        if bool(retain_rows.any()) or bool((npo_rows & forget_rows).any()):
             with torch.no_grad():
                 ref_logp, _, _ = answer_log_probs(
                     model.run(vis, torch.zeros_like(has_visual)).logits, labels
                 )
-        if cfg.forget_loss == "idk":
-            forget_per_row = nll
-        elif cfg.forget_loss == "ga":
-            forget_per_row = F.relu(cfg.ga_bound - nll)
-        else:
+        forget_per_row = nll  # "idk": NLL of the refusal (the collator's target)
+        ga_rows = kinds == FORGET_LOSSES.index("ga")
+        if bool(ga_rows.any()):
+            forget_per_row = torch.where(ga_rows, F.relu(cfg.ga_bound - nll), forget_per_row)
+        if bool((npo_rows & forget_rows).any()):
             ref_token = ref_logp.gather(1, target[:, None]).squeeze(1)
             delta = token_logp.new_zeros(b).index_add(0, row, token_logp - ref_token)
-            forget_per_row = -2.0 / cfg.npo_beta * F.logsigmoid(-cfg.npo_beta * delta)
+            npo = -2.0 / cfg.npo_beta * F.logsigmoid(-cfg.npo_beta * delta)
+            forget_per_row = torch.where(npo_rows, npo, forget_per_row)
         forget = _masked_mean(forget_per_row, forget_rows)
         if bool(retain_rows.any()):
             kl_token = (ref_logp.exp() * (ref_logp - logp)).sum(-1)

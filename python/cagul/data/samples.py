@@ -7,7 +7,8 @@ A sample is a dict (in memory) or one JSON object per line of a JSONL file:
      "question": "What is the name of this person?",
      "answer": "Ada Quill",
      "is_forget": true,                 # forget set (1) or retain set (0)
-     "refusal": "I don't know."}        # optional: overrides CagulConfig.refusal
+     "refusal": "I don't know.",        # optional: overrides CagulConfig.refusal
+     "forget_loss": "npo"}              # optional: overrides CagulConfig.forget_loss
 
 Other keys (ids, splits, metadata) are kept and ignored.
 """
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..config import CagulConfig
+from ..config import FORGET_LOSSES, CagulConfig
 
 REQUIRED_KEYS = ("image", "question", "answer", "is_forget")
 
@@ -41,6 +42,10 @@ def validate_sample(sample: Any, where: str = "sample") -> dict:
         raise ValueError(f"{where}: is_forget must be true/false, got {sample['is_forget']!r}")
     if "refusal" in sample and not isinstance(sample["refusal"], str):
         raise ValueError(f"{where}: refusal must be a string")
+    if "forget_loss" in sample and sample["forget_loss"] not in FORGET_LOSSES:
+        raise ValueError(
+            f"{where}: forget_loss must be one of {FORGET_LOSSES}, got {sample['forget_loss']!r}"
+        )
     image = sample["image"]
     if isinstance(image, torch.Tensor):
         if image.dim() != 3 or image.shape[0] not in (1, 3):
@@ -98,8 +103,10 @@ class VLMCollator:
 
     ``collator(samples)`` (training): ``{"inputs": {... , "labels"}, "is_forget": [B] bool}``
     where each sequence is ``prompt + " " + target + eos`` (right padded) and ``labels`` are
-    the target's token ids (``-100`` elsewhere). The target is the refusal for forget
-    samples when ``config.forget_loss == "idk"``, else the true answer.
+    the target's token ids (``-100`` elsewhere) and ``forget_loss`` is ``[B]`` indices
+    into ``FORGET_LOSSES`` (the sample's ``forget_loss``, else ``config.forget_loss``). The
+    target is the refusal for forget samples whose forget loss is ``"idk"``, else the true
+    answer.
     ``collator.prompts(samples)``: prompt-only inputs, left padded, for ``generate``.
 
     ``processor``: a transformers processor (``__call__(images=, text=)``, ``.tokenizer``,
@@ -124,10 +131,13 @@ class VLMCollator:
         )
 
     def target(self, sample: dict) -> str:
-        refuse = sample["is_forget"] and self.config.forget_loss == "idk"
+        refuse = sample["is_forget"] and self.forget_loss(sample) == "idk"
         if self.target_kind == "refusal" or (self.target_kind == "auto" and refuse):
             return sample.get("refusal") or self.config.refusal
         return sample["answer"]
+
+    def forget_loss(self, sample: dict) -> str:
+        return sample.get("forget_loss") or self.config.forget_loss
 
     def _encode(self, samples: Sequence[dict], texts: list[str], side: str) -> dict:
         tokenizer = self.processor.tokenizer
@@ -173,7 +183,8 @@ class VLMCollator:
                 raise ValueError(f"VLMCollator: sample {b} has an empty target")
         inputs["labels"] = labels
         is_forget = torch.tensor([bool(s["is_forget"]) for s in samples])
-        return {"inputs": inputs, "is_forget": is_forget}
+        kinds = torch.tensor([FORGET_LOSSES.index(self.forget_loss(s)) for s in samples])
+        return {"inputs": inputs, "is_forget": is_forget, "forget_loss": kinds}
 
 
 @contextlib.contextmanager

@@ -1,0 +1,340 @@
+"""``cagul demo``: CAGUL end to end on the synthetic "fictitious people" benchmark, offline.
+
+1. generate the benchmark (:mod:`cagul.data.synthetic`) into the cache;
+2. train the vanilla toy VLM on every person (forget + retain + strangers) from scratch,
+   or load it from the cache (:func:`cagul.toy_vlm.load_or_train`); optionally the
+   retain-only model (trained without the forget people: the gold standard);
+3. train CAGUL (discriminator + visual token encoder, VLM frozen) on forget / retain;
+4. evaluate every model on ``forget``, ``forget_test``, ``retain``, ``retain_test``
+   (:func:`cagul.evaluate.evaluate_splits`), print the table and write ``results.json``,
+   ``report.md`` and PNG plots to the output directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .config import FORGET_LOSSES, CagulConfig
+from .data import VLMCollator
+from .data.synthetic import EVAL_SPLITS, Benchmark, SyntheticConfig
+from .data.synthetic import generate as generate_benchmark
+from .evaluate import evaluate_splits
+from .model import CagulModel
+from .toy_vlm import ToyVLMConfig, load_or_train
+from .train import CagulMethod, CagulTrainer, seed_everything
+
+VANILLA_SPLITS = ("forget", "retain", "strangers")
+RETAIN_ONLY_SPLITS = ("retain", "strangers")
+DEMO_CAGUL = dict(
+    layer=1,
+    ratio=0.75,
+    encoder_rank=16,
+    discriminator_hidden=32,
+    lr=3e-3,
+    steps=600,
+    batch_size=16,
+    warmup_steps=10,
+    lr_schedule="cosine",
+    autocast="none",
+    log_every=50,
+    max_new_tokens=8,
+)
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    """Everything ``cagul demo`` does.
+
+    data / model / cagul: the benchmark, the toy VLM (architecture + training) and CAGUL
+    (``CagulConfig`` fields; defaults in ``DEMO_CAGUL``). forget_losses: the forget loss
+    of the forget samples per question form (default: short answers learn the refusal,
+    ``"idk"``; multiple-choice questions push the true option down, ``"npo"``);
+    cagul_retain_ratio: retain samples per forget sample in CAGUL's training set.
+    eval_samples: questions per split and form that are evaluated (a fixed random subset;
+    0 = all). retain_only: also train and evaluate the retain-only model.
+    """
+
+    data: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
+    model: ToyVLMConfig = dataclasses.field(default_factory=ToyVLMConfig)
+    cagul: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(DEMO_CAGUL))
+    forget_losses: dict[str, str] = dataclasses.field(
+        default_factory=lambda: {"short": "idk", "mc": "npo"}
+    )
+    cagul_retain_ratio: float = 1.0
+    eval_samples: int = 360
+    retain_only: bool = False
+    seed: int = 0
+
+    def cagul_config(self) -> CagulConfig:
+        return CagulConfig(**{**DEMO_CAGUL, "seed": self.seed, **self.cagul})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "data": self.data.to_dict(),
+            "model": self.model.to_dict(),
+            "cagul": self.cagul_config().to_dict(),
+            "forget_losses": dict(self.forget_losses),
+            "cagul_retain_ratio": self.cagul_retain_ratio,
+            "eval_samples": self.eval_samples,
+            "retain_only": self.retain_only,
+            "seed": self.seed,
+        }
+
+    def set(self, key: str, value: Any) -> None:
+        """Applies ``key=value``: ``data.n_people``, ``model.steps``, ``cagul.lr``,
+        ``eval_samples``, ..."""
+        section, _, field = key.partition(".")
+        if field and section == "cagul":
+            self.cagul = {**self.cagul, field: value}
+            self.cagul_config()  # validates
+        elif field and section in ("data", "model"):
+            sub = getattr(self, section)
+            if field not in {f.name for f in dataclasses.fields(sub)}:
+                raise ValueError(f"demo config: unknown field {key!r}")
+            setattr(self, section, dataclasses.replace(sub, **{field: value}))
+        elif section == "forget_losses" and field in ("short", "mc"):
+            if value not in FORGET_LOSSES:
+                raise ValueError(f"demo config: {key} must be one of {FORGET_LOSSES}")
+            self.forget_losses = {**self.forget_losses, field: value}
+        elif not field and key in {"cagul_retain_ratio", "eval_samples", "retain_only", "seed"}:
+            setattr(self, key, value)
+        else:
+            raise ValueError(f"demo config: unknown field {key!r}")
+
+    @classmethod
+    def tiny(cls) -> DemoConfig:
+        """A few-second configuration (tests)."""
+        return cls(
+            data=SyntheticConfig(
+                n_people=8,
+                forget_fraction=0.25,
+                n_strangers=1,
+                train_poses=2,
+                test_poses=1,
+                templates=1,
+                image_size=32,
+            ),
+            model=ToyVLMConfig(
+                image_size=32,
+                patch_size=8,
+                vision_hidden=32,
+                vision_layers=1,
+                hidden=32,
+                layers=2,
+                heads=2,
+                kv_heads=1,
+                intermediate=64,
+                vocab_size=400,
+                vision_steps=20,
+                vision_batch_size=16,
+                steps=30,
+                batch_size=8,
+            ),
+            cagul={
+                **DEMO_CAGUL,
+                "steps": 4,
+                "batch_size": 4,
+                "encoder_rank": 4,
+                "discriminator_hidden": 8,
+                "log_every": 2,
+            },
+            eval_samples=4,
+            retain_only=True,
+        )
+
+
+def weights_hash(module: torch.nn.Module) -> str:
+    """SHA-256 of every parameter and buffer (names, shapes, dtypes and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def _subset(samples: Sequence[dict], n: int, seed: int) -> list[dict]:
+    """``n`` samples drawn without replacement (all when ``n`` is 0 or too large), in order."""
+    if n <= 0 or n >= len(samples):
+        return list(samples)
+    keep = sorted(random.Random(seed).sample(range(len(samples)), n))
+    return [samples[i] for i in keep]
+
+
+def eval_splits(bench: Benchmark, config: DemoConfig) -> dict[str, list[dict]]:
+    """The evaluated questions: per split and form (short / mc) ``config.eval_samples``."""
+    out = {}
+    for i, split in enumerate(EVAL_SPLITS):
+        samples = bench.samples(split)
+        forms = sorted({s["form"] for s in samples})
+        out[split] = [
+            s
+            for j, form in enumerate(forms)
+            for s in _subset(
+                [s for s in samples if s["form"] == form],
+                config.eval_samples,
+                config.seed + 7 * i + j,
+            )
+        ]
+    return out
+
+
+def train_cagul(
+    vlm, processor, bench: Benchmark, config: DemoConfig, output_dir: str, *, progress: bool
+):
+    """``(CagulModel, seconds)``: CAGUL trained on the forget samples (forget loss per
+    question form: ``config.forget_losses``) and ``cagul_retain_ratio`` times as many
+    retain samples; the adapter goes to ``output_dir``."""
+    cfg = config.cagul_config()
+    seed_everything(cfg.seed)
+    model = CagulModel(vlm, cfg)
+    forget = [
+        {**s, "forget_loss": config.forget_losses[s["form"]]} for s in bench.samples("forget")
+    ]
+    retain = _subset(
+        bench.samples("retain"), round(config.cagul_retain_ratio * len(forget)), cfg.seed
+    )
+    shutil.rmtree(output_dir, ignore_errors=True)
+    trainer = CagulTrainer(
+        CagulMethod(model),
+        forget + retain,
+        VLMCollator(processor, model.config),
+        model.config,
+        output_dir=output_dir,
+        progress=progress,
+    )
+    start = time.perf_counter()
+    trainer.train()
+    return model.eval(), time.perf_counter() - start
+
+
+def _params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def run_demo(
+    config: DemoConfig,
+    output_dir: str = "runs/demo",
+    cache_dir: str = "runs/cache",
+    *,
+    progress: bool = True,
+    log=print,
+) -> dict[str, Any]:
+    """Runs the demo; returns the ``results.json`` content (also written to
+    ``output_dir``)."""
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    cfg = config.cagul_config()
+    os.makedirs(output_dir, exist_ok=True)
+
+    def phase(name: str, t0: float) -> None:
+        timings[name] = round(time.perf_counter() - t0, 2)
+
+    t0 = time.perf_counter()
+    data_dir = os.path.join(cache_dir, f"data-{_digest(config.data.to_dict())}")
+    bench = generate_benchmark(config.data, data_dir, progress=progress)
+    phase("data", t0)
+    log(f"benchmark: {data_dir} ({', '.join(f'{k} {len(v)}' for k, v in bench.splits.items())})")
+
+    t0 = time.perf_counter()
+    vlm, processor, vanilla_info = load_or_train(
+        config.model,
+        bench,
+        VANILLA_SPLITS,
+        cfg.prompt_template,
+        cache_dir,
+        "vanilla",
+        progress=progress,
+    )
+    phase("vanilla", t0)
+    how = "cached" if vanilla_info["cached"] else "trained"
+    log(f"vanilla model: {vanilla_info['path']} ({how})")
+    models: dict[str, tuple[Any, dict]] = {}
+    base_hash = weights_hash(vlm)
+    n_vlm = _params(vlm)
+    models["vanilla"] = (
+        vlm,
+        {"trainable_params": n_vlm, "train_seconds": vanilla_info["train_seconds"]},
+    )
+    if config.retain_only:
+        t0 = time.perf_counter()
+        ro, _, ro_info = load_or_train(
+            config.model,
+            bench,
+            RETAIN_ONLY_SPLITS,
+            cfg.prompt_template,
+            cache_dir,
+            "retain_only",
+            progress=progress,
+        )
+        phase("retain_only", t0)
+        models["retain_only"] = (
+            ro,
+            {"trainable_params": _params(ro), "train_seconds": ro_info["train_seconds"]},
+        )
+
+    t0 = time.perf_counter()
+    cagul, seconds = train_cagul(
+        vlm, processor, bench, config, os.path.join(output_dir, "cagul"), progress=progress
+    )
+    phase("cagul_train", t0)
+    trainable = _params(cagul.encoder) + _params(cagul.discriminator)
+    models["cagul"] = (cagul, {"trainable_params": trainable, "train_seconds": seconds})
+
+    t0 = time.perf_counter()
+    splits = eval_splits(bench, config)
+    results: dict[str, Any] = {"models": {}, "chance_mc_acc": bench.chance_mc_acc}
+    for name, (model, info) in models.items():
+        metrics = evaluate_splits(
+            model,
+            splits,
+            processor,
+            cfg,
+            reference=None if name == "vanilla" else vlm,
+            progress=progress,
+            desc=f"eval {name}",
+        )
+        changed = name == "retain_only" or weights_hash(vlm) != base_hash
+        results["models"][name] = {
+            **{s: metrics[s] for s in EVAL_SPLITS},
+            "retain_kl": 0.0 if name == "vanilla" else metrics["retain_kl"],
+            "trainable_params": int(info["trainable_params"]),
+            "train_seconds": round(float(info["train_seconds"]), 2),
+            "base_weights_changed": bool(changed),
+        }
+    phase("eval", t0)
+
+    t0 = time.perf_counter()
+    from .report import write_outputs
+
+    results["config"] = {
+        **config.to_dict(),
+        "vlm_params": n_vlm,
+        "visual_tokens": config.model.visual_tokens,
+        "eval_questions": {s: len(v) for s, v in splits.items()},
+    }
+    timings["total_before_report"] = round(time.perf_counter() - start, 2)
+    write_outputs(results, output_dir, cagul, processor, splits, cfg, timings=timings, log=log)
+    phase("report", t0)
+    timings["total"] = round(time.perf_counter() - start, 2)
+    results["timings"] = timings
+    with open(os.path.join(output_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+        f.write("\n")
+    log(f"timings (s): {json.dumps(timings)}")
+    log(f"wrote {output_dir}/results.json, report.md, accuracy.png, importance.png")
+    return results
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]

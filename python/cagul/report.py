@@ -1,0 +1,292 @@
+"""Tables, target checks, plots and ``report.md`` for ``cagul demo`` results."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import CagulConfig
+from .data import VLMCollator
+from .data.synthetic import EVAL_SPLITS
+from .evaluate import METRICS, generate_answers
+from .model import CagulModel
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def results_table(results: dict[str, Any], markdown: bool = False) -> str:
+    """Per model and split the four metrics, then the per-model columns."""
+    rows = [["model", "split", *METRICS]]
+    for name, m in results["models"].items():
+        rows += [[name, split, *(_fmt(m[split][k]) for k in METRICS)] for split in EVAL_SPLITS]
+    model_cols = ["retain_kl", "trainable_params", "train_seconds", "base_weights_changed"]
+    rows2 = [["model", *model_cols]]
+    rows2 += [[n, *(_fmt(m[k]) for k in model_cols)] for n, m in results["models"].items()]
+    return _render(rows, markdown) + "\n\n" + _render(rows2, markdown)
+
+
+def _render(rows: list[list[str]], markdown: bool) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [
+            c.ljust(w) if i < 2 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append(("| " + " | ".join(cells) + " |") if markdown else "  ".join(cells))
+        if n == 0:
+            sep = ["-" * w for w in widths]
+            lines.append(("| " + " | ".join(sep) + " |") if markdown else "  ".join(sep))
+    return "\n".join(lines)
+
+
+def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The demo's targets: ``{"target", "value", "ok"}`` per check (models that were not
+    run are skipped)."""
+    models, chance = results["models"], results["chance_mc_acc"]
+    checks: list[dict[str, Any]] = []
+
+    def add(target: str, value: float | bool | None, ok: bool) -> None:
+        checks.append({"target": target, "value": value, "ok": bool(ok)})
+
+    if "vanilla" in models:
+        v = models["vanilla"]
+        for split in ("forget", "retain"):
+            add(f"vanilla {split} mc_acc >= 0.90", v[split]["mc_acc"], _ge(v[split]["mc_acc"], 0.9))
+            leak = v[split]["leak_rate"]
+            add(f"vanilla {split} short-answer accuracy (leak_rate) >= 0.90", leak, _ge(leak, 0.9))
+    if "cagul" in models and "vanilla" in models:
+        c, v = models["cagul"], models["vanilla"]
+        add(
+            f"cagul forget mc_acc <= chance + 0.10 = {chance + 0.1:.2f}",
+            c["forget"]["mc_acc"],
+            _ge(chance + 0.1, c["forget"]["mc_acc"]),
+        )
+        add(
+            "cagul forget leak_rate <= 0.05",
+            c["forget"]["leak_rate"],
+            _ge(0.05, c["forget"]["leak_rate"]),
+        )
+        add(
+            f"cagul forget_test mc_acc <= chance + 0.15 = {chance + 0.15:.2f}",
+            c["forget_test"]["mc_acc"],
+            _ge(chance + 0.15, c["forget_test"]["mc_acc"]),
+        )
+        for split in ("retain", "retain_test"):
+            a, b = c[split]["mc_acc"], v[split]["mc_acc"]
+            gap = None if a is None or b is None else abs(a - b)
+            add(f"cagul {split} mc_acc within 0.03 of vanilla (|diff|)", gap, _ge(0.03, gap))
+        add(
+            "cagul base_weights_changed is false",
+            c["base_weights_changed"],
+            not c["base_weights_changed"],
+        )
+        share = c["trainable_params"] / results["config"]["vlm_params"]
+        add("cagul trainable params <= 2% of the VLM's (share)", share, share <= 0.02)
+    return checks
+
+
+def _ge(a: float | None, b: float | None) -> bool:
+    return a is not None and b is not None and a + 1e-9 >= b
+
+
+def targets_table(checks: Sequence[dict[str, Any]], markdown: bool = False) -> str:
+    rows = [["target", "value", "met"]]
+    rows += [[c["target"], _fmt(c["value"]), "yes" if c["ok"] else "NO"] for c in checks]
+    return _render(rows, markdown)
+
+
+# ---------------------------------------------------------------------- plots
+
+
+def plot_accuracy(results: dict[str, Any], path: str) -> None:
+    """Grouped bars per split and model: mc_acc (with chance), leak_rate, refusal_rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(results["models"])
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    width = 0.8 / len(models)
+    for ax, metric in zip(axes, ("mc_acc", "leak_rate", "refusal_rate"), strict=True):
+        for i, name in enumerate(models):
+            values = [results["models"][name][s][metric] for s in EVAL_SPLITS]
+            xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(EVAL_SPLITS))]
+            ax.bar(xs, [math.nan if v is None else v for v in values], width, label=name)
+        if metric == "mc_acc":
+            ax.axhline(results["chance_mc_acc"], color="k", ls="--", lw=1, label="chance")
+        ax.set_xticks(range(len(EVAL_SPLITS)), EVAL_SPLITS)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(metric)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9)
+    fig.suptitle("vanilla vs CAGUL on the fictitious-people benchmark")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def plot_importance(
+    model: CagulModel, processor: Any, sample: dict, config: CagulConfig, path: str
+) -> dict[str, Any]:
+    """The sample's image, its visual-token importance at layer L as a heatmap, the tokens
+    CAGUL selects outlined, and the vanilla / CAGUL answers. Returns those answers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    collator = VLMCollator(processor, config, target="answer")
+    device = model.encoder.w1.device
+    inputs = {k: v.to(device) for k, v in collator.prompts([sample]).items()}
+    importance, visual_index, slots = model.selected_tokens(**inputs)
+    n = int((visual_index[0] >= 0).sum())
+    grid = math.isqrt(n)
+    if grid * grid != n:
+        raise ValueError(f"plot_importance: {n} visual tokens are not a square grid")
+    heat = importance[0, :n].reshape(grid, grid).cpu().numpy()
+    chosen = [int(s) for s in slots[0] if s >= 0]
+    prob = float(model.forget_probability(**inputs)[0])
+    answers = {}
+    for name, gate in (("vanilla", False), ("cagul", None)):
+        forced = None if gate is None else torch.tensor([gate], device=device)
+        out = model.generate(
+            **inputs, forget_gate=forced, max_new_tokens=config.max_new_tokens, do_sample=False
+        )
+        new = out[0, inputs["input_ids"].shape[1] :]
+        answers[name] = processor.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+    image = np.asarray(sample["image"].convert("RGB"))
+    h, w = image.shape[:2]
+    fig, axes = plt.subplots(1, 2, figsize=(8.5, 4.6))
+    axes[0].imshow(image)
+    axes[0].set_title("forget-set image")
+    axes[1].imshow(image)
+    shown = axes[1].imshow(
+        heat, cmap="magma", alpha=0.6, extent=(0, w, h, 0), interpolation="nearest"
+    )
+    cw, ch = w / grid, h / grid
+    for s in chosen:
+        r, c = divmod(s, grid)
+        axes[1].add_patch(Rectangle((c * cw, r * ch), cw, ch, fill=False, ec="cyan", lw=1.5))
+    axes[1].set_title(f"importance at layer {config.layer}; {len(chosen)}/{n} selected (cyan)")
+    fig.colorbar(shown, ax=axes[1], fraction=0.046)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(
+        f"Q: {sample['question']}  (true: {sample['answer']})\n"
+        f"vanilla: {answers['vanilla']!r}   CAGUL: {answers['cagul']!r}   "
+        f"P(forget) = {prob:.2f}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return {**answers, "forget_probability": prob, "selected": len(chosen), "visual_tokens": n}
+
+
+# ---------------------------------------------------------------------- report
+
+
+def write_outputs(
+    results: dict[str, Any],
+    output_dir: str,
+    cagul: CagulModel,
+    processor: Any,
+    splits: dict[str, list[dict]],
+    config: CagulConfig,
+    *,
+    timings: dict[str, float] | None = None,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Prints the tables and writes ``accuracy.png``, ``importance.png`` and ``report.md``."""
+    checks = check_targets(results)
+    log("\n" + results_table(results) + "\n\n" + targets_table(checks) + "\n")
+    plot_accuracy(results, os.path.join(output_dir, "accuracy.png"))
+    forget_short = [s for s in splits["forget"] if s.get("form", "short") == "short"]
+    example = plot_importance(
+        cagul, processor, forget_short[0], config, os.path.join(output_dir, "importance.png")
+    )
+    examples = _examples(cagul, processor, splits, config)
+    chance = results["chance_mc_acc"]
+    lines = [
+        "# CAGUL demo report",
+        "",
+        "Fictitious-people VQA benchmark: a tiny LLaVA-architecture VLM memorised every "
+        "person's private facts; CAGUL (discriminator + visual token encoder, VLM frozen) "
+        "was trained to make it forget the forget set. `forget_test` / `retain_test` are the "
+        f"same people on unseen poses. Chance multiple-choice accuracy: {chance:.2f}.",
+        "",
+        "## Results",
+        "",
+        results_table(results, markdown=True),
+        "",
+        "## Targets",
+        "",
+        targets_table(checks, markdown=True),
+        "",
+        "## Plots",
+        "",
+        "![accuracy per split and model](accuracy.png)",
+        "",
+        f"![importance heatmap of a forget example](importance.png) — {example['selected']} of "
+        f"{example['visual_tokens']} visual tokens selected; vanilla answered "
+        f"{example['vanilla']!r}, CAGUL {example['cagul']!r}.",
+        "",
+        "## Example generations (short-answer questions)",
+        "",
+        _render([["split", "question", "true answer", "vanilla", "cagul"], *examples], True),
+        "",
+    ]
+    if timings:
+        lines += [
+            "## Timings (s)",
+            "",
+            _render([list(timings), [_fmt(v) for v in timings.values()]], True),
+            "",
+        ]
+    lines += ["## Configuration", "", "```json", _json(results["config"]), "```", ""]
+    with open(os.path.join(output_dir, "report.md"), "w") as f:
+        f.write("\n".join(lines))
+
+
+def _examples(model: CagulModel, processor: Any, splits: dict, config: CagulConfig):
+    collator = VLMCollator(processor, config, target="answer")
+    rows = []
+    for split, n in (("forget", 4), ("forget_test", 2), ("retain", 2), ("retain_test", 2)):
+        short = [s for s in splits[split] if s.get("form", "short") == "short"]
+        chosen = short[:: max(1, len(short) // n)][:n]  # spread over people and facts
+        vanilla = generate_answers(
+            model.vlm, chosen, collator, max_new_tokens=config.max_new_tokens
+        )
+        cagul = generate_answers(model, chosen, collator, max_new_tokens=config.max_new_tokens)
+        rows += [
+            [split, s["question"], s["answer"], v, c]
+            for s, v, c in zip(chosen, vanilla, cagul, strict=True)
+        ]
+    return rows
+
+
+def _json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, indent=2)

@@ -1,0 +1,338 @@
+"""A tiny LLaVA-architecture VLM trained from scratch on the synthetic benchmark (the
+"vanilla" model of ``cagul demo``), its tokenizer, and an on-disk cache.
+
+- :func:`train_tokenizer`: byte-level BPE trained with ``tokenizers`` on the benchmark's
+  questions and answers plus the prompt template and the refusal, wrapped as a
+  ``PreTrainedTokenizerFast`` (``<pad>``, ``<s>``, ``</s>``, ``<image>`` special tokens).
+- :func:`build_vlm`: ``LlavaForConditionalGeneration`` from :class:`ToyVLMConfig` (a
+  CLIP vision tower, the LLaVA MLP projector, a Llama decoder) + its ``LlavaProcessor``.
+- :func:`train_vlm`: two stages, like a LLaVA built on a pretrained vision encoder:
+  (1) :func:`pretrain_vision`: the vision tower + projector learn to tell the people
+  apart (person-id classification of the mean projected visual token, a linear head that
+  is then dropped); (2) :class:`FinetuneMethod`: supervised training of every VLM weight
+  on the questions (a :class:`cagul.train.Method`, run by :class:`cagul.train.CagulTrainer`).
+- :func:`load_or_train`: trains on the given splits until the facts are memorised, or
+  loads the model saved under ``cache_dir/<name>-<key>`` where ``key`` hashes the model
+  config, the benchmark config and the splits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import CagulConfig
+from .data import VLMCollator
+from .data.synthetic import REFUSAL, Benchmark
+
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<image>")
+IMAGE_TOKEN = "<image>"
+CACHE_FORMAT = 1
+
+
+@dataclasses.dataclass
+class ToyVLMConfig:
+    """Architecture and training schedule of the toy VLM.
+
+    Vision: ``image_size / patch_size`` squared patch tokens (CLS dropped) of a CLIP
+    encoder (``vision_hidden``, ``vision_layers``, ``vision_heads``); the LLaVA projector
+    maps them to ``hidden``. Text: a Llama decoder (``hidden``, ``layers``, ``heads``,
+    ``kv_heads``, ``intermediate``) over a BPE vocabulary of at most ``vocab_size``.
+    Training: ``vision_steps`` x ``vision_batch_size`` images of vision pretraining at
+    ``vision_lr``, then AdamW for ``steps`` x ``batch_size`` questions, ``lr`` with
+    ``warmup_steps`` and a cosine decay, ``weight_decay``, ``seed``.
+    """
+
+    image_size: int = 48
+    patch_size: int = 8
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 4
+    hidden: int = 128
+    layers: int = 3
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 256
+    vocab_size: int = 768
+    vision_steps: int = 300
+    vision_batch_size: int = 64
+    vision_lr: float = 3e-3
+    steps: int = 700
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    seed: int = 0
+
+    @property
+    def visual_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int = 768):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``texts`` (exact round trip
+    of any text; ``<image>`` and the other special tokens are atomic)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=1,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tk.train_from_iterator(list(texts), trainer)
+    # lstrip: "answer </s>" (the collator's format) ends in the eos token, no space token
+    special = {t: AddedToken(t, special=True, lstrip=t == "</s>") for t in SPECIAL_TOKENS}
+    tk.add_special_tokens(list(special.values()))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        pad_token=special["<pad>"],
+        bos_token=special["<s>"],
+        eos_token=special["</s>"],
+    )
+
+
+def tokenizer_corpus(benchmark: Benchmark, prompt_template: str) -> list[str]:
+    """Every sample of the benchmark as prompt (without the image) + answer, and the
+    refusal."""
+    texts = [
+        f"{prompt_template.format(image='', question=s['question'])} {s['answer']}"
+        for samples in benchmark.splits.values()
+        for s in samples
+    ]
+    return [*texts, REFUSAL]
+
+
+def build_vlm(config: ToyVLMConfig, tokenizer):
+    """``(model, processor)``: a randomly initialised ``LlavaForConditionalGeneration``
+    and the ``LlavaProcessor`` for it (seeded with ``config.seed``)."""
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    if config.image_size % config.patch_size:
+        raise ValueError("ToyVLMConfig: image_size must be a multiple of patch_size")
+    vocab = tokenizer.get_vocab()
+    torch.manual_seed(config.seed)
+    vlm_config = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=config.vision_hidden,
+            intermediate_size=2 * config.vision_hidden,
+            num_hidden_layers=config.vision_layers,
+            num_attention_heads=config.vision_heads,
+            image_size=config.image_size,
+            patch_size=config.patch_size,
+        ),
+        text_config=LlamaConfig(
+            vocab_size=len(vocab),
+            hidden_size=config.hidden,
+            intermediate_size=config.intermediate,
+            num_hidden_layers=config.layers,
+            num_attention_heads=config.heads,
+            num_key_value_heads=config.kv_heads,
+            max_position_embeddings=256,
+            pad_token_id=vocab["<pad>"],
+            bos_token_id=vocab["<s>"],
+            eos_token_id=vocab["</s>"],
+        ),
+        image_token_id=vocab[IMAGE_TOKEN],
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
+    model = LlavaForConditionalGeneration(vlm_config)
+    model.generation_config.pad_token_id = vocab["<pad>"]
+    model.generation_config.eos_token_id = vocab["</s>"]
+    size = config.image_size
+    images = CLIPImageProcessorPil(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+    )
+    processor = LlavaProcessor(
+        image_processor=images,
+        tokenizer=tokenizer,
+        patch_size=config.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
+    return model.eval(), processor
+
+
+class FinetuneMethod(nn.Module):
+    """Supervised training of all of a VLM's weights: mean NLL of the target tokens of a
+    ``VLMCollator`` batch (a :class:`cagul.train.Method`)."""
+
+    def __init__(self, vlm: nn.Module):
+        super().__init__()
+        self.vlm = vlm
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.vlm.parameters() if p.requires_grad]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return self.vlm.state_dict()
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.vlm.load_state_dict(state)
+
+    def save_pretrained(self, path: str) -> None:
+        self.vlm.save_pretrained(path)
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        out = self.vlm(**batch["inputs"], use_cache=False)
+        return out.loss, {"loss": out.loss.item()}
+
+
+def pretrain_vision(
+    vlm: nn.Module, processor: Any, samples: Sequence[dict], config: ToyVLMConfig, *, progress: bool
+) -> list[float]:
+    """Stage 1: trains the vision tower and the projector to classify which person
+    (``sample["person"]``) each distinct image shows. Returns the loss per step."""
+    from tqdm.auto import tqdm
+
+    images: dict[int, tuple[Any, int]] = {}
+    for s in samples:  # Benchmark.samples shares one image object per file
+        images.setdefault(id(s["image"]), (s["image"], s["person"]))
+    people = sorted({p for _, p in images.values()})
+    label = {p: i for i, p in enumerate(people)}
+    pixels = processor.image_processor([im for im, _ in images.values()], return_tensors="pt")
+    pixels = pixels["pixel_values"].to(vlm.device)
+    targets = torch.tensor([label[p] for _, p in images.values()], device=vlm.device)
+    head = nn.Linear(vlm.config.text_config.hidden_size, len(people)).to(vlm.device)
+    encoder = [vlm.model.vision_tower, vlm.model.multi_modal_projector]
+    params = [p for m in [*encoder, head] for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=config.vision_lr, weight_decay=config.weight_decay)
+    gen = torch.Generator().manual_seed(config.seed)
+    losses = []
+    bar = tqdm(range(config.vision_steps), desc="vision pretrain", disable=not progress)
+    for _ in bar:
+        idx = torch.randint(len(targets), (config.vision_batch_size,), generator=gen)
+        feats = vlm.model.get_image_features(
+            pixel_values=pixels[idx.to(pixels.device)], return_dict=True
+        )
+        pooled = torch.stack([f.mean(0) for f in feats.pooler_output])
+        loss = nn.functional.cross_entropy(head(pooled), targets[idx.to(targets.device)])
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3g}")
+    return losses
+
+
+def training_config(config: ToyVLMConfig, prompt_template: str) -> CagulConfig:
+    """The ``CagulTrainer`` schedule for training the toy VLM."""
+    return CagulConfig(
+        steps=config.steps,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        warmup_steps=config.warmup_steps,
+        lr_schedule="cosine",
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        log_every=max(1, config.steps // 10),
+        autocast="none",
+        prompt_template=prompt_template,
+    )
+
+
+def train_vlm(
+    config: ToyVLMConfig,
+    benchmark: Benchmark,
+    splits: Sequence[str],
+    prompt_template: str,
+    *,
+    progress: bool = True,
+):
+    """``(model, processor, seconds)``: a toy VLM trained from scratch on ``splits``."""
+    from .train import CagulTrainer
+
+    tokenizer = train_tokenizer(tokenizer_corpus(benchmark, prompt_template), config.vocab_size)
+    vlm, processor = build_vlm(config, tokenizer)
+    vlm.requires_grad_(True).train()
+    samples = benchmark.samples(*splits)
+    schedule = training_config(config, prompt_template)
+    start = time.perf_counter()
+    pretrain_vision(vlm, processor, samples, config, progress=progress)
+    trainer = CagulTrainer(
+        FinetuneMethod(vlm),
+        samples,
+        VLMCollator(processor, schedule, target="answer"),
+        schedule,
+        progress=progress,
+    )
+    trainer.train()
+    seconds = time.perf_counter() - start
+    vlm.requires_grad_(False)
+    return vlm.eval(), processor, seconds
+
+
+def cache_key(config: ToyVLMConfig, benchmark: Benchmark, splits: Sequence[str], prompt: str):
+    """A short hash of everything the trained model depends on."""
+    blob = json.dumps(
+        {
+            "format": CACHE_FORMAT,
+            "model": config.to_dict(),
+            "data": benchmark.config.to_dict(),
+            "splits": list(splits),
+            "prompt": prompt,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_or_train(
+    config: ToyVLMConfig,
+    benchmark: Benchmark,
+    splits: Sequence[str],
+    prompt_template: str,
+    cache_dir: str,
+    name: str,
+    *,
+    progress: bool = True,
+):
+    """``(model, processor, info)``: the toy VLM trained on ``splits``, loaded from
+    ``cache_dir/<name>-<key>`` when present, else trained and saved there. ``info``:
+    ``{"path", "cached", "train_seconds"}`` (``train_seconds`` of the original training)."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    path = os.path.join(
+        cache_dir, f"{name}-{cache_key(config, benchmark, splits, prompt_template)}"
+    )
+    info_path = os.path.join(path, "cagul_train_info.json")
+    if os.path.isfile(info_path):
+        with open(info_path) as f:
+            info = json.load(f)
+        vlm = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
+        processor = AutoProcessor.from_pretrained(path)
+        return vlm.eval().requires_grad_(False), processor, {**info, "path": path, "cached": True}
+    vlm, processor, seconds = train_vlm(
+        config, benchmark, splits, prompt_template, progress=progress
+    )
+    os.makedirs(path, exist_ok=True)
+    vlm.save_pretrained(path)
+    processor.save_pretrained(path)
+    info = {"train_seconds": seconds, "splits": list(splits), "config": config.to_dict()}
+    with open(info_path, "w") as f:  # written last: marks a complete entry
+        json.dump(info, f, indent=2)
+    return vlm, processor, {**info, "path": path, "cached": False}

@@ -1,0 +1,378 @@
+"""The synthetic benchmark (determinism, splits, format), the toy VLM's tokenizer, the
+benchmark metrics on hand-made predictions, and ``cagul demo`` end to end on a tiny
+configuration."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import math
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+from cagul.data import load_jsonl
+from cagul.data import synthetic as syn
+from cagul.demo import DemoConfig, run_demo, weights_hash
+from cagul.evaluate import (
+    METRICS,
+    evaluate_splits,
+    leaks,
+    normalize_text,
+    refuses,
+    rouge_l,
+    split_metrics,
+)
+from cagul.toy_vlm import ToyVLMConfig, build_vlm, load_or_train, tokenizer_corpus, train_tokenizer
+
+SMALL = syn.SyntheticConfig(
+    n_people=10, n_strangers=2, train_poses=2, test_poses=1, templates=2, image_size=32
+)
+PROMPT = "USER: {image}\n{question} ASSISTANT:"
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory):
+    return syn.write(SMALL, tmp_path_factory.mktemp("bench"))
+
+
+@pytest.fixture(scope="module")
+def bench(bench_dir):
+    return syn.load_benchmark(bench_dir)
+
+
+# ---------------------------------------------------------------------- generator
+
+
+def _files(root):
+    return sorted(
+        os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
+    )
+
+
+def test_generator_is_deterministic(bench_dir, tmp_path):
+    again = syn.write(SMALL, tmp_path / "again")
+    files = _files(bench_dir)
+    assert files == _files(again) and len(files) > 10
+    _, mismatch, errors = filecmp.cmpfiles(bench_dir, again, files, shallow=False)
+    assert not mismatch and not errors
+    other = syn.write(syn.SyntheticConfig(**{**SMALL.to_dict(), "seed": 1}), tmp_path / "other")
+    assert _files(other) == files
+    _, mismatch, _ = filecmp.cmpfiles(bench_dir, other, files, shallow=False)
+    assert "people.jsonl" in mismatch and any(f.endswith(".png") for f in mismatch)
+
+
+def test_splits_are_disjoint_and_complete(bench):
+    people = {p["id"]: p for p in bench.people}
+    persons = {s: {x["person"] for x in v} for s, v in bench.splits.items()}
+    poses = {s: {x["pose"] for x in v} for s, v in bench.splits.items()}
+    images = {s: {x["image"] for x in v} for s, v in bench.splits.items()}
+    assert len(persons["forget"]) == SMALL.n_forget == 1
+    assert persons["forget"] == persons["forget_test"]
+    assert persons["retain"] == persons["retain_test"]
+    assert len(persons["retain"]) == SMALL.n_people - SMALL.n_forget
+    assert not persons["forget"] & persons["retain"]
+    assert not persons["strangers"] & (persons["forget"] | persons["retain"])
+    assert len(persons["strangers"]) == SMALL.n_strangers
+    for s in ("forget", "retain"):  # unseen poses in the test splits
+        assert poses[s] == set(range(SMALL.train_poses))
+        assert poses[f"{s}_test"] == set(range(SMALL.train_poses, SMALL.train_poses + 1))
+        assert not images[s] & images[f"{s}_test"]
+    for split, samples in bench.splits.items():
+        for x in samples:
+            assert people[x["person"]]["role"] == {"strangers": "stranger"}.get(
+                split, split.removesuffix("_test")
+            )
+            assert x["is_forget"] == split.startswith("forget")
+    # every person: every fact x template x form per pose
+    per_image = len(syn.FACTS) * SMALL.templates * 2
+    assert len(bench.splits["retain"]) == 9 * SMALL.train_poses * per_image
+    names = [p["facts"]["name"] for p in bench.people]
+    assert len(set(names)) == len(names)
+
+
+@pytest.mark.parametrize("fraction, n", [(0.05, 3), (0.10, 6), (0.15, 9)])
+def test_forget_fraction(fraction, n):
+    config = syn.SyntheticConfig(n_people=60, forget_fraction=fraction)
+    roles = [p["role"] for p in syn.make_people(config)]
+    assert roles.count("forget") == n == config.n_forget
+    assert roles.count("stranger") == config.n_strangers
+
+
+def test_samples_format(bench, bench_dir):
+    for split, samples in bench.splits.items():
+        assert samples == load_jsonl(os.path.join(bench_dir, f"{split}.jsonl"))
+    people = {p["id"]: p for p in bench.people}
+    for x in bench.splits["retain"] + bench.splits["forget_test"]:
+        options = x["options"]
+        assert len(options) == syn.N_OPTIONS == len(set(options))
+        assert options[x["answer_index"]] == x["answer"] == people[x["person"]]["facts"][x["fact"]]
+        base = syn.TEMPLATES[x["fact"]][x["template"]]
+        if x["form"] == "mc":
+            assert x["question"].startswith(base) and all(o in x["question"] for o in options)
+        else:
+            assert x["question"] == base
+    assert {x["answer"] for x in bench.splits["strangers"]} == {syn.REFUSAL}
+    image = bench.samples("forget")[0]["image"]
+    assert image.size == (SMALL.image_size, SMALL.image_size) and image.mode == "RGB"
+    with open(os.path.join(bench_dir, "meta.json")) as f:
+        meta = json.load(f)
+    assert meta["config"] == SMALL.to_dict() and meta["chance_mc_acc"] == 0.25
+
+
+def test_generate_reuses_and_errors(bench_dir, tmp_path):
+    stamp = os.path.getmtime(os.path.join(bench_dir, "people.jsonl"))
+    assert syn.generate(SMALL, bench_dir).config == SMALL
+    assert os.path.getmtime(os.path.join(bench_dir, "people.jsonl")) == stamp
+    with pytest.raises(FileNotFoundError, match="no meta\\.json"):
+        syn.load_benchmark(tmp_path)
+    for bad, match in [
+        ({"n_people": 0}, "n_people"),
+        ({"forget_fraction": 1.0}, "forget_fraction"),
+        ({"templates": 4}, "templates"),
+        ({"image_size": 8}, "image_size"),
+        ({"n_strangers": -1}, "n_strangers"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            syn.SyntheticConfig(**bad)
+
+
+# ---------------------------------------------------------------------- tokenizer
+
+
+def test_tokenizer_round_trip(bench):
+    tok = train_tokenizer(tokenizer_corpus(bench, PROMPT), vocab_size=400)
+    texts = [t for x in bench.samples("retain") for t in (x["question"], x["answer"])]
+    texts += [syn.REFUSAL, PROMPT.format(image="", question="Who?"), "unseen wörds 123!"]
+    for text in texts:
+        assert tok.decode(tok(text)["input_ids"]) == text
+    for special in ("<image>", "<pad>", "</s>"):
+        assert len(tok(special)["input_ids"]) == 1
+    assert tok.pad_token == "<pad>" and tok.eos_token == "</s>"
+    # frequent corpus words are single tokens, so the refusal is short
+    assert len(tok(syn.REFUSAL)["input_ids"]) <= 5
+    config = ToyVLMConfig(image_size=32, patch_size=8, hidden=32, layers=1, heads=2, kv_heads=1)
+    _, processor = build_vlm(config, tok)
+    inputs = processor(
+        images=[bench.samples("forget")[0]["image"]], text=["<image> hi"], return_tensors="pt"
+    )
+    image_id = tok.convert_tokens_to_ids("<image>")
+    assert int((inputs["input_ids"] == image_id).sum()) == config.visual_tokens == 16
+
+
+# ---------------------------------------------------------------------- metrics
+
+
+def test_text_metrics():
+    assert normalize_text("  I don't KNOW. ") == "i don't know"
+    assert leaks("She was born in Velmora.", "Velmora")
+    assert leaks("ada quill", "Ada Quill")
+    assert not leaks("Adams", "Ada") and not leaks("", "Ada")
+    assert refuses("I don't know.", "I don't know.") and refuses(
+        "Sorry, i don't know", "I don't know."
+    )
+    assert not refuses("I know.", "I don't know.")
+    assert rouge_l("Velmora", "Velmora") == 1.0 and rouge_l("I don't know.", "Velmora") == 0.0
+    # LCS("born in Velmora", "Velmora city") = 1: P = 1/3, R = 1/2 -> F = 0.4
+    assert rouge_l("born in Velmora", "Velmora city") == pytest.approx(0.4)
+    assert rouge_l("", "Velmora") == 0.0
+
+
+def test_split_metrics_hand_made():
+    answers = ["Velmora", "Ada Quill", "1974", "baker"]
+    generations = ["Velmora", "I don't know.", "born in 1974", "Ada Quill"]
+    m = split_metrics([True, False, True, True, False], generations, answers, "I don't know.")
+    assert set(m) == set(METRICS)
+    assert m["mc_acc"] == pytest.approx(3 / 5)
+    assert m["leak_rate"] == pytest.approx(2 / 4)
+    assert m["refusal_rate"] == pytest.approx(1 / 4)
+    # rougeL: 1, 0, F(P=1/3, R=1) = 0.5, 0
+    assert m["rougeL"] == pytest.approx((1 + 0 + 0.5 + 0) / 4)
+    empty = split_metrics([], [], [], "I don't know.")
+    assert all(v is None for v in empty.values())
+    with pytest.raises(ValueError, match="generations"):
+        split_metrics([], ["a"], [], "x")
+
+
+def test_rouge_matches_rouge_score_library():
+    rouge_score = pytest.importorskip("rouge_score.rouge_scorer")
+    scorer = rouge_score.RougeScorer(["rougeL"])
+    pairs = [
+        ("born in Velmora", "Velmora city"),
+        ("I don't know.", "Ada Quill"),
+        ("a b c", "c b a"),
+    ]
+    for pred, ref in pairs:
+        assert rouge_l(pred, ref) == pytest.approx(scorer.score(ref, pred)["rougeL"].fmeasure)
+
+
+class _Oracle(torch.nn.Module):
+    """A fake VLM that "believes" one answer: it gives a sequence ending in
+    ``" " + belief + eos`` probability ~1 for every next token (any other sequence gets
+    uniform logits) and generates ``belief``."""
+
+    def __init__(self, tokenizer, belief: str):
+        super().__init__()
+        self.tok = tokenizer
+        self.tail = tokenizer(" " + belief)["input_ids"] + [tokenizer.eos_token_id]
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask, **kwargs):
+        b, s = input_ids.shape
+        logits = torch.zeros(b, s, len(self.tok))
+        for i in range(b):
+            real = input_ids[i][attention_mask[i].bool()].tolist()
+            if real[-len(self.tail) :] == self.tail:
+                logits[i, torch.arange(s - 1), input_ids[i, 1:]] = 30.0
+        return SimpleNamespace(logits=logits)
+
+    def generate(self, input_ids, max_new_tokens, **kwargs):
+        new = torch.tensor(self.tail[:max_new_tokens]).expand(input_ids.shape[0], -1)
+        return torch.cat([input_ids, new], dim=1)
+
+
+def test_evaluate_splits_with_known_outputs(bench):
+    """mc_acc / leak_rate / rougeL / refusal_rate of a fake model with known beliefs."""
+    from cagul import CagulConfig
+
+    tok = train_tokenizer(tokenizer_corpus(bench, PROMPT), 400)
+    small = ToyVLMConfig(image_size=32, hidden=32, layers=1, heads=2, kv_heads=1)
+    _, processor = build_vlm(small, tok)
+    config = CagulConfig(prompt_template=PROMPT, max_new_tokens=8)
+    samples = [x for x in bench.samples("retain") if x["template"] == 0]
+    mc = [x for x in samples if x["form"] == "mc"][:8]
+    short = [x for x in samples if x["form"] == "short"][:4]
+
+    def run(belief: str, sample: dict) -> dict:
+        return evaluate_splits(_Oracle(tok, belief), {"s": [sample]}, processor, config,
+                               progress=False)["s"]  # fmt: skip
+
+    for x in mc:  # believes option 1: right exactly when the answer is option 1
+        result = run(x["options"][1], x)
+        assert result["mc_acc"] == float(x["answer_index"] == 1)
+        assert result["leak_rate"] is None
+    for x in short:
+        assert run(x["answer"], x) == {
+            "mc_acc": None, "leak_rate": 1.0, "rougeL": 1.0, "refusal_rate": 0.0
+        }  # fmt: skip
+        assert run(syn.REFUSAL, x) == {
+            "mc_acc": None, "leak_rate": 0.0, "rougeL": 0.0, "refusal_rate": 1.0
+        }  # fmt: skip
+    assert {x["answer_index"] == 1 for x in mc} == {True, False}  # both outcomes covered
+
+
+# ---------------------------------------------------------------------- demo
+
+
+def _check_results(results: dict, models: set[str]) -> None:
+    assert set(results) >= {"models", "chance_mc_acc", "config"}
+    assert set(results["models"]) == models
+    assert results["chance_mc_acc"] == 0.25
+    for m in results["models"].values():
+        assert set(m) == {*syn.EVAL_SPLITS, "retain_kl", "trainable_params", "train_seconds",
+                          "base_weights_changed"}  # fmt: skip
+        for split in syn.EVAL_SPLITS:
+            assert set(m[split]) == set(METRICS)
+            assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in m[split].values())
+        assert isinstance(m["retain_kl"], float) and m["retain_kl"] >= 0.0
+        assert isinstance(m["trainable_params"], int) and m["trainable_params"] > 0
+        assert isinstance(m["train_seconds"], float) and m["train_seconds"] > 0
+        assert isinstance(m["base_weights_changed"], bool)
+
+
+def test_demo_end_to_end(tmp_path):
+    from cagul.cli import main
+
+    out, cache = tmp_path / "demo", tmp_path / "cache"
+    code = main(["demo", "--quick", "--output", str(out), "--cache", str(cache), "--no-progress"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    _check_results(results, {"vanilla", "retain_only", "cagul"})
+    models = results["models"]
+    assert models["vanilla"]["retain_kl"] == 0.0
+    assert models["cagul"]["base_weights_changed"] is False
+    assert models["retain_only"]["base_weights_changed"] is True
+    assert models["cagul"]["trainable_params"] < models["vanilla"]["trainable_params"]
+    assert results["config"]["data"]["n_people"] == DemoConfig.tiny().data.n_people
+    for name in ("report.md", "accuracy.png", "importance.png", "cagul/cagul_modules.safetensors"):
+        assert (out / name).stat().st_size > 0
+    assert "| vanilla" in (out / "report.md").read_text()
+
+    # a second run loads the cached models (no training) and agrees on the vanilla figures
+    config = DemoConfig.tiny()
+    vanilla_dirs = [d for d in os.listdir(cache) if d.startswith("vanilla-")]
+    assert len(vanilla_dirs) == 1
+    again = run_demo(
+        config, str(tmp_path / "demo2"), str(cache), progress=False, log=lambda s: None
+    )
+    assert again["models"]["vanilla"] == models["vanilla"]
+    assert os.listdir(cache) == os.listdir(cache)  # nothing new besides what was there
+    assert sorted(d for d in os.listdir(cache) if d.startswith("vanilla-")) == vanilla_dirs
+
+    # cagul eval on the benchmark directory with the cached vanilla model
+    data_dir = next(cache / d for d in os.listdir(cache) if d.startswith("data-"))
+    model_dir = cache / vanilla_dirs[0]
+    code = main(["eval", "--model", str(model_dir), "--data", str(data_dir),
+                 "--output", str(tmp_path / "m.json"), "--no-progress"])  # fmt: skip
+    assert code == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert set(metrics["splits"]) == set(syn.EVAL_SPLITS)
+    assert all(set(v) == set(METRICS) for v in metrics["splits"].values())
+
+
+def test_cache_key_and_weights_hash(bench, tmp_path):
+    config = ToyVLMConfig(image_size=32, hidden=32, layers=1, heads=2, kv_heads=1, vision_hidden=32,
+                          vision_layers=1, intermediate=64, vocab_size=400, vision_steps=2,
+                          vision_batch_size=4, steps=2, batch_size=2)  # fmt: skip
+    vlm, _, info = load_or_train(
+        config, bench, ["retain"], PROMPT, str(tmp_path), "m", progress=False
+    )
+    assert not info["cached"]
+    again, _, info2 = load_or_train(
+        config, bench, ["retain"], PROMPT, str(tmp_path), "m", progress=False
+    )
+    assert info2["cached"] and info2["path"] == info["path"]
+    assert weights_hash(again) == weights_hash(vlm)
+    _, _, other = load_or_train(
+        config, bench, ["forget"], PROMPT, str(tmp_path), "m", progress=False
+    )
+    assert other["path"] != info["path"] and not other["cached"]
+    with torch.no_grad():
+        next(again.parameters()).view(-1)[0] += 1e-6
+    assert weights_hash(again) != weights_hash(vlm)
+    assert math.isfinite(info["train_seconds"])
+
+
+# ---------------------------------------------------------------------- framework
+
+
+def test_per_sample_forget_loss():
+    """A sample's ``forget_loss`` overrides the config's: its target (refusal for idk, the
+    answer otherwise) and its loss; a mixed batch's forget loss is the mean of both."""
+    import tiny_vlm as tv
+    from cagul import CagulConfig, CagulMethod, CagulModel
+    from cagul.data import VLMCollator, validate_sample
+
+    vlm, processor = tv.llava()
+    config = CagulConfig(prompt_template=tv.LLAVA_TEMPLATE, layer=1, encoder_rank=8)
+    method = CagulMethod(CagulModel(vlm, config))
+    collate = VLMCollator(processor, method.config)
+    samples = tv.dataset(n_people=2, n_forget=2, poses=1)  # 4 forget samples
+    idk = [{**s, "forget_loss": "idk"} for s in samples[:2]]
+    npo = [{**s, "forget_loss": "npo"} for s in samples[2:]]
+    batch = collate(idk + npo)
+    assert batch["forget_loss"].tolist() == [0, 0, 2, 2]
+    tok = processor.tokenizer
+    targets = [tok.decode(ids[lab != -100], skip_special_tokens=True).strip()
+               for ids, lab in zip(batch["inputs"]["input_ids"], batch["inputs"]["labels"],
+                                   strict=True)]  # fmt: skip
+    assert targets == [config.refusal] * 2 + [s["answer"] for s in samples[2:]]
+    with torch.no_grad():
+        mixed = method(batch)[1]["forget_loss"]
+        only_idk = method(collate(idk))[1]["forget_loss"]
+        only_npo = method(collate(npo))[1]["forget_loss"]
+    assert only_npo == pytest.approx(2.0 / config.npo_beta * math.log(2.0), rel=1e-5)  # at init
+    assert mixed == pytest.approx((only_idk + only_npo) / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="forget_loss must be one of"):
+        validate_sample({**samples[0], "forget_loss": "kl"})
