@@ -11,7 +11,8 @@ Providers, in one process and run, for a prompt ``[32 text][Nv image][128 questi
 - ``importance`` (alone, per backend) and ``importance_torch_recompute`` (the plain-torch
   reference recompute from q, k, LSE) for the op's own cost.
 
-Also reports the machine's fp32 matmul rate, and the importance op's effective rate
+Also reports the machine's fp32 matmul rate (measured at every setting), and the
+importance op's effective rate
 ``2 * Hq * Nq * Nv * D / time`` as a fraction of it.
 
     python benchmarks/bench_importance.py            # full sweep, writes benchmarks/results/
@@ -81,8 +82,6 @@ def _providers(q, k, v, lse, query_index, visual_index, backends):
 
 def run(nvs, hkvs, device, dtype, backends, repeats):
     rows = []
-    rate = matmul_rate(device)
-    print(f"fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s")
     for hkv in hkvs:
         for nv in nvs:
             s = PREFIX + nv + QUESTION
@@ -96,6 +95,10 @@ def run(nvs, hkvs, device, dtype, backends, repeats):
 
             providers = _providers(q, k, v, lse, query_index, visual_index, backends)
             flops = 2 * HQ * QUESTION * nv * D
+            # Measured next to the providers, so that a load change on a shared machine
+            # moves both alike.
+            rate = matmul_rate(device)
+            print(f"  hkv={hkv:2d} nv={nv:5d} fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s")
             for name, fn in providers.items():
                 gc.collect()
                 t = median_time(fn, device, repeats=repeats)
@@ -107,6 +110,7 @@ def run(nvs, hkvs, device, dtype, backends, repeats):
                     "provider": name,
                     "ms": t * 1e3,
                     "peak_mib": mem / 2**20,
+                    "matmul_gflops": rate / 1e9,
                 }
                 row["importance_rate_frac"] = (
                     flops / t / rate if name.startswith("importance") else ""
@@ -115,7 +119,7 @@ def run(nvs, hkvs, device, dtype, backends, repeats):
                 print(
                     f"  hkv={hkv:2d} nv={nv:5d} {name:42s} {t * 1e3:9.2f} ms {mem / 2**20:9.1f} MiB"
                 )
-    return rows, rate
+    return rows
 
 
 def summary(rows, backend):
@@ -169,12 +173,12 @@ def main(argv=None):
     print(
         f"cross_modal_importance vs eager on {device} ({dtype}), Hq={HQ} D={D} question={QUESTION}"
     )
-    rows, rate = run(nvs, hkvs, device, dtype, backends, repeats)
+    rows = run(nvs, hkvs, device, dtype, backends, repeats)
     table = summary(rows, backends[0])
     print()
     print(markdown_table(table, list(table[0])))
     if not args.quick:
-        extra = {"matmul_gflops": rate / 1e9, "dtype": str(dtype), "summary": table}
+        extra = {"dtype": str(dtype), "summary": table}
         print("wrote", write_results("importance", rows, device, extra))
         print(
             "wrote",

@@ -15,7 +15,8 @@ class ResidualTokenMLP(nn.Module):
     encoder): ``y[b, p] = x[b, p] + g_b * (act(x[b, p] @ w1 + b1) @ w2 + b2)``.
 
     ``w1 [D, R]`` is initialised like ``nn.Linear`` (uniform in ``+-1/sqrt(D)``); ``w2 [R, D]``
-    and both biases start at zero, so a fresh module is the identity.
+    and both biases start at zero, so a fresh module is the identity. The parameters are
+    cast to ``x``'s dtype for the op, so they may stay fp32 under a bf16/fp16 model.
     """
 
     def __init__(
@@ -59,13 +60,16 @@ class ResidualTokenMLP(nn.Module):
         backend: str | None = None,
     ) -> torch.Tensor:
         """``x [B, S, D]``, ``positions [B, K]`` (-1 = padding), ``gate [B]`` float/bool."""
+        # Parameters may be kept in higher precision (fp32 master weights for a bf16 model):
+        # the op runs in x's dtype (the cast is a no-op, and differentiable, otherwise).
+        w1, b1, w2, b2 = (p.to(x.dtype) for p in (self.w1, self.b1, self.w2, self.b2))
         return transform_scatter(
             x,
             positions,
-            self.w1,
-            self.b1,
-            self.w2,
-            self.b2,
+            w1,
+            b1,
+            w2,
+            b2,
             activation=self.activation,
             gate=gate,
             inplace=inplace,

@@ -276,6 +276,21 @@ class TestModule:
             y = module(x.clone(), positions, gate=gate, inplace=True)
         torch.testing.assert_close(y, want)
 
+    def test_fp32_parameters_with_bf16_activations(self):
+        """fp32 master weights under a bf16 model: the op runs in bf16, grads reach fp32."""
+        b, s, d, k = 2, 20, 32, 6
+        module = ResidualTokenMLP(d, 8)
+        with torch.no_grad():
+            module.w2.normal_()
+        x, positions = torch.randn(b, s, d).bfloat16(), _positions(b, s, k)
+        y = module(x, positions)
+        params = [p.bfloat16() for p in module.parameters()]
+        want = transform_scatter(x, positions, *params, backend="reference")
+        assert y.dtype == torch.bfloat16
+        torch.testing.assert_close(y, want)
+        y.float().sum().backward()
+        assert module.w1.grad.dtype == torch.float32 and module.w1.grad.abs().sum() > 0
+
     def test_bad_arguments(self):
         with pytest.raises(ValueError, match="activation must be one of"):
             ResidualTokenMLP(8, 4, activation="tanh")

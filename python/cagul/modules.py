@@ -5,42 +5,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import cagul_kernels
 from cagul_kernels import ResidualTokenMLP
 
 
 class VisualTokenEncoder(ResidualTokenMLP):
     """The CAGUL visual token encoder: :class:`cagul_kernels.ResidualTokenMLP` (residual MLP
     ``D -> rank -> D`` on selected rows through ``transform_scatter``; zero-initialised last
-    layer, so an untrained encoder is the identity) whose parameters stay fp32 and are cast
-    to ``x``'s dtype for the op (bf16 / fp16 models, autocast).
+    layer, so an untrained encoder is the identity), kept in fp32 and cast to ``x``'s dtype
+    for the op (bf16 / fp16 models, autocast).
 
     ``forward(x [B, S, D], positions [B, K], gate=None)``: ``y[b, p] = x[b, p] +
     g_b * (act(x[b, p] @ w1 + b1) @ w2 + b2)`` at every valid ``p = positions[b, i]``
     (``-1`` = padding); every other row of ``x`` is returned unchanged.
     """
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        positions: torch.Tensor,
-        gate: torch.Tensor | None = None,
-        inplace: bool = False,
-        backend: str | None = None,
-    ) -> torch.Tensor:
-        w1, b1, w2, b2 = (p.to(x.dtype) for p in (self.w1, self.b1, self.w2, self.b2))
-        return cagul_kernels.transform_scatter(
-            x,
-            positions,
-            w1,
-            b1,
-            w2,
-            b2,
-            activation=self.activation,
-            gate=gate,
-            inplace=inplace,
-            backend=backend,
-        )
 
 
 class ForgetDiscriminator(nn.Module):
