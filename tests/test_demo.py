@@ -299,7 +299,10 @@ def test_demo_end_to_end(tmp_path):
     from cagul.cli import main
 
     out, cache = tmp_path / "demo", tmp_path / "cache"
-    code = main(["demo", "--quick", "--output", str(out), "--cache", str(cache), "--no-progress"])
+    # --threads 0: leave torch's thread count alone (the default, 1, would stick to the
+    # test process)
+    args = ["--output", str(out), "--cache", str(cache), "--no-progress", "--threads", "0"]
+    code = main(["demo", "--quick", *args])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     _check_results(results, {"vanilla", "retain_only", "cagul"})
@@ -390,3 +393,19 @@ def test_per_sample_forget_loss():
     assert mixed == pytest.approx((only_idk + only_npo) / 2, rel=1e-5)
     with pytest.raises(ValueError, match="forget_loss must be one of"):
         validate_sample({**samples[0], "forget_loss": "kl"})
+
+
+def test_demo_cli_errors(tmp_path, capsys):
+    from cagul.cli import main
+
+    def fails(*args: str) -> str:
+        assert main(["demo", "--quick", "--output", str(tmp_path), *args]) == 2
+        return capsys.readouterr().err
+
+    assert "n_people must be an int >= 1" in fails("--set", "data.n_people=0")
+    assert "unknown field 'model.depth'" in fails("--set", "model.depth=3")
+    assert "unknown field 'speed'" in fails("--set", "speed=3")
+    assert "mode must be one of" in fails("--set", "cagul.mode=sideways")
+    assert "forget_losses.mc must be one of" in fails("--set", "forget_losses.mc=kl")
+    assert "--threads must be >= 0" in fails("--threads", "-1")
+    assert not os.listdir(tmp_path)  # nothing ran
