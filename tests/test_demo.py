@@ -299,10 +299,12 @@ def test_demo_end_to_end(tmp_path):
     from cagul.cli import main
 
     out, cache = tmp_path / "demo", tmp_path / "cache"
-    # --threads 0: leave torch's thread count alone (the default, 1, would stick to the
-    # test process)
-    args = ["--output", str(out), "--cache", str(cache), "--no-progress", "--threads", "0"]
-    code = main(["demo", "--quick", *args])
+    args = ["--output", str(out), "--cache", str(cache), "--no-progress"]
+    threads = torch.get_num_threads()
+    try:
+        code = main(["demo", "--quick", *args])  # sets one torch thread (the default)
+    finally:
+        torch.set_num_threads(threads)
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     _check_results(results, {"vanilla", "retain_only", "cagul"})

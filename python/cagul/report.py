@@ -90,7 +90,11 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         for split in ("retain", "retain_test"):
             a, b = c[split]["mc_acc"], v[split]["mc_acc"]
             gap = None if a is None or b is None else abs(a - b)
-            add(f"cagul {split} mc_acc within 0.03 of vanilla (|diff|)", gap, _ge(0.03, gap))
+            add(
+                f"cagul {split} mc_acc within 0.03 of vanilla (abs. difference)",
+                gap,
+                _ge(0.03, gap),
+            )
         add(
             "cagul base_weights_changed is false",
             c["base_weights_changed"],
