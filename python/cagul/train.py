@@ -10,6 +10,7 @@ trainable parameters only.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import glob
 import json
@@ -200,8 +201,16 @@ def distributed_context() -> tuple[int, int, torch.device]:
         torch.cuda.set_device(local)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo")
+        # Tear the group down before interpreter shutdown: a process group left to static
+        # destruction can abort the process ("terminate called without an active exception").
+        atexit.register(_destroy_process_group)
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def seed_everything(seed: int) -> None:
