@@ -122,34 +122,13 @@ def refuses(generation: str, refusal: str) -> bool:
 def rouge_l(prediction: str, reference: str) -> float:
     """ROUGE-L F-measure of ``prediction`` against ``reference`` (the ``rouge-score``
     library, no stemming)."""
-    try:
-        from rouge_score import rouge_scorer
-    except ImportError:  # same tokenisation and LCS F-measure as rouge-score
-        return _lcs_f1(_rouge_tokens(prediction), _rouge_tokens(reference))
+    from rouge_score import rouge_scorer
+
     scorer = _ROUGE.setdefault("scorer", rouge_scorer.RougeScorer(["rougeL"]))
     return float(scorer.score(reference, prediction)["rougeL"].fmeasure)
 
 
 _ROUGE: dict[str, Any] = {}
-
-
-def _rouge_tokens(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
-
-
-def _lcs_f1(pred: list[str], ref: list[str]) -> float:
-    if not pred or not ref:
-        return 0.0
-    row = [0] * (len(ref) + 1)
-    for p in pred:
-        prev = 0
-        for j, r in enumerate(ref, 1):
-            prev, row[j] = row[j], prev + 1 if p == r else max(row[j], row[j - 1])
-    lcs = row[-1]
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(pred), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
 
 
 def split_metrics(
