@@ -7,9 +7,7 @@ the machine.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import ctypes
 import json
 import platform
 import re
@@ -19,6 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+
+from cagul_kernels.memory import PeakMemory
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -77,31 +77,11 @@ def median_time(
     return statistics.median(times)
 
 
-def _rss_kib(field: str) -> int:
-    status = Path("/proc/self/status").read_text()
-    return int(re.search(rf"{field}:\s+(\d+)", status).group(1))
-
-
 def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
-    """Peak extra memory of one ``fn()`` call, in bytes.
-
-    CUDA: ``max_memory_allocated`` above the memory allocated before the call. CPU: the
-    process's peak resident set (VmHWM, reset through /proc/self/clear_refs) above the
-    resident set before the call, after returning freed heap memory to the OS.
-    """
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
+    """Peak extra memory of one ``fn()`` call, in bytes (:class:`PeakMemory`)."""
+    with PeakMemory(device) as peak:
         fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    Path("/proc/self/clear_refs").write_text("5")
-    before = _rss_kib("VmRSS")
-    fn()
-    return max(0, _rss_kib("VmHWM") - before) * 1024
+    return peak.bytes
 
 
 def matmul_rate(device: torch.device, n: int = 2048) -> float:

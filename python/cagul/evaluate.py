@@ -25,17 +25,11 @@ from tqdm.auto import tqdm
 
 from .config import CagulConfig
 from .data import VLMCollator
+from .losses import answer_log_probs, answer_nll, per_row_mean, token_kl
 from .model import CagulModel
-from .train import answer_log_probs, to_device
+from .train import to_device
 
 METRICS = ("mc_acc", "leak_rate", "rougeL", "refusal_rate")
-
-
-def _row_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    logp, target, row = answer_log_probs(logits, labels)
-    nll = -logp.gather(1, target[:, None]).squeeze(1)
-    total = nll.new_zeros(labels.shape[0]).index_add(0, row, nll)
-    return total / nll.new_zeros(labels.shape[0]).index_add(0, row, torch.ones_like(nll))
 
 
 @torch.no_grad()
@@ -75,9 +69,9 @@ def evaluate(
                     add("gate", gate)
                     add(
                         "answer_nll_base",
-                        _row_nll(model.run(vis, torch.zeros_like(gate)).logits, labels),
+                        answer_nll(model.run(vis, torch.zeros_like(gate)).logits, labels),
                     )
-                add(f"{kind}_nll", _row_nll(model.run(vis, gate).logits, labels))
+                add(f"{kind}_nll", answer_nll(model.run(vis, gate).logits, labels))
     finally:
         model.train(was_training)
     cat = {k: torch.cat(v) for k, v in rows.items()}
@@ -179,7 +173,7 @@ def option_scores(
     scores = [torch.zeros(0)]
     for chunk in _chunks(expanded, batch_size):
         logits, labels = _answer_logits(model, collator, chunk)
-        scores.append(-_row_nll(logits, labels).cpu())
+        scores.append(-answer_nll(logits, labels).cpu())
         if bar is not None:
             bar.update(len(chunk))
     return list(torch.cat(scores).split([len(s["options"]) for s in samples]))
@@ -224,11 +218,9 @@ def answer_kl(
         ref_logits, _ = _answer_logits(reference, collator, chunk)
         logp, _, row = answer_log_probs(logits, labels)
         ref_logp, _, _ = answer_log_probs(ref_logits, labels)
-        kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1).clamp(min=0.0)  # >= 0 up to rounding
-        n = labels.shape[0]
-        per_row = kl.new_zeros(n).index_add(0, row, kl)
-        per_row /= kl.new_zeros(n).index_add(0, row, torch.ones_like(kl)).clamp(min=1.0)
-        total, count = total + float(per_row.sum()), count + n
+        kl = token_kl(ref_logp, logp).clamp(min=0.0)  # >= 0 up to rounding
+        per_row = per_row_mean(kl, row, labels.shape[0])
+        total, count = total + float(per_row.sum()), count + labels.shape[0]
     return total / max(count, 1)
 
 

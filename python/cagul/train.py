@@ -29,7 +29,18 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
+from cagul_kernels.memory import PeakMemory
+
 from .config import FORGET_LOSSES, CagulConfig
+from .losses import (
+    answer_log_probs,
+    masked_mean,
+    npo_loss,
+    per_row_mean,
+    per_row_sum,
+    target_log_probs,
+    token_kl,
+)
 from .model import CagulModel
 
 CHECKPOINT_DIR = "checkpoints"
@@ -57,31 +68,6 @@ class Method(Protocol):
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
 
     def save_pretrained(self, path: str) -> None: ...
-
-
-# ---------------------------------------------------------------------- losses
-
-
-def answer_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``(log_softmax [N, V] fp32, targets [N], row [N])`` at the answer tokens: position
-    ``t`` predicts ``labels[:, t + 1]``; ``-100`` labels are skipped."""
-    labels = labels.to(logits.device)
-    shifted = labels[:, 1:]
-    keep = shifted != -100
-    row = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(shifted)[keep]
-    logp = F.log_softmax(logits[:, :-1][keep].float(), dim=-1)
-    return logp, shifted[keep], row
-
-
-def _per_row_mean(values: torch.Tensor, row: torch.Tensor, n_rows: int) -> torch.Tensor:
-    total = values.new_zeros(n_rows).index_add(0, row, values)
-    count = values.new_zeros(n_rows).index_add(0, row, torch.ones_like(values))
-    return total / count.clamp(min=1.0)
-
-
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 class CagulMethod(nn.Module):
@@ -137,16 +123,16 @@ class CagulMethod(nn.Module):
         has_visual = vis.has_visual
 
         logit = model.discriminator(vis.tokens, vis.mask).float()
-        bce = _masked_mean(
+        bce = masked_mean(
             F.binary_cross_entropy_with_logits(logit, is_forget.float(), reduction="none"),
             has_visual,
         )
-        acc = _masked_mean(((logit > 0) == is_forget).float(), has_visual)
+        acc = masked_mean(((logit > 0) == is_forget).float(), has_visual)
 
         logp, target, row = answer_log_probs(model.run(vis, has_visual).logits, labels)
-        token_logp = logp.gather(1, target[:, None]).squeeze(1)
+        token_logp = target_log_probs(logp, target)
         b = labels.shape[0]
-        nll = _per_row_mean(-token_logp, row, b)
+        nll = per_row_mean(-token_logp, row, b)
         forget_rows, retain_rows = is_forget & has_visual, ~is_forget
 
         kinds = batch.get("forget_loss")
@@ -164,21 +150,19 @@ class CagulMethod(nn.Module):
         if bool(ga_rows.any()):
             forget_per_row = torch.where(ga_rows, F.relu(cfg.ga_bound - nll), forget_per_row)
         if bool((npo_rows & forget_rows).any()):
-            ref_token = ref_logp.gather(1, target[:, None]).squeeze(1)
-            delta = token_logp.new_zeros(b).index_add(0, row, token_logp - ref_token)
-            npo = -2.0 / cfg.npo_beta * F.logsigmoid(-cfg.npo_beta * delta)
+            log_ratio = per_row_sum(token_logp - target_log_probs(ref_logp, target), row, b)
+            npo = npo_loss(log_ratio, cfg.npo_beta)
             forget_per_row = torch.where(npo_rows, npo, forget_per_row)
-        forget = _masked_mean(forget_per_row, forget_rows)
+        forget = masked_mean(forget_per_row, forget_rows)
         if bool(retain_rows.any()):
-            kl_token = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
-            kl = _masked_mean(_per_row_mean(kl_token, row, b), retain_rows)
+            kl = masked_mean(per_row_mean(token_kl(ref_logp, logp), row, b), retain_rows)
         else:
             kl = logp.sum() * 0.0
         loss = forget + cfg.retain_weight * kl + cfg.discriminator_weight * bce
         metrics = {
             "loss": loss.item(),
             "forget_loss": forget.item(),
-            "forget_nll": _masked_mean(nll, forget_rows).item(),
+            "forget_nll": masked_mean(nll, forget_rows).item(),
             "retain_kl": kl.item(),
             "disc_bce": bce.item(),
             "disc_acc": acc.item(),
@@ -299,6 +283,7 @@ class CagulTrainer:
             dataset, num_replicas=self.world, rank=self.rank, shuffle=True, seed=config.seed
         )
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.peak_memory_bytes: int | None = None
         self.ddp = None
         if self.world > 1:
             ignore = [n for n, p in method.named_parameters() if not p.requires_grad]
@@ -342,8 +327,15 @@ class CagulTrainer:
         """Runs until ``config.steps`` optimizer steps; returns the log history.
 
         ``resume``: ``True`` continues from the latest checkpoint in ``output_dir`` (if
-        any), a path from that checkpoint.
+        any), a path from that checkpoint. Sets ``peak_memory_bytes``: the peak extra
+        memory of the run (:class:`cagul_kernels.memory.PeakMemory`).
         """
+        with PeakMemory(self.device) as peak:
+            history = self._train(resume)
+        self.peak_memory_bytes = peak.bytes
+        return history
+
+    def _train(self, resume: bool | str) -> list[dict[str, float]]:
         cfg = self.config
         if resume:
             path = resume if isinstance(resume, str) else self.latest_checkpoint()
