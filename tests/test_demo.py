@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from cagul.baselines import BASELINES
 from cagul.data import load_jsonl
 from cagul.data import synthetic as syn
 from cagul.demo import DemoConfig, run_demo, weights_hash
@@ -24,6 +25,7 @@ from cagul.evaluate import (
     rouge_l,
     split_metrics,
 )
+from cagul.report import check_targets, dominating_baselines
 from cagul.toy_vlm import ToyVLMConfig, build_vlm, load_or_train, tokenizer_corpus, train_tokenizer
 
 SMALL = syn.SyntheticConfig(
@@ -273,7 +275,7 @@ def _check_results(results: dict, models: set[str]) -> None:
     assert results["chance_mc_acc"] == 0.25
     for m in results["models"].values():
         assert set(m) == {*syn.EVAL_SPLITS, "retain_kl", "trainable_params", "train_seconds",
-                          "base_weights_changed"}  # fmt: skip
+                          "peak_memory_mb", "base_weights_changed"}  # fmt: skip
         for split in syn.EVAL_SPLITS:
             assert set(m[split]) == set(METRICS)
             assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in m[split].values())
@@ -281,6 +283,8 @@ def _check_results(results: dict, models: set[str]) -> None:
         assert isinstance(m["trainable_params"], int) and m["trainable_params"] > 0
         assert isinstance(m["train_seconds"], float) and m["train_seconds"] > 0
         assert isinstance(m["base_weights_changed"], bool)
+        memory = m["peak_memory_mb"]
+        assert memory is None or (isinstance(memory, float) and memory >= 0.0)
 
 
 def test_demo_end_to_end(tmp_path):
@@ -295,14 +299,24 @@ def test_demo_end_to_end(tmp_path):
         torch.set_num_threads(threads)
     assert code == 0
     results = json.loads((out / "results.json").read_text())
-    _check_results(results, {"vanilla", "retain_only", "cagul"})
+    _check_results(results, {"vanilla", "retain_only", "cagul", *BASELINES})
     models = results["models"]
     assert models["vanilla"]["retain_kl"] == 0.0
     assert models["cagul"]["base_weights_changed"] is False
     assert models["retain_only"]["base_weights_changed"] is True
+    for name in BASELINES:  # finetuned copies of the vanilla model, LLM weights only
+        assert models[name]["base_weights_changed"] is True
+        assert models[name]["peak_memory_mb"] is not None
+        assert models[name]["trainable_params"] < models["vanilla"]["trainable_params"]
+        assert (out / name / "config.json").is_file()
+    assert results["config"]["baselines"] == list(BASELINES)
+    dominated = [c for c in check_targets(results) if c["target"].startswith("no baseline")]
+    assert len(dominated) == 1
+    assert dominated[0]["ok"] == (dominating_baselines(results) == [])
     assert models["cagul"]["trainable_params"] < models["vanilla"]["trainable_params"]
     assert results["config"]["data"]["n_people"] == DemoConfig.tiny().data.n_people
-    for name in ("report.md", "accuracy.png", "importance.png", "cagul/cagul_modules.safetensors"):
+    for name in ("report.md", "accuracy.png", "tradeoff.png", "importance.png",
+                 "cagul/cagul_modules.safetensors"):  # fmt: skip
         assert (out / name).stat().st_size > 0
     assert "| vanilla" in (out / "report.md").read_text()
 
@@ -326,6 +340,45 @@ def test_demo_end_to_end(tmp_path):
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert set(metrics["splits"]) == set(syn.EVAL_SPLITS)
     assert all(set(v) == set(METRICS) for v in metrics["splits"].values())
+
+
+def test_dominating_baselines():
+    def model(forget: float, retain: float) -> dict:
+        return {"forget": {"mc_acc": forget}, "retain": {"mc_acc": retain}}
+
+    results = {
+        "models": {
+            "cagul": model(0.30, 0.95),
+            "ga": model(0.20, 0.96),  # better on both: dominates
+            "kl": model(0.20, 0.90),  # forgets more, keeps less
+            "npo": model(0.30, 0.99),  # ties on forget
+            "idk": model(0.40, 0.97),
+        }
+    }
+    assert dominating_baselines(results) == ["ga"]
+    results["models"]["ga"] = model(0.31, 0.96)
+    assert dominating_baselines(results) == []
+
+
+def test_demo_config_baselines():
+    config = DemoConfig()
+    assert config.baselines == list(BASELINES) and config.baseline_lora_rank == 0
+    config.set("baselines", "ga,npo")
+    assert config.baselines == ["ga", "npo"]
+    config.set("baselines", "")
+    assert config.baselines == []
+    config.set("baselines", ["kl"])
+    assert config.baselines == ["kl"]
+    config.set("baseline.lr", 5e-4)
+    assert config.baseline_config().lr == 5e-4
+    assert config.baseline_config().steps == config.cagul_config().steps  # same step budget
+    assert config.to_dict()["baseline"]["lr"] == 5e-4
+    with pytest.raises(ValueError, match="baselines must be"):
+        config.set("baselines", "ga,forgetful")
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        config.set("baseline.lr", -1.0)
+    with pytest.raises(ValueError, match="baseline_lora_rank must be"):
+        config.set("baseline_lora_rank", -1)
 
 
 def test_cache_key_and_weights_hash(bench, tmp_path):

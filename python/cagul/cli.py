@@ -2,6 +2,7 @@
 
     cagul train --model PATH --data train.jsonl --output OUT [--config cfg.json]
                 [--set key=value ...] [--eval-data test.jsonl] [--resume]
+                [--method cagul|ga|graddiff|kl|npo|idk] [--lora-rank R]
     cagul generate --model PATH [--adapter OUT] --image IMG --question "..." [--gate auto]
     cagul eval --model PATH [--adapter OUT] --data test.jsonl|BENCHMARK_DIR [--data ...]
                [--reference PATH] [--set key=value ...] [--output metrics.json]
@@ -9,7 +10,11 @@
                [--retain-only] [--quick]
 
 ``--model`` is a local transformers checkpoint directory (model + processor), loaded with
-``AutoModelForImageTextToText`` / ``AutoProcessor``; nothing is downloaded. Training under
+``AutoModelForImageTextToText`` / ``AutoProcessor``; nothing is downloaded. ``--method``
+other than ``cagul`` runs a finetuning baseline (:mod:`cagul.baselines`) with the same
+data and schedule: ``--output`` then holds the finetuned VLM + processor (a model for
+``--model``), or with ``--lora-rank`` a peft adapter (``--adapter`` of ``eval`` /
+``generate`` merges it). Training under
 ``torchrun --nproc_per_node N -m cagul.cli train ...`` runs DDP (one process per GPU, or
 gloo on CPU). Errors (missing paths, bad configs, bad data) exit with status 2.
 """
@@ -24,6 +29,7 @@ from typing import Any
 
 import torch
 
+from .baselines import BASELINES
 from .config import CagulConfig
 
 
@@ -68,11 +74,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", dest="overrides", action="append", default=[], type=_assignment)
     train.add_argument("--eval-data", type=_existing("--eval-data"), help="JSONL for eval_every")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument(
+        "--method",
+        default="cagul",
+        choices=("cagul", *BASELINES),
+        help="cagul (default) or a finetuning baseline (changes the VLM's weights)",
+    )
+    train.add_argument(
+        "--lora-rank",
+        type=int,
+        default=0,
+        help="baselines: train LoRA adapters of this rank on the language model (0 = all "
+        "language-model weights)",
+    )
+    train.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (2 x rank)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     gen = sub.add_parser("generate", help="answer a question about an image")
     common(gen)
-    gen.add_argument("--adapter", type=_existing("--adapter"), help="trained CAGUL directory")
+    gen.add_argument(
+        "--adapter", type=_existing("--adapter"), help="CAGUL or baseline LoRA adapter"
+    )
     gen.add_argument("--image", required=True, type=_existing("--image"))
     gen.add_argument("--question", required=True)
     gen.add_argument("--max-new-tokens", type=int, default=None)
@@ -84,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", help="benchmark metrics per split of a VLM (with a CAGUL adapter or not)"
     )
     common(ev)
-    ev.add_argument("--adapter", type=_existing("--adapter"), help="trained CAGUL directory")
+    ev.add_argument("--adapter", type=_existing("--adapter"), help="CAGUL or baseline LoRA adapter")
     ev.add_argument(
         "--data",
         required=True,
@@ -133,55 +155,107 @@ def _load_vlm(args: argparse.Namespace, path: str | None = None, flag: str = "--
 
 
 def _train(args: argparse.Namespace) -> None:
+    from .baselines import UnlearningBaseline, lora_config
     from .data import VLMCollator, load_jsonl
     from .evaluate import evaluate
     from .model import CagulModel
     from .train import CagulMethod, CagulTrainer, seed_everything
 
+    if args.lora_rank < 0:
+        raise ValueError(f"--lora-rank must be >= 0, got {args.lora_rank}")
+    if args.method == "cagul" and (args.lora_rank or args.lora_alpha is not None):
+        raise ValueError("--lora-rank / --lora-alpha apply to the baselines, not --method cagul")
     config = CagulConfig.load(args.config) if args.config else CagulConfig()
     config = config.replace(**dict(args.overrides))
     samples = load_jsonl(args.data)
     eval_samples = load_jsonl(args.eval_data) if args.eval_data else None
     seed_everything(config.seed)  # the modules' initialisation
     vlm, processor = _load_vlm(args)
-    model = CagulModel(vlm, config)
     eval_fn = None
-    if eval_samples is not None:
-        eval_fn = lambda method, step: evaluate(method.model, eval_samples, processor)
+    if args.method == "cagul":
+        model = CagulModel(vlm, config)
+        method, collator = CagulMethod(model), VLMCollator(processor, model.config)
+        if eval_samples is not None:
+            eval_fn = lambda method, step: evaluate(method.model, eval_samples, processor)
+    else:
+        lora = lora_config(args.lora_rank, args.lora_alpha) if args.lora_rank else None
+        method = UnlearningBaseline(vlm, args.method, config, lora)
+        collator = method.collator(processor)
+        if eval_samples is not None:
+            eval_fn = lambda method, step: _baseline_eval(method, eval_samples, processor)
     trainer = CagulTrainer(
-        CagulMethod(model),
+        method,
         samples,
-        VLMCollator(processor, model.config),
-        model.config,
+        collator,
+        config,
         output_dir=args.output,
         eval_fn=eval_fn,
         progress=not args.no_progress,
     )
     trainer.train(resume=args.resume)
     if trainer.rank == 0:
-        print(json.dumps({"output": args.output, **trainer.history[-1]}))
+        if args.method != "cagul" and not args.lora_rank:
+            processor.save_pretrained(args.output)  # the output is a loadable VLM
+        memory = trainer.peak_memory_bytes
+        summary = {
+            "output": args.output,
+            "method": args.method,
+            "trainable_params": sum(p.numel() for p in method.parameters() if p.requires_grad),
+            "peak_memory_mb": None if memory is None else round(memory / 2**20, 1),
+            **trainer.history[-1],
+        }
+        print(json.dumps(summary))
+
+
+def _baseline_eval(method, samples: list[dict], processor) -> dict[str, float]:
+    """Mean answer NLL (true answers) of a baseline's VLM on the forget / retain samples."""
+    from .data import VLMCollator
+    from .evaluate import mean_answer_nll
+
+    collator = VLMCollator(processor, method.config, target="answer")
+    return {
+        f"{split}_answer_nll": mean_answer_nll(method.vlm, group, collator)
+        for split, group in (
+            ("forget", [s for s in samples if s["is_forget"]]),
+            ("retain", [s for s in samples if not s["is_forget"]]),
+        )
+        if group
+    }
 
 
 def _generate(args: argparse.Namespace) -> None:
+    from .baselines import is_lora_adapter, load_finetuned
     from .data import VLMCollator
     from .model import CagulModel
     from .train import to_device
 
     vlm, processor = _load_vlm(args)
-    if args.adapter:
-        model = CagulModel.from_pretrained(vlm, args.adapter)
-    else:
-        model = CagulModel(vlm, CagulConfig())
     sample = {"image": args.image, "question": args.question, "answer": "-", "is_forget": False}
-    inputs = to_device(VLMCollator(processor, model.config).prompts([sample]), vlm.device)
-    prob = float(model.forget_probability(**inputs)[0])
-    gate = None if args.gate == "auto" else torch.tensor([args.gate == "on"])
-    max_new = args.max_new_tokens or model.config.max_new_tokens
-    out = model.generate(**inputs, forget_gate=gate, max_new_tokens=max_new, do_sample=False)
+    if args.adapter and is_lora_adapter(args.adapter):  # a baseline: a plain VLM
+        model, config = load_finetuned(vlm, args.adapter)
+        prob, gate = None, None
+        inputs = to_device(VLMCollator(processor, config).prompts([sample]), vlm.device)
+        extra = {}
+    else:
+        model = (
+            CagulModel.from_pretrained(vlm, args.adapter)
+            if args.adapter
+            else CagulModel(vlm, CagulConfig())
+        )
+        config = model.config
+        inputs = to_device(VLMCollator(processor, config).prompts([sample]), vlm.device)
+        prob = float(model.forget_probability(**inputs)[0])
+        gate = None if args.gate == "auto" else torch.tensor([args.gate == "on"])
+        extra = {"forget_gate": gate}
+    max_new = args.max_new_tokens or config.max_new_tokens
+    out = model.generate(**inputs, **extra, max_new_tokens=max_new, do_sample=False)
     answer = processor.tokenizer.decode(
         out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
     )
-    transformed = prob >= model.config.gate_threshold if gate is None else bool(gate[0])
+    if prob is None:
+        transformed = None
+    else:
+        transformed = prob >= config.gate_threshold if gate is None else bool(gate[0])
     print(json.dumps({"answer": answer.strip(), "forget_probability": prob, "gated": transformed}))
 
 
@@ -206,6 +280,7 @@ def _eval_splits(paths: list[str]) -> dict[str, list[dict]]:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    from .baselines import is_lora_adapter, load_finetuned
     from .evaluate import evaluate, evaluate_splits
     from .model import CagulModel
 
@@ -215,7 +290,10 @@ def _eval(args: argparse.Namespace) -> None:
     vlm, processor = _load_vlm(args)
     overrides = dict(args.overrides)
     metrics: dict[str, Any] = {}
-    if args.adapter:
+    if args.adapter and is_lora_adapter(args.adapter):  # a baseline: evaluated as a VLM
+        model, config = load_finetuned(vlm, args.adapter)
+        config, reference = config.replace(**overrides), None
+    elif args.adapter:
         model = CagulModel.from_pretrained(vlm, args.adapter, **overrides)
         config, reference = model.config, vlm
         samples = [s for group in splits.values() for s in group]

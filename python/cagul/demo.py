@@ -5,13 +5,16 @@
    or load it from the cache (:func:`cagul.toy_vlm.load_or_train`); optionally the
    retain-only model (trained without the forget people: the gold standard);
 3. train CAGUL (discriminator + visual token encoder, VLM frozen) on forget / retain;
-4. evaluate every model on ``forget``, ``forget_test``, ``retain``, ``retain_test``
+4. finetune a copy of the vanilla model with each unlearning baseline
+   (:mod:`cagul.baselines`: GA, GradDiff, KL, NPO, IdK) on the same samples and step budget;
+5. evaluate every model on ``forget``, ``forget_test``, ``retain``, ``retain_test``
    (:func:`cagul.evaluate.evaluate_splits`), print the table and write ``results.json``,
    ``report.md`` and PNG plots to the output directory.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -25,6 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from cagul_kernels.memory import PeakMemory
+
+from .baselines import BASELINES, UnlearningBaseline, lora_config
 from .config import FORGET_LOSSES, CagulConfig
 from .data import VLMCollator
 from .data.synthetic import EVAL_SPLITS, Benchmark, SyntheticConfig, jitter
@@ -51,6 +57,8 @@ DEMO_CAGUL = dict(
     log_every=50,
     max_new_tokens=8,
 )
+# CagulConfig overrides of the finetuning baselines (the rest is DEMO_CAGUL's schedule)
+DEMO_BASELINE = dict(lr=1e-4, retain_weight=1.0, npo_beta=0.1)
 
 
 @dataclasses.dataclass
@@ -65,6 +73,11 @@ class DemoConfig:
     cagul_augment: CAGUL trains on randomly re-posed views of its images
     (:func:`cagul.data.synthetic.jitter`), which helps the discriminator and the encoder
     on unseen poses.
+    baselines: the finetuning baselines to run (:data:`cagul.baselines.BASELINES`; each on
+    a copy of the vanilla model, with CAGUL's training samples and schedule);
+    baseline: their ``CagulConfig`` overrides (default ``DEMO_BASELINE``: lr, retain
+    weight, NPO beta); baseline_lora_rank: 0 = finetune every language-model weight, else
+    LoRA adapters of that rank.
     eval_samples: questions per split and form that are evaluated (a fixed random subset;
     0 = all). retain_only: also train and evaluate the retain-only model.
     """
@@ -77,12 +90,19 @@ class DemoConfig:
     )
     cagul_retain_ratio: float = 1.0
     cagul_augment: bool = True
+    baselines: list[str] = dataclasses.field(default_factory=lambda: list(BASELINES))
+    baseline: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(DEMO_BASELINE))
+    baseline_lora_rank: int = 0
     eval_samples: int = 360
     retain_only: bool = False
     seed: int = 0
 
     def cagul_config(self) -> CagulConfig:
         return CagulConfig(**{**DEMO_CAGUL, "seed": self.seed, **self.cagul})
+
+    def baseline_config(self) -> CagulConfig:
+        """CAGUL's schedule with the ``baseline`` overrides."""
+        return self.cagul_config().replace(**self.baseline)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +112,9 @@ class DemoConfig:
             "forget_losses": dict(self.forget_losses),
             "cagul_retain_ratio": self.cagul_retain_ratio,
             "cagul_augment": self.cagul_augment,
+            "baselines": list(self.baselines),
+            "baseline": self.baseline_config().to_dict(),
+            "baseline_lora_rank": self.baseline_lora_rank,
             "eval_samples": self.eval_samples,
             "retain_only": self.retain_only,
             "seed": self.seed,
@@ -104,6 +127,23 @@ class DemoConfig:
         if field and section == "cagul":
             self.cagul = {**self.cagul, field: value}
             self.cagul_config()  # validates
+        elif field and section == "baseline":
+            self.baseline = {**self.baseline, field: value}
+            self.baseline_config()  # validates
+        elif not field and key == "baselines":
+            names = value.split(",") if isinstance(value, str) else value
+            if not isinstance(names, list) or not set(names) <= {"", *BASELINES}:
+                raise ValueError(
+                    f"demo config: baselines must be a list or comma-separated names from "
+                    f"{BASELINES} (empty: none), got {value!r}"
+                )
+            self.baselines = [n for n in names if n]
+        elif not field and key == "baseline_lora_rank":
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(
+                    f"demo config: baseline_lora_rank must be an int >= 0, got {value!r}"
+                )
+            self.baseline_lora_rank = value
         elif field and section in ("data", "model"):
             sub = getattr(self, section)
             if field not in {f.name for f in dataclasses.fields(sub)}:
@@ -202,34 +242,79 @@ def eval_splits(bench: Benchmark, config: DemoConfig) -> dict[str, list[dict]]:
     return out
 
 
-def train_cagul(
-    vlm, processor, bench: Benchmark, config: DemoConfig, output_dir: str, *, progress: bool
-):
-    """``(CagulModel, seconds)``: CAGUL trained on the forget samples (forget loss per
-    question form: ``config.forget_losses``) and ``cagul_retain_ratio`` times as many
-    retain samples; the adapter goes to ``output_dir``."""
-    cfg = config.cagul_config()
-    seed_everything(cfg.seed)
-    model = CagulModel(vlm, cfg)
+def training_samples(bench: Benchmark, config: DemoConfig) -> Sequence[dict]:
+    """What CAGUL and the baselines train on: every forget sample (with its forget loss per
+    question form, ``config.forget_losses``, which only CAGUL reads) and
+    ``cagul_retain_ratio`` times as many retain samples; re-posed at random on every access
+    with ``cagul_augment`` (a fresh sequence per call: the same views in the same order)."""
     forget = [
         {**s, "forget_loss": config.forget_losses[s["form"]]} for s in bench.samples("forget")
     ]
-    retain = _subset(
-        bench.samples("retain"), round(config.cagul_retain_ratio * len(forget)), cfg.seed
-    )
+    n_retain = round(config.cagul_retain_ratio * len(forget))
+    samples = forget + _subset(bench.samples("retain"), n_retain, config.seed)
+    return Augmented(samples, config.seed) if config.cagul_augment else samples
+
+
+def _train(make_method, samples, collator_of, config: CagulConfig, output_dir: str, progress):
+    """``(method, info)``: ``make_method()`` trained by ``CagulTrainer`` into ``output_dir``
+    (emptied first); ``info``: ``train_seconds`` and ``peak_memory_mb`` (building the
+    method, e.g. a reference copy, and training)."""
     shutil.rmtree(output_dir, ignore_errors=True)
-    samples = forget + retain
-    trainer = CagulTrainer(
-        CagulMethod(model),
-        Augmented(samples, cfg.seed) if config.cagul_augment else samples,
-        VLMCollator(processor, model.config),
-        model.config,
-        output_dir=output_dir,
-        progress=progress,
-    )
+    seed_everything(config.seed)
     start = time.perf_counter()
-    trainer.train()
-    return model.eval(), time.perf_counter() - start
+    with PeakMemory(torch.device("cpu")) as peak:
+        method = make_method()
+        trainer = CagulTrainer(
+            method,
+            samples,
+            collator_of(method),
+            config,
+            output_dir=output_dir,
+            progress=progress,
+        )
+        trainer.train()
+    seconds = time.perf_counter() - start
+    memory = None if peak.bytes is None else round(peak.bytes / 2**20, 1)
+    return method, {"train_seconds": seconds, "peak_memory_mb": memory}
+
+
+def train_cagul(vlm, processor, samples, config: DemoConfig, output_dir: str, *, progress: bool):
+    """``(CagulModel, info)``: CAGUL trained on ``samples``; the adapter goes to
+    ``output_dir``. ``info``: ``train_seconds``, ``peak_memory_mb``, ``trainable_params``."""
+    cfg = config.cagul_config()
+    method, info = _train(
+        lambda: CagulMethod(CagulModel(vlm, cfg)),
+        samples,
+        lambda m: VLMCollator(processor, m.config),
+        cfg,
+        output_dir,
+        progress,
+    )
+    model = method.model
+    trainable = _params(model.encoder) + _params(model.discriminator)
+    return model.eval(), {**info, "trainable_params": trainable}
+
+
+def train_baseline(
+    vlm, processor, samples, config: DemoConfig, name: str, output_dir: str, *, progress: bool
+):
+    """``(finetuned VLM, info)``: the baseline ``name`` trained on a copy of ``vlm`` (the
+    finetuned model + processor, or the LoRA adapter, go to ``output_dir``)."""
+    cfg = config.baseline_config()
+    rank = config.baseline_lora_rank
+    working = copy.deepcopy(vlm)  # the model being unlearned (not counted in the memory)
+    method, info = _train(
+        lambda: UnlearningBaseline(working, name, cfg, lora_config(rank) if rank else None),
+        samples,
+        lambda m: m.collator(processor),
+        cfg,
+        output_dir,
+        progress,
+    )
+    processor.save_pretrained(output_dir)
+    trainable = method.trainable_parameter_count()
+    model = method.vlm.merge_and_unload() if rank else method.vlm
+    return model.eval().requires_grad_(False), {**info, "trainable_params": trainable}
 
 
 class Augmented(Sequence):
@@ -289,13 +374,11 @@ def run_demo(
     phase("vanilla", t0)
     how = "cached" if vanilla_info["cached"] else "trained"
     log(f"vanilla model: {vanilla_info['path']} ({how})")
-    models: dict[str, tuple[Any, dict]] = {}
+    # name -> (model to evaluate, the module whose weights may have changed, info)
+    models: dict[str, tuple[Any, torch.nn.Module, dict]] = {}
     base_hash = weights_hash(vlm)
     n_vlm = _params(vlm)
-    models["vanilla"] = (
-        vlm,
-        {"trainable_params": n_vlm, "train_seconds": vanilla_info["train_seconds"]},
-    )
+    models["vanilla"] = (vlm, vlm, {**vanilla_info, "trainable_params": n_vlm})
     if config.retain_only:
         t0 = time.perf_counter()
         ro, _, ro_info = load_or_train(
@@ -308,23 +391,28 @@ def run_demo(
             progress=progress,
         )
         phase("retain_only", t0)
-        models["retain_only"] = (
-            ro,
-            {"trainable_params": _params(ro), "train_seconds": ro_info["train_seconds"]},
-        )
+        models["retain_only"] = (ro, ro, {**ro_info, "trainable_params": _params(ro)})
 
     t0 = time.perf_counter()
-    cagul, seconds = train_cagul(
-        vlm, processor, bench, config, os.path.join(output_dir, "cagul"), progress=progress
+    samples = training_samples(bench, config)
+    cagul, info = train_cagul(
+        vlm, processor, samples, config, os.path.join(output_dir, "cagul"), progress=progress
     )
     phase("cagul_train", t0)
-    trainable = _params(cagul.encoder) + _params(cagul.discriminator)
-    models["cagul"] = (cagul, {"trainable_params": trainable, "train_seconds": seconds})
+    models["cagul"] = (cagul, cagul.vlm, info)
+    for name in config.baselines:
+        t0 = time.perf_counter()
+        samples = training_samples(bench, config)
+        finetuned, info = train_baseline(
+            vlm, processor, samples, config, name, os.path.join(output_dir, name), progress=progress
+        )
+        phase(f"{name}_train", t0)
+        models[name] = (finetuned, finetuned, info)
 
     t0 = time.perf_counter()
     splits = eval_splits(bench, config)
     results: dict[str, Any] = {"models": {}, "chance_mc_acc": bench.chance_mc_acc}
-    for name, (model, info) in models.items():
+    for name, (model, weights, info) in models.items():
         metrics = evaluate_splits(
             model,
             splits,
@@ -334,14 +422,17 @@ def run_demo(
             progress=progress,
             desc=f"eval {name}",
         )
-        changed = name == "retain_only" or weights_hash(vlm) != base_hash
+        memory = info.get("peak_memory_mb")
         results["models"][name] = {
             **{s: metrics[s] for s in EVAL_SPLITS},
             "retain_kl": 0.0 if name == "vanilla" else metrics["retain_kl"],
             "trainable_params": int(info["trainable_params"]),
             "train_seconds": round(float(info["train_seconds"]), 2),
-            "base_weights_changed": bool(changed),
+            "peak_memory_mb": None if memory is None else float(memory),
+            "base_weights_changed": weights_hash(weights) != base_hash,
         }
+    if weights_hash(vlm) != base_hash:
+        raise RuntimeError("run_demo: the vanilla model's weights changed during the demo")
     phase("eval", t0)
 
     t0 = time.perf_counter()
@@ -362,7 +453,7 @@ def run_demo(
         json.dump(results, f, indent=2)
         f.write("\n")
     log(f"timings (s): {json.dumps(timings)}")
-    log(f"wrote {output_dir}/results.json, report.md, accuracy.png, importance.png")
+    log(f"wrote {output_dir}/results.json, report.md, accuracy.png, tradeoff.png, importance.png")
     return results
 
 

@@ -164,6 +164,16 @@ def _answer_logits(model, collator: VLMCollator, chunk: Sequence[dict]):
 
 
 @torch.no_grad()
+def mean_answer_nll(model, samples: Sequence[dict], collator: VLMCollator, *, batch_size=32):
+    """Mean over ``samples`` of the per-token NLL of the collator's target answer."""
+    total = 0.0
+    for chunk in _chunks(samples, batch_size):
+        logits, labels = _answer_logits(model, collator, chunk)
+        total += float(answer_nll(logits, labels).sum())
+    return total / max(len(samples), 1)
+
+
+@torch.no_grad()
 def option_scores(
     model, samples: Sequence[dict], collator: VLMCollator, *, batch_size: int = 32, bar=None
 ) -> list[torch.Tensor]:

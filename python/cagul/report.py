@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .baselines import BASELINES
 from .config import CagulConfig
 from .data import VLMCollator
 from .data.synthetic import EVAL_SPLITS
@@ -34,7 +35,13 @@ def results_table(results: dict[str, Any], markdown: bool = False) -> str:
     rows = [["model", "split", *METRICS]]
     for name, m in results["models"].items():
         rows += [[name, split, *(_fmt(m[split][k]) for k in METRICS)] for split in EVAL_SPLITS]
-    model_cols = ["retain_kl", "trainable_params", "train_seconds", "base_weights_changed"]
+    model_cols = [
+        "retain_kl",
+        "trainable_params",
+        "train_seconds",
+        "peak_memory_mb",
+        "base_weights_changed",
+    ]
     rows2 = [["model", *model_cols]]
     rows2 += [[n, *(_fmt(m[k]) for k in model_cols)] for n, m in results["models"].items()]
     return _render(rows, markdown) + "\n\n" + _render(rows2, markdown)
@@ -102,7 +109,28 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
         share = c["trainable_params"] / results["config"]["vlm_params"]
         add("cagul trainable params <= 2% of the VLM's (share)", share, share <= 0.02)
+    if "cagul" in models and set(models) & set(BASELINES):
+        dominating = dominating_baselines(results)
+        add(
+            "no baseline dominates cagul (lower forget and higher retain mc_acc)",
+            ", ".join(dominating) or "none",
+            not dominating,
+        )
     return checks
+
+
+def dominating_baselines(results: dict[str, Any]) -> list[str]:
+    """The baselines with both a lower ``forget`` and a higher ``retain`` ``mc_acc`` than
+    CAGUL (lower forget accuracy = more forgotten)."""
+    models = results["models"]
+    c_forget, c_retain = models["cagul"]["forget"]["mc_acc"], models["cagul"]["retain"]["mc_acc"]
+    return [
+        name
+        for name in BASELINES
+        if name in models
+        and models[name]["forget"]["mc_acc"] < c_forget
+        and models[name]["retain"]["mc_acc"] > c_retain
+    ]
 
 
 def _ge(a: float | None, b: float | None) -> bool:
@@ -140,8 +168,42 @@ def plot_accuracy(results: dict[str, Any], path: str) -> None:
         ax.set_title(metric)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9)
-    fig.suptitle("vanilla vs CAGUL on the fictitious-people benchmark")
+    fig.suptitle("accuracy per split and model on the fictitious-people benchmark")
     fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_tradeoff(results: dict[str, Any], path: str) -> None:
+    """Forget vs retain ``mc_acc``, one point per model: vanilla and retain-only (the
+    references) as stars, CAGUL as a large dot, the finetuning baselines as dots; chance
+    marked. Ideal: forget at chance, retain at the vanilla model's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.2, 5))
+    chance = results["chance_mc_acc"]
+    ax.axvline(chance, color="k", ls="--", lw=1, label="chance (forget)")
+    style = {"vanilla": ("*", 260, "k"), "retain_only": ("*", 260, "tab:green")}
+    for name, m in results["models"].items():
+        x, y = m["forget"]["mc_acc"], m["retain"]["mc_acc"]
+        if x is None or y is None:
+            continue
+        marker, size, colour = style.get(name, ("o", 140 if name == "cagul" else 70, None))
+        if name == "cagul":
+            colour = "tab:red"
+        ax.scatter([x], [y], s=size, marker=marker, color=colour, zorder=3, label=name)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=9)
+    ax.set_xlabel("forget mc_acc (lower = more forgotten)")
+    ax.set_ylabel("retain mc_acc (higher = better kept)")
+    ax.set_xlim(-0.03, 1.05)
+    ax.set_ylim(-0.03, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("forget vs retain trade-off (one point per method)")
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -226,6 +288,7 @@ def write_outputs(
     checks = check_targets(results)
     log("\n" + results_table(results) + "\n\n" + targets_table(checks) + "\n")
     plot_accuracy(results, os.path.join(output_dir, "accuracy.png"))
+    plot_tradeoff(results, os.path.join(output_dir, "tradeoff.png"))
     forget_short = [s for s in splits["forget"] if s.get("form", "short") == "short"]
     example = plot_importance(
         cagul, processor, forget_short[0], config, os.path.join(output_dir, "importance.png")
@@ -237,8 +300,10 @@ def write_outputs(
         "",
         "Fictitious-people VQA benchmark: a tiny LLaVA-architecture VLM memorised every "
         "person's private facts; CAGUL (discriminator + visual token encoder, VLM frozen) "
-        "was trained to make it forget the forget set. `forget_test` / `retain_test` are the "
-        f"same people on unseen poses. Chance multiple-choice accuracy: {chance:.2f}.",
+        "was trained to make it forget the forget set; the finetuning baselines (ga, graddiff, "
+        "kl, npo, idk) instead finetune a copy of the VLM on the same samples and step budget. "
+        "`forget_test` / `retain_test` are the same people on unseen poses. Chance "
+        f"multiple-choice accuracy: {chance:.2f}.",
         "",
         "## Results",
         "",
@@ -251,6 +316,8 @@ def write_outputs(
         "## Plots",
         "",
         "![accuracy per split and model](accuracy.png)",
+        "",
+        "![forget vs retain multiple-choice accuracy per method](tradeoff.png)",
         "",
         f"![importance heatmap of a forget example](importance.png) — {example['selected']} of "
         f"{example['visual_tokens']} visual tokens selected; vanilla answered "

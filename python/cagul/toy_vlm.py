@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cagul_kernels.memory import PeakMemory
+
 from .config import CagulConfig
 from .data import VLMCollator
 from .data.synthetic import REFUSAL, Benchmark
@@ -263,7 +265,8 @@ def train_vlm(
     *,
     progress: bool = True,
 ):
-    """``(model, processor, seconds)``: a toy VLM trained from scratch on ``splits``."""
+    """``(model, processor, info)``: a toy VLM trained from scratch on ``splits``;
+    ``info``: ``train_seconds`` and ``peak_memory_mb`` (both training stages)."""
     from .train import CagulTrainer
 
     tokenizer = train_tokenizer(tokenizer_corpus(benchmark, prompt_template), config.vocab_size)
@@ -272,18 +275,22 @@ def train_vlm(
     samples = benchmark.samples(*splits)
     schedule = training_config(config, prompt_template)
     start = time.perf_counter()
-    pretrain_vision(vlm, processor, samples, config, progress=progress)
-    trainer = CagulTrainer(
-        FinetuneMethod(vlm),
-        samples,
-        VLMCollator(processor, schedule, target="answer"),
-        schedule,
-        progress=progress,
-    )
-    trainer.train()
-    seconds = time.perf_counter() - start
+    with PeakMemory(vlm.device) as peak:
+        pretrain_vision(vlm, processor, samples, config, progress=progress)
+        trainer = CagulTrainer(
+            FinetuneMethod(vlm),
+            samples,
+            VLMCollator(processor, schedule, target="answer"),
+            schedule,
+            progress=progress,
+        )
+        trainer.train()
+    info = {
+        "train_seconds": time.perf_counter() - start,
+        "peak_memory_mb": None if peak.bytes is None else round(peak.bytes / 2**20, 1),
+    }
     vlm.requires_grad_(False)
-    return vlm.eval(), processor, seconds
+    return vlm.eval(), processor, info
 
 
 def cache_key(config: ToyVLMConfig, benchmark: Benchmark, splits: Sequence[str], prompt: str):
@@ -313,7 +320,8 @@ def load_or_train(
 ):
     """``(model, processor, info)``: the toy VLM trained on ``splits``, loaded from
     ``cache_dir/<name>-<key>`` when present, else trained and saved there. ``info``:
-    ``{"path", "cached", "train_seconds"}`` (``train_seconds`` of the original training)."""
+    ``{"path", "cached", "train_seconds", "peak_memory_mb"}`` (of the original training;
+    ``peak_memory_mb`` is ``None`` in entries written before it was recorded)."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     path = os.path.join(
@@ -325,14 +333,13 @@ def load_or_train(
             info = json.load(f)
         vlm = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
         processor = AutoProcessor.from_pretrained(path)
-        return vlm.eval().requires_grad_(False), processor, {**info, "path": path, "cached": True}
-    vlm, processor, seconds = train_vlm(
-        config, benchmark, splits, prompt_template, progress=progress
-    )
+        info = {"peak_memory_mb": None, **info, "path": path, "cached": True}
+        return vlm.eval().requires_grad_(False), processor, info
+    vlm, processor, info = train_vlm(config, benchmark, splits, prompt_template, progress=progress)
     os.makedirs(path, exist_ok=True)
     vlm.save_pretrained(path)
     processor.save_pretrained(path)
-    info = {"train_seconds": seconds, "splits": list(splits), "config": config.to_dict()}
+    info = {**info, "splits": list(splits), "config": config.to_dict()}
     with open(info_path, "w") as f:  # written last: marks a complete entry
         json.dump(info, f, indent=2)
     return vlm, processor, {**info, "path": path, "cached": False}

@@ -26,6 +26,7 @@ import torch
 from ..config import FORGET_LOSSES, CagulConfig
 
 REQUIRED_KEYS = ("image", "question", "answer", "is_forget")
+TARGETS = ("auto", "answer", "refusal", "forget_refusal")
 
 
 def validate_sample(sample: Any, where: str = "sample") -> dict:
@@ -112,14 +113,15 @@ class VLMCollator:
     ``processor``: a transformers processor (``__call__(images=, text=)``, ``.tokenizer``,
     ``.image_token``); the prompt is ``config.prompt_template`` with ``{image}`` replaced
     by the processor's image placeholder. ``target="answer"`` always uses the true answer
-    (evaluation), ``"refusal"`` always the refusal.
+    (evaluation), ``"refusal"`` always the refusal, ``"forget_refusal"`` the refusal for
+    every forget sample and the true answer otherwise (the IdK baseline).
     """
 
     def __init__(self, processor: Any, config: CagulConfig, target: str = "auto"):
         if not callable(processor) or not hasattr(processor, "tokenizer"):
             raise TypeError("VLMCollator: processor must be a transformers processor")
-        if target not in ("auto", "answer", "refusal"):
-            raise ValueError(f"VLMCollator: target must be auto/answer/refusal, got {target!r}")
+        if target not in TARGETS:
+            raise ValueError(f"VLMCollator: target must be one of {TARGETS}, got {target!r}")
         self.processor, self.config, self.target_kind = processor, config, target
         self.image_token = getattr(processor, "image_token", None)
         if not isinstance(self.image_token, str):
@@ -131,8 +133,13 @@ class VLMCollator:
         )
 
     def target(self, sample: dict) -> str:
-        refuse = sample["is_forget"] and self.forget_loss(sample) == "idk"
-        if self.target_kind == "refusal" or (self.target_kind == "auto" and refuse):
+        refuse = {
+            "auto": sample["is_forget"] and self.forget_loss(sample) == "idk",
+            "answer": False,
+            "refusal": True,
+            "forget_refusal": bool(sample["is_forget"]),
+        }[self.target_kind]
+        if refuse:
             return sample.get("refusal") or self.config.refusal
         return sample["answer"]
 

@@ -1,0 +1,249 @@
+"""Finetuning unlearning baselines (GA, GradDiff, KL, NPO, IdK): the losses on hand-computed
+examples, a few training steps on a tiny VLM (full and LoRA), adapter round trip, CLI."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from types import SimpleNamespace
+
+import pytest
+import tiny_vlm as tv
+import torch
+from cagul import CagulConfig
+from cagul.baselines import (
+    BASELINES,
+    UnlearningBaseline,
+    is_lora_adapter,
+    load_finetuned,
+    lora_config,
+)
+from cagul.cli import main
+from cagul.data import VLMCollator
+from cagul.evaluate import mean_answer_nll
+from cagul.losses import masked_mean, npo_loss, per_row_mean, token_kl
+from cagul.train import CagulTrainer
+from test_framework_train import cli_setup, vlm_hash  # noqa: F401  (fixture)
+
+LOG = math.log
+
+
+# ---------------------------------------------------------------------- loss definitions
+
+
+def test_loss_primitives_hand_computed():
+    assert npo_loss(torch.tensor([0.0]), 0.5).item() == pytest.approx(2 / 0.5 * LOG(2))
+    # far above the reference NPO tends to gradient ascent on the log-ratio: 2 * log_ratio
+    assert npo_loss(torch.tensor([50.0]), 1.0).item() == pytest.approx(100.0, rel=1e-6)
+    ref = torch.tensor([[0.5, 0.5]]).log()
+    model = torch.tensor([[0.25, 0.75]]).log()
+    assert token_kl(ref, model).item() == pytest.approx(0.5 * LOG(2) + 0.5 * LOG(0.5 / 0.75))
+    assert token_kl(ref, ref).item() == pytest.approx(0.0, abs=1e-7)
+    values, row = torch.tensor([1.0, 3.0, 5.0]), torch.tensor([0, 0, 2])
+    assert per_row_mean(values, row, 3).tolist() == [2.0, 0.0, 5.0]
+    assert masked_mean(torch.tensor([1.0, 3.0]), torch.tensor([False, True])).item() == 3.0
+    empty = masked_mean(torch.tensor([1.0, 3.0], requires_grad=True), torch.tensor([False, False]))
+    assert empty.item() == 0.0 and empty.requires_grad
+
+
+class TableVLM(torch.nn.Module):
+    """A 'VLM' whose logits are a trainable table ``[B, S, V]`` held by its language model."""
+
+    def __init__(self, probs: torch.Tensor):
+        super().__init__()
+        self.language_model = torch.nn.Module()
+        self.language_model.table = torch.nn.Parameter(probs.log())
+        self.vision = torch.nn.Linear(2, 2)  # not part of the language model: stays frozen
+        self.lm_head = torch.nn.Identity()
+
+    def get_decoder(self):
+        return self.language_model
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def forward(self, input_ids, use_cache=False):
+        return SimpleNamespace(logits=self.language_model.table)
+
+
+# Sample 0 (forget) and sample 1 (retain) have a one-token answer (position 1, predicted at
+# position 0): token 0 for the forget sample, token 1 for the retain sample.
+LABELS = torch.tensor([[-100, 0], [-100, 1]])
+REF_PROBS = torch.full((2, 2, 2), 0.5)  # the reference (model before unlearning)
+MODEL_PROBS = torch.tensor([[[0.25, 0.75], [0.5, 0.5]], [[0.25, 0.75], [0.5, 0.5]]])
+W, BETA = 0.5, 0.7
+NLL_FORGET, NLL_RETAIN = LOG(4), LOG(4 / 3)  # -log 0.25, -log 0.75
+KL_RETAIN = 0.5 * LOG(0.5 / 0.25) + 0.5 * LOG(0.5 / 0.75)
+EXPECTED = {
+    "ga": -NLL_FORGET,
+    "graddiff": -NLL_FORGET + W * NLL_RETAIN,
+    "kl": -NLL_FORGET + W * KL_RETAIN,
+    # log p / p_ref = log(0.25 / 0.5) = -log 2 -> -(2/b) logsigmoid(b log 2) = (2/b) log(1 + 2^-b)
+    "npo": 2 / BETA * LOG(1 + 2**-BETA) + W * NLL_RETAIN,
+    "idk": NLL_FORGET + W * NLL_RETAIN,  # the labels stand for the refusal here
+}
+
+
+@pytest.mark.parametrize("method", BASELINES)
+def test_baseline_loss_hand_computed(method):
+    vlm = TableVLM(REF_PROBS)
+    baseline = UnlearningBaseline(vlm, method, CagulConfig(retain_weight=W, npo_beta=BETA))
+    with torch.no_grad():  # unlearning moved the model away from the reference
+        vlm.language_model.table.copy_(MODEL_PROBS.log())
+    assert [n for n, p in baseline.named_parameters() if p.requires_grad] == [
+        "vlm.language_model.table"
+    ]
+    batch = {
+        "inputs": {"input_ids": torch.zeros(2, 2, dtype=torch.long), "labels": LABELS},
+        "is_forget": torch.tensor([True, False]),
+    }
+    loss, metrics = baseline(batch)
+    assert loss.item() == pytest.approx(EXPECTED[method], rel=1e-5)
+    assert metrics["forget_nll"] == pytest.approx(NLL_FORGET, rel=1e-5)
+    loss.backward()
+    grad = vlm.language_model.table.grad
+    # the forget sample's target logit: pushed down (ascent) or up (IdK: learn the refusal)
+    push_down = {"ga": 1, "graddiff": 1, "kl": 1, "npo": 1, "idk": -1}[method]
+    assert torch.sign(grad[0, 0, 0]).item() == push_down
+    if method == "ga":
+        assert grad[1].abs().sum() == 0  # GA ignores the retain samples
+
+
+def test_baseline_bad_arguments():
+    vlm = TableVLM(REF_PROBS)
+    with pytest.raises(ValueError, match="method must be one of"):
+        UnlearningBaseline(vlm, "forgetful", CagulConfig())
+    with pytest.raises(TypeError, match="config must be a CagulConfig"):
+        UnlearningBaseline(vlm, "ga", {"lr": 1e-3})
+    with pytest.raises(ValueError, match="rank must be an int >= 1"):
+        lora_config(0)
+    baseline = UnlearningBaseline(vlm, "ga", CagulConfig())
+    with pytest.raises(ValueError, match="state mismatch"):
+        baseline.load_trainable_state_dict({"nope": torch.zeros(1)})
+
+
+# ---------------------------------------------------------------------- training
+
+
+def _setup(method: str, lora_rank: int = 0, steps: int = 8, lr: float = 3e-3):
+    vlm, processor = tv.llava(layers=2)
+    data = tv.dataset(n_people=4, n_forget=2, poses=1)
+    config = CagulConfig(
+        prompt_template=tv.LLAVA_TEMPLATE,
+        steps=steps,
+        batch_size=8,
+        lr=lr,
+        retain_weight=1.0,
+        autocast="none",
+        log_every=steps,
+    )
+    lora = lora_config(lora_rank) if lora_rank else None
+    return UnlearningBaseline(vlm, method, config, lora), processor, data
+
+
+def _forget_nll(baseline, processor, data) -> float:
+    """The forget samples' NLL of what the method pushes: the true answer (up) or, for IdK,
+    the refusal (down)."""
+    target = "refusal" if baseline.method == "idk" else "answer"
+    collator = VLMCollator(processor, baseline.config, target=target)
+    baseline.eval()
+    return mean_answer_nll(baseline.vlm, [s for s in data if s["is_forget"]], collator)
+
+
+@pytest.mark.parametrize("method", BASELINES)
+def test_baselines_train_in_the_intended_direction(method):
+    baseline, processor, data = _setup(method)
+    vision = copy.deepcopy(baseline.vlm.model.vision_tower.state_dict())
+    language = vlm_hash(baseline.vlm.model.language_model)
+    before = _forget_nll(baseline, processor, data)
+    history = CagulTrainer(
+        baseline, data, baseline.collator(processor), baseline.config, progress=False
+    ).train()
+    after = _forget_nll(baseline, processor, data)
+    assert history[-1]["step"] == 8 and math.isfinite(history[-1]["loss"])
+    if method == "idk":
+        assert after < 0.8 * before, (before, after)  # learns the refusal
+    else:
+        assert after > before + 0.5, (before, after)  # forgets the true answer
+    # only the language model trained: the vision tower is bit-identical
+    for name, value in baseline.vlm.model.vision_tower.state_dict().items():
+        assert torch.equal(value, vision[name]), name
+    assert vlm_hash(baseline.vlm.model.language_model) != language
+    if baseline.reference is not None:  # the reference stays the model before unlearning
+        assert vlm_hash(baseline.reference.model.language_model) == language
+
+
+def test_lora_baseline_trains_adapters_only_and_round_trips(tmp_path):
+    baseline, processor, data = _setup("npo", lora_rank=4, steps=6, lr=2e-2)
+    base = {n: p.detach().clone() for n, p in baseline.vlm.named_parameters() if "lora_" not in n}
+    trainable = [n for n, p in baseline.vlm.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n and "language_model" in n for n in trainable)
+    assert baseline.reference is None  # NPO's reference = the adapters disabled
+    before = _forget_nll(baseline, processor, data)
+    CagulTrainer(
+        baseline,
+        data,
+        baseline.collator(processor),
+        baseline.config,
+        output_dir=str(tmp_path / "out"),
+        progress=False,
+    ).train()
+    assert _forget_nll(baseline, processor, data) > before + 0.1
+    for name, p in baseline.vlm.named_parameters():
+        if name in base:
+            assert torch.equal(p, base[name]), name
+    out = str(tmp_path / "out")
+    assert is_lora_adapter(out) and os.path.isfile(os.path.join(out, "baseline_config.json"))
+
+    batch = VLMCollator(processor, baseline.config).prompts(data[:4])
+    with torch.no_grad():
+        expected = baseline.vlm(**batch).logits
+    fresh, _ = tv.llava(layers=2)
+    merged, config = load_finetuned(fresh, out)
+    assert config == baseline.config
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**batch).logits, expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(FileNotFoundError, match=r"adapter_config\.json"):
+        load_finetuned(fresh, str(tmp_path))
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def test_cli_train_baselines_then_eval(cli_setup, tmp_path):  # noqa: F811
+    root = cli_setup
+    model, data = str(root / "model"), str(root / "data" / "train.jsonl")
+    common = ["--data", data, "--config", str(root / "config.json"), "--no-progress"]
+    common += ["--set", "steps=2", "--set", "batch_size=4"]
+    full, adapter = tmp_path / "graddiff", tmp_path / "npo_lora"
+    code = main(["train", "--model", model, "--method", "graddiff", "--output", str(full), *common])
+    assert code == 0
+    assert (full / "config.json").is_file() and (full / "baseline_config.json").is_file()
+    assert main(["train", "--model", model, "--method", "npo", "--lora-rank", "2",
+                 "--output", str(adapter), *common]) == 0  # fmt: skip
+    assert is_lora_adapter(str(adapter))
+
+    template = ["--set", f"prompt_template={json.dumps(tv.LLAVA_TEMPLATE)}"]
+    for args in (["--model", str(full)], ["--model", model, "--adapter", str(adapter)]):
+        out = tmp_path / "metrics.json"
+        code = main(["eval", *args, "--data", data, "--output", str(out), "--no-progress",
+                     *(template if "--adapter" not in args else [])])  # fmt: skip
+        assert code == 0
+        metrics = json.loads(out.read_text())
+        assert set(metrics["splits"]) == {"forget", "retain"}
+        assert "disc_acc" not in metrics  # evaluated as a plain VLM
+
+
+def test_cli_baseline_errors(cli_setup, tmp_path, capsys):  # noqa: F811
+    root = cli_setup
+    args = ["train", "--model", str(root / "model"), "--data", str(root / "data" / "train.jsonl")]
+    args += ["--output", str(tmp_path / "o")]
+    assert main([*args, "--lora-rank", "4"]) == 2  # the default method is cagul
+    assert "apply to the baselines" in capsys.readouterr().err
+    assert main([*args, "--method", "ga", "--lora-rank", "-1"]) == 2
+    assert "--lora-rank must be >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--method", "forgetful"])
+    assert "invalid choice" in capsys.readouterr().err
