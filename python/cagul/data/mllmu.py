@@ -67,11 +67,13 @@ def load_mllmu(path: str | os.PathLike, forget_split: str = "forget_5") -> Bench
         for row, where, base in _rows(os.path.join(root, subset)):
             pid = _person(row, where)
             if pid in roles:
-                raise ValueError(f"{where.at('ID')}: profile {pid!r} appears twice in "
-                                 f"{forget_split} + {retain_split}")  # fmt: skip
+                raise ValueError(
+                    f"{where.at('ID')}: profile {pid!r} appears twice in "
+                    f"{forget_split} + {retain_split}"
+                )
             roles[pid] = split
             people.append({"id": pid, "role": split, "biography": row.get("biography")})
-            images = [image_field(field(row, "image", where), where.at("image"), base)]
+            images = [_image(row, where, base)]
             splits.setdefault(split, []).extend(_samples(row, where, images, pid, split))
     test_dir = os.path.join(root, "Test_Set")
     if os.path.isdir(test_dir):
@@ -87,7 +89,7 @@ def load_mllmu(path: str | os.PathLike, forget_split: str = "forget_5") -> Bench
         for row, where, base in _rows(celebrity_dir):
             pid = _person(row, where)
             people.append({"id": pid, "role": "celebrity", "biography": row.get("biography")})
-            images = [image_field(field(row, "image", where), where.at("image"), base)]
+            images = [_image(row, where, base)]
             samples = _samples(row, where, images, pid, "retain_celebrity")
             splits.setdefault("retain_celebrity", []).extend(samples)
     config = {"format": "mllmu", "forget_split": forget_split, "retain_split": retain_split}
@@ -105,9 +107,13 @@ def _person(row: dict, where: Where) -> str:
     return str(field(row, "ID", where, (str, int)))
 
 
+def _image(row: dict, where: Where, base: str):
+    return image_field(field(row, "image", where), where.at("image"), base)
+
+
 def _test_images(row: dict, where: Where, base: str) -> list:
     if row.get("images") is None:
-        return [image_field(field(row, "image", where), where.at("image"), base)]
+        return [_image(row, where, base)]
     images = check(row["images"], where.at("images"), list)
     if not images:
         raise ValueError(f"{where.at('images')}: empty list")
