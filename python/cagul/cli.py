@@ -1,16 +1,20 @@
 """The ``cagul`` command: ``train``, ``generate``, ``eval``, ``demo``.
 
-    cagul train --model PATH --data train.jsonl --output OUT [--config cfg.json]
+    cagul train --model PATH --data train.jsonl|DIR --output OUT [--config cfg.json]
+                [--format auto] [--forget-split NAME]
                 [--set key=value ...] [--eval-data test.jsonl] [--resume]
                 [--method cagul|ga|graddiff|kl|npo|idk] [--lora-rank R]
     cagul generate --model PATH [--adapter OUT] --image IMG --question "..." [--gate auto]
-    cagul eval --model PATH [--adapter OUT] --data test.jsonl|BENCHMARK_DIR [--data ...]
+    cagul eval --model PATH [--adapter OUT] --data test.jsonl|DIR [--data ...]
+               [--format auto] [--forget-split NAME]
                [--reference PATH] [--set key=value ...] [--output metrics.json]
     cagul demo [--output runs/demo] [--cache runs/cache] [--set data.n_people=30 ...]
                [--retain-only] [--quick]
 
 ``--model`` is a local transformers checkpoint directory (model + processor), loaded with
-``AutoModelForImageTextToText`` / ``AutoProcessor``; nothing is downloaded. ``--method``
+``AutoModelForImageTextToText`` / ``AutoProcessor``; nothing is downloaded. ``--data`` is
+a JSONL file or a directory: the synthetic benchmark, or a local copy of MLLMU-Bench or
+FIUBench (``--format``, detected by default; see ``cagul.data.load_dataset``). ``--method``
 other than ``cagul`` runs a finetuning baseline (:mod:`cagul.baselines`) with the same
 data and schedule: ``--output`` then holds the finetuned VLM + processor (a model for
 ``--model``), or with ``--lora-rank`` a peft adapter (``--adapter`` of ``eval`` /
@@ -66,9 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--device", default=None, help="cpu / cuda / cuda:1 (default: auto)")
 
+    def data_format(p: argparse.ArgumentParser) -> None:
+        from .data import FORMATS
+
+        p.add_argument("--format", default="auto", choices=FORMATS, help="--data's format")
+        p.add_argument(
+            "--forget-split",
+            help="the forget set: forget_5 / forget_10 / forget_15 (mllmu), a split.json key "
+            "such as forget5 (fiubench)",
+        )
+
     train = sub.add_parser("train", help="train the discriminator and the encoder")
     common(train)
-    train.add_argument("--data", required=True, type=_existing("--data"), help="JSONL samples")
+    train.add_argument(
+        "--data",
+        required=True,
+        type=_existing("--data"),
+        help="JSONL samples, or a benchmark directory (its forget + retain splits)",
+    )
+    data_format(train)
     train.add_argument("--output", required=True, help="output directory (adapter, checkpoints)")
     train.add_argument("--config", type=_existing("--config"), help="CagulConfig JSON")
     train.add_argument("--set", dest="overrides", action="append", default=[], type=_assignment)
@@ -113,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=_existing("--data"),
         help="JSONL samples (split = their 'split' field, else forget / retain) or a "
-        "benchmark directory (its forget, forget_test, retain, retain_test splits)",
+        "benchmark directory (its forget, forget_test, retain, retain_test, ... splits)",
     )
+    data_format(ev)
     ev.add_argument("--reference", type=_existing("--reference"), help="VLM for retain_kl")
     ev.add_argument("--set", dest="overrides", action="append", default=[], type=_assignment)
     ev.add_argument("--batch-size", type=int, default=8)
@@ -156,7 +177,7 @@ def _load_vlm(args: argparse.Namespace, path: str | None = None, flag: str = "--
 
 def _train(args: argparse.Namespace) -> None:
     from .baselines import UnlearningBaseline, lora_config
-    from .data import VLMCollator, load_jsonl
+    from .data import VLMCollator, load_dataset, load_jsonl
     from .evaluate import evaluate
     from .model import CagulModel
     from .train import CagulMethod, CagulTrainer, seed_everything
@@ -167,7 +188,11 @@ def _train(args: argparse.Namespace) -> None:
         raise ValueError("--lora-rank / --lora-alpha apply to the baselines, not --method cagul")
     config = CagulConfig.load(args.config) if args.config else CagulConfig()
     config = config.replace(**dict(args.overrides))
-    samples = load_jsonl(args.data)
+    if os.path.isfile(args.data) and args.format in ("auto", "jsonl") and not args.forget_split:
+        samples = load_jsonl(args.data)  # every sample, in file order
+    else:
+        bench = load_dataset(args.data, args.format, forget_split=args.forget_split)
+        samples = bench.splits["forget"] + bench.splits["retain"]
     eval_samples = load_jsonl(args.eval_data) if args.eval_data else None
     seed_everything(config.seed)  # the modules' initialisation
     vlm, processor = _load_vlm(args)
@@ -259,23 +284,18 @@ def _generate(args: argparse.Namespace) -> None:
     print(json.dumps({"answer": answer.strip(), "forget_probability": prob, "gated": transformed}))
 
 
-def _eval_splits(paths: list[str]) -> dict[str, list[dict]]:
-    """Samples per split from JSONL files and / or benchmark directories."""
-    from .data import load_jsonl
-    from .data.synthetic import EVAL_SPLITS, load_benchmark
+def _eval_splits(
+    paths: list[str], format: str = "auto", forget_split: str | None = None
+) -> dict[str, list[dict]]:
+    """Samples per split (the benchmarks' ``eval_splits``) from JSONL files and / or
+    benchmark directories."""
+    from .data import load_dataset
 
     splits: dict[str, list[dict]] = {}
     for path in paths:
-        if os.path.isdir(path):
-            bench = load_benchmark(path)
-            groups = {s: bench.splits[s] for s in EVAL_SPLITS}
-        else:
-            groups = {}
-            for sample in load_jsonl(path):
-                split = sample.get("split") or ("forget" if sample["is_forget"] else "retain")
-                groups.setdefault(split, []).append(sample)
-        for split, samples in groups.items():
-            splits.setdefault(split, []).extend(samples)
+        bench = load_dataset(path, format, forget_split=forget_split)
+        for split in bench.eval_splits:
+            splits.setdefault(split, []).extend(bench.splits[split])
     return splits
 
 
@@ -286,7 +306,7 @@ def _eval(args: argparse.Namespace) -> None:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    splits = _eval_splits(args.data)
+    splits = _eval_splits(args.data, args.format, args.forget_split)
     vlm, processor = _load_vlm(args)
     overrides = dict(args.overrides)
     metrics: dict[str, Any] = {}
@@ -361,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"train": _train, "generate": _generate, "eval": _eval, "demo": _demo}[args.command]
     try:
         handler(args)
-    except (FileNotFoundError, ValueError, TypeError, NotImplementedError) as e:
+    except (FileNotFoundError, ValueError, TypeError, NotImplementedError, ImportError) as e:
         print(f"cagul {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -439,17 +439,27 @@ def _write_jsonl(path: str, rows: Iterable[dict]) -> None:
 
 @dataclasses.dataclass
 class Benchmark:
-    """A loaded benchmark: ``config``, ``people`` (profiles), ``splits`` (split name ->
-    samples with absolute image paths) and ``root`` (its directory)."""
+    """A loaded benchmark: ``config`` (a :class:`SyntheticConfig`, or for a benchmark read
+    from another format a dict of its options), ``people`` (profiles), ``splits`` (split
+    name -> samples; images as absolute paths or PIL images), ``root`` (its directory) and
+    ``eval_splits`` (the splits that ``cagul eval`` scores, those present in ``splits``)."""
 
     root: str
-    config: SyntheticConfig
+    config: SyntheticConfig | dict[str, Any]
     people: list[dict]
     splits: dict[str, list[dict]]
+    eval_splits: tuple[str, ...] = EVAL_SPLITS
 
     @property
     def chance_mc_acc(self) -> float:
-        return 1.0 / N_OPTIONS
+        """Mean ``1 / len(options)`` over the multiple-choice samples of ``eval_splits``."""
+        sizes = [
+            len(s["options"])
+            for split in self.eval_splits
+            for s in self.splits.get(split, ())
+            if s.get("form") == "mc"
+        ]
+        return sum(1.0 / n for n in sizes) / len(sizes) if sizes else 1.0 / N_OPTIONS
 
     def samples(self, *splits: str) -> list[dict]:
         """The samples of ``splits`` (in order), images as PIL images (each file read once)."""
@@ -460,11 +470,14 @@ class Benchmark:
             out.extend({**s, "image": self.image(s["image"])} for s in self.splits[split])
         return out
 
-    def image(self, path: str):
+    def image(self, image: Any):
+        """A PIL image for a sample's ``image`` (a path: read once and cached)."""
+        if not isinstance(image, str):
+            return load_image(image)
         cache = self.__dict__.setdefault("_images", {})
-        if path not in cache:
-            cache[path] = load_image(path)
-        return cache[path]
+        if image not in cache:
+            cache[image] = load_image(image)
+        return cache[image]
 
 
 def load_benchmark(path: str | os.PathLike) -> Benchmark:

@@ -1,0 +1,558 @@
+"""Readers of local MLLMU-Bench and FIUBench copies (tiny fixture copies written here in
+their formats), ``load_dataset`` / ``detect_format``, their errors, and ``cagul eval`` /
+``cagul train`` on them with a tiny local LLaVA checkpoint."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+
+import pytest
+import tiny_vlm as tv
+from cagul.cli import main
+from cagul.data import detect_format, load_dataset, load_fiubench, load_mllmu
+from cagul.data.mllmu import CLOZE_INSTRUCTION
+from PIL import Image
+
+# ---------------------------------------------------------------------- fixtures
+
+
+def _png(seed: int) -> bytes:
+    image = Image.new("RGB", (20, 20), ((40 * seed) % 256, (90 * seed + 30) % 256, 120))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _pixels(image) -> bytes:
+    if isinstance(image, str):
+        with Image.open(image) as im:
+            return im.convert("RGB").tobytes()
+    return image.tobytes()
+
+
+def _profile(pid: str, seed: int, image: dict | None = None) -> dict:
+    """An MLLMU-Bench profile row (the fields of the data set card / eval.py)."""
+    return {
+        "ID": pid,
+        "image": image or {"bytes": _png(seed), "path": None},
+        "biography": f"{pid} is a fictitious person.",
+        "metadata": json.dumps([{"Question": f"Who is {pid}?", "Answer": f"name {pid}"}]),
+        "Classification_Task": {
+            "Image_Textual_Questions": [
+                {
+                    "Question": f"What is the job of {pid}?",
+                    "Options": {"A": "baker", "B": "pilot", "C": f"job {pid}", "D": "nurse"},
+                    "Correct_Answer": "C",
+                }
+            ],
+            "Pure_Text_Questions": [
+                {
+                    "Question": "text only",
+                    "Options": {"A": "a", "B": "b", "C": "c", "D": "d"},
+                    "Correct_Answer": "A",
+                }
+            ],
+        },
+        "Generation_Task": [
+            {
+                "Type": "Image_Textual",
+                "Question": f"Where does {pid} live?",
+                "Ground_Truth": f"city {pid}",
+            },
+            {"Type": "Pure_Text", "Question": "text only", "Ground_Truth": "x"},
+        ],
+        "Mask_Task": [
+            {
+                "Type": "Image_Textual",
+                "Question": f"{pid} was born in __.",
+                "Ground_Truth": f"town {pid}",
+            },
+        ],
+    }
+
+
+def _expected(row: dict) -> list[dict]:
+    """The samples a profile row should give, in order (question, answer, form, task)."""
+    pid = row["ID"]
+    mc = row["Classification_Task"]["Image_Textual_Questions"][0]
+    options = [mc["Options"][k] for k in "ABCD"]
+    return [
+        {"question": f"Who is {pid}?", "answer": f"name {pid}", "form": "short", "task": "qa"},
+        {
+            "question": "\n".join([mc["Question"], *(f"{k}: {mc['Options'][k]}" for k in "ABCD")]),
+            "answer": f"job {pid}",
+            "form": "mc",
+            "options": options,
+            "answer_index": 2,
+            "task": "classification",
+        },
+        {
+            "question": f"Where does {pid} live?",
+            "answer": f"city {pid}",
+            "form": "short",
+            "task": "generation",
+        },
+        {
+            "question": f"{pid} was born in [Blank].\n{CLOZE_INSTRUCTION}",
+            "answer": f"town {pid}",
+            "form": "short",
+            "task": "cloze",
+        },
+    ]
+
+
+FORGET = {"forget_5": ["p0"], "forget_10": ["p0", "p1"]}
+PEOPLE = ["p0", "p1", "p2", "p3"]
+
+
+def _mllmu_rows() -> dict[str, list[dict]]:
+    rows = {}
+    for name, forget in FORGET.items():
+        rows[name] = [_profile(p, i) for i, p in enumerate(PEOPLE) if p in forget]
+        retain = f"retain_{100 - int(name.split('_')[1])}"
+        rows[retain] = [_profile(p, i) for i, p in enumerate(PEOPLE) if p not in forget]
+    rows["Test_Set"] = []
+    for i, p in enumerate(PEOPLE):
+        row = _profile(p, 10 + i)
+        del row["image"]
+        row["images"] = [{"bytes": _png(20 + i), "path": None}, {"bytes": _png(30 + i)}]
+        rows["Test_Set"].append(row)
+    rows["Retain_Set"] = [_profile("c0", 40)]
+    return rows
+
+
+def _json_image(image: dict) -> dict:
+    if image.get("bytes") is None:
+        return image
+    return {"bytes": base64.b64encode(image["bytes"]).decode()}
+
+
+def write_mllmu_json(root, rows: dict[str, list[dict]]) -> str:
+    """The JSON variant: base64 image bytes; p2's image as a file path instead."""
+    os.makedirs(root / "images", exist_ok=True)
+    for subset, subset_rows in rows.items():
+        os.makedirs(root / subset)
+        out = []
+        for row in subset_rows:
+            row = dict(row)
+            if "image" in row and row.get("ID") == "p2":
+                (root / "images" / "p2.png").write_bytes(row["image"]["bytes"])
+                row["image"] = "../images/p2.png"
+            elif "image" in row:
+                row["image"] = _json_image(row["image"])
+            if "images" in row:
+                row["images"] = [_json_image(im) for im in row["images"]]
+            out.append(row)
+        (root / subset / "train-00000-of-00001.json").write_text(json.dumps(out))
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def mllmu_dir(tmp_path_factory):
+    return write_mllmu_json(tmp_path_factory.mktemp("mllmu"), _mllmu_rows())
+
+
+FIU_QA = 2
+
+
+def _fiu_person(i: int) -> dict:
+    return {
+        "unique_id": i,
+        "image_path": f"./dataset/images/{i}.jpg",
+        "caption": "a face",
+        "qa_list": [
+            {
+                "question": f"What is the name of person {i} ({k})?",
+                "answer": f"answer {i} {k}",
+                "paraphrased_question": "paraphrase",
+                "perturbed_answer": [f"wrong {i} {k} a", f"wrong {i} {k} b"],
+                "keywords": ["x"],
+            }
+            for k in range(FIU_QA)
+        ],
+    }
+
+
+def write_fiubench(root, n: int = 8, split: dict | None = None) -> str:
+    """FIUBench's layout: dataset/full.json, dataset/split.json, images under dataset/."""
+    data = root / "dataset"
+    os.makedirs(data / "images")
+    for i in range(n):
+        Image.open(io.BytesIO(_png(i))).save(data / "images" / f"{i}.jpg")
+    (data / "full.json").write_text(json.dumps([_fiu_person(i) for i in range(n)]))
+    split = split or {"forget1": [0], "forget5": [0, 1], "forget10": [0, 1, 2]}
+    (data / "split.json").write_text(json.dumps(split))
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def fiu_dir(tmp_path_factory):
+    return write_fiubench(tmp_path_factory.mktemp("fiu"))
+
+
+# ---------------------------------------------------------------------- MLLMU-Bench
+
+
+def _check_mllmu(bench, rows, forget_split: str) -> None:
+    forget = FORGET[forget_split]
+    retain = [p for p in PEOPLE if p not in forget]
+    assert bench.eval_splits == (
+        "forget",
+        "forget_test",
+        "retain",
+        "retain_test",
+        "retain_celebrity",
+    )
+    assert bench.config["forget_split"] == forget_split
+    by_id = {r["ID"]: r for r in rows[forget_split]}
+    by_id.update({r["ID"]: r for r in rows[f"retain_{100 - int(forget_split[7:])}"]})
+    tests = {r["ID"]: r for r in rows["Test_Set"]}
+    for split, people in (
+        ("forget", forget),
+        ("retain", retain),
+        ("forget_test", forget),
+        ("retain_test", retain),
+        ("retain_celebrity", ["c0"]),
+    ):
+        samples = bench.splits[split]
+        expected = []
+        for p in people:
+            row = by_id.get(p) or tests.get(p) or rows["Retain_Set"][0]
+            base = {"person": p, "split": split, "is_forget": p in forget}
+            expected += [{**e, **base} for e in _expected(row)]
+        got = [{k: v for k, v in s.items() if k != "image"} for s in samples]
+        assert got == expected, split
+        for k, s in enumerate(samples):
+            if split.endswith("_test"):  # the k-th question of a person on image k % 2
+                k_person = k % len(_expected(tests[s["person"]]))
+                image = tests[s["person"]]["images"][k_person % 2]["bytes"]
+            elif split == "retain_celebrity":
+                image = rows["Retain_Set"][0]["image"]["bytes"]
+            else:
+                image = by_id[s["person"]]["image"]["bytes"]
+            assert _pixels(s["image"]) == Image.open(io.BytesIO(image)).convert("RGB").tobytes()
+    assert [p["id"] for p in bench.people] == [*forget, *retain, "c0"]
+
+
+@pytest.mark.parametrize("forget_split", ["forget_5", "forget_10"])
+def test_mllmu_json(mllmu_dir, forget_split):
+    rows = _mllmu_rows()
+    bench = load_mllmu(mllmu_dir, forget_split)
+    _check_mllmu(bench, rows, forget_split)
+    images = {s["person"]: s["image"] for s in bench.splits["retain"]}
+    assert isinstance(images["p2"], str) and not isinstance(images["p3"], str)  # p2: a path
+    assert bench.chance_mc_acc == 0.25
+    assert len(bench.samples("forget")) == len(bench.splits["forget"])
+
+
+def test_mllmu_parquet(tmp_path):
+    pa = pytest.importorskip(
+        "pyarrow", reason="pyarrow is not installed: the parquet variant cannot be written"
+    )
+    import pyarrow.parquet as pq
+
+    rows = _mllmu_rows()
+    for subset, subset_rows in rows.items():
+        os.makedirs(tmp_path / subset)
+        pq.write_table(pa.Table.from_pylist(subset_rows), tmp_path / subset / "t.parquet")
+    _check_mllmu(load_mllmu(tmp_path, "forget_5"), rows, "forget_5")
+
+
+def test_mllmu_optional_subsets(tmp_path):
+    rows = _mllmu_rows()
+    del rows["Test_Set"], rows["Retain_Set"]
+    bench = load_mllmu(write_mllmu_json(tmp_path, rows))
+    assert bench.eval_splits == ("forget", "retain") == tuple(bench.splits)
+
+
+def _mllmu_error(tmp_path, edit, forget_split="forget_5"):
+    rows = _mllmu_rows()
+    edit(rows)
+    root = write_mllmu_json(tmp_path, rows)
+    with pytest.raises((ValueError, FileNotFoundError)) as e:
+        load_mllmu(root, forget_split)
+    return str(e.value)
+
+
+def test_mllmu_errors(tmp_path):
+    def drop_id(rows):
+        del rows["retain_95"][1]["ID"]
+
+    msg = _mllmu_error(tmp_path / "a", drop_id)
+    assert "retain_95/train-00000-of-00001.json: row 2: field 'ID': missing" in msg
+
+    def options_list(rows):
+        rows["forget_5"][0]["Classification_Task"]["Image_Textual_Questions"][0]["Options"] = [
+            "a",
+            "b",
+        ]
+
+    msg = _mllmu_error(tmp_path / "b", options_list)
+    assert "forget_5/train-00000-of-00001.json: row 1: field " in msg
+    assert "'Classification_Task.Image_Textual_Questions[0].Options': expected an object" in msg
+
+    def bad_letter(rows):
+        rows["forget_5"][0]["Classification_Task"]["Image_Textual_Questions"][0][
+            "Correct_Answer"
+        ] = "E"
+
+    assert "Correct_Answer': 'E' is not one of" in _mllmu_error(tmp_path / "c", bad_letter)
+
+    def bad_type(rows):
+        rows["Test_Set"][3]["Mask_Task"][0]["Type"] = "Video"
+
+    msg = _mllmu_error(tmp_path / "d", bad_type)
+    assert "Test_Set/train-00000-of-00001.json: row 4: field 'Mask_Task[0].Type'" in msg
+
+    def bad_image(rows):
+        rows["forget_5"][0]["image"] = {"bytes": b"not a png"}
+
+    assert "field 'image.bytes': not a readable image" in _mllmu_error(tmp_path / "e", bad_image)
+
+    def no_questions(rows):
+        row = rows["forget_5"][0]
+        for key in ("metadata", "Classification_Task", "Generation_Task", "Mask_Task"):
+            del row[key]
+
+    assert "row 1: no image questions" in _mllmu_error(tmp_path / "f", no_questions)
+
+    def bad_metadata(rows):
+        rows["forget_5"][0]["metadata"] = "[{"
+
+    assert "field 'metadata': invalid JSON" in _mllmu_error(tmp_path / "g", bad_metadata)
+
+    def empty_question(rows):
+        rows["forget_5"][0]["Generation_Task"][0]["Question"] = " "
+
+    assert "'Generation_Task[0].Question': empty string" in _mllmu_error(
+        tmp_path / "h", empty_question
+    )
+
+    def missing_image_file(rows):
+        rows["retain_95"][0]["image"] = {"path": "nope.png", "bytes": None}
+
+    assert "field 'image.path': image file not found" in _mllmu_error(
+        tmp_path / "i", missing_image_file
+    )
+    msg = _mllmu_error(tmp_path / "j", lambda rows: rows.pop("retain_95"))
+    assert "no such directory" in msg and "retain_95" in msg
+    with pytest.raises(ValueError, match="forget_split must be one of"):
+        load_mllmu(tmp_path / "a", "forget_7")
+    os.makedirs(tmp_path / "k" / "forget_5")
+    (tmp_path / "k" / "forget_5" / "x.parquet").write_bytes(b"garbage")
+    with pytest.raises((ImportError, ValueError), match=r"x\.parquet: "):
+        load_mllmu(tmp_path / "k")
+    (tmp_path / "k" / "forget_5" / "x.parquet").unlink()
+    (tmp_path / "k" / "forget_5" / "x.json").write_text('{"ID": 1}')
+    with pytest.raises(ValueError, match=r"x\.json: expected a list of objects"):
+        load_mllmu(tmp_path / "k")
+
+
+# ---------------------------------------------------------------------- FIUBench
+
+
+def test_fiubench(fiu_dir):
+    bench = load_fiubench(fiu_dir)  # forget5 = people 0, 1; retain = 3..7 (2 is in forget10)
+    assert bench.eval_splits == ("forget", "retain") == tuple(bench.splits)
+    for split, people in (("forget", [0, 1]), ("retain", [3, 4, 5, 6, 7])):
+        expected = []
+        for i in people:
+            for k, qa in enumerate(_fiu_person(i)["qa_list"]):
+                base = {"person": str(i), "split": split, "is_forget": split == "forget"}
+                expected.append(
+                    {
+                        **base,
+                        "question": qa["question"],
+                        "answer": qa["answer"],
+                        "form": "short",
+                        "task": "qa",
+                    }
+                )
+                options = list(qa["perturbed_answer"])
+                options.insert(k % 3, qa["answer"])
+                text = "\n".join(
+                    [qa["question"], *(f"{'ABC'[j]}: {o}" for j, o in enumerate(options))]
+                )
+                expected.append(
+                    {
+                        **base,
+                        "question": text,
+                        "answer": qa["answer"],
+                        "form": "mc",
+                        "options": options,
+                        "answer_index": k % 3,
+                        "task": "perturbed",
+                    }
+                )
+        samples = bench.splits[split]
+        assert [{k: v for k, v in s.items() if k != "image"} for s in samples] == expected
+        for s in samples:
+            assert s["image"] == os.path.join(fiu_dir, "dataset", "images", f"{s['person']}.jpg")
+    assert bench.chance_mc_acc == pytest.approx(1 / 3)
+    bench10 = load_fiubench(os.path.join(fiu_dir, "dataset"), "forget10", multiple_choice=False)
+    assert {s["person"] for s in bench10.splits["forget"]} == {"0", "1", "2"}
+    assert all(s["form"] == "short" for s in bench10.splits["forget"])
+    capped = load_fiubench(fiu_dir, max_people=5)
+    assert {s["person"] for s in capped.splits["retain"]} == {"3", "4"}
+
+
+def _fiu_error(tmp_path, edit=None, split=None, **kwargs):
+    root = write_fiubench(tmp_path, split=split)
+    if edit:
+        path = tmp_path / "dataset" / "full.json"
+        data = json.loads(path.read_text())
+        edit(data)
+        path.write_text(json.dumps(data))
+    with pytest.raises((ValueError, FileNotFoundError)) as e:
+        load_fiubench(root, **kwargs)
+    return str(e.value)
+
+
+def test_fiubench_errors(tmp_path):
+    def no_answer(data):
+        del data[3]["qa_list"][1]["answer"]
+
+    msg = _fiu_error(tmp_path / "a", no_answer)
+    assert "dataset/full.json: row 4: field 'qa_list[1].answer': missing" in msg
+
+    def bad_id(data):
+        data[2]["unique_id"] = [2]
+
+    assert "row 3: field 'unique_id': expected a string or int, got list" in _fiu_error(
+        tmp_path / "b", bad_id
+    )
+
+    def no_image(data):
+        data[4]["image_path"] = "./dataset/images/missing.jpg"
+
+    msg = _fiu_error(tmp_path / "c", no_image)
+    assert "row 5: field 'image_path': image file not found" in msg
+
+    def bad_perturbed(data):
+        data[0]["qa_list"][0]["perturbed_answer"] = [1, 2]
+
+    assert "field 'qa_list[0].perturbed_answer[0]': expected a string" in _fiu_error(
+        tmp_path / "d", bad_perturbed
+    )
+    msg = _fiu_error(tmp_path / "e", forget_split="forget20")
+    assert "dataset/split.json: field 'forget20': missing (have" in msg
+    msg = _fiu_error(tmp_path / "f", split={"forget5": "0, 1"})
+    assert "split.json: field 'forget5': expected a list, got str" in msg
+    msg = _fiu_error(tmp_path / "g", split={"forget5": [0, 99]})
+    assert "field 'forget5': ids not among the first 400 people" in msg and "'99'" in msg
+    with pytest.raises(FileNotFoundError, match=r"no full\.json and split\.json"):
+        load_fiubench(tmp_path / "nothing")
+
+
+# ---------------------------------------------------------------------- load_dataset
+
+
+def test_load_dataset_and_detect(mllmu_dir, fiu_dir, tmp_path):
+    assert detect_format(mllmu_dir) == "mllmu"
+    assert detect_format(fiu_dir) == detect_format(os.path.join(fiu_dir, "dataset")) == "fiubench"
+    bench = load_dataset(mllmu_dir, forget_split="forget_10")
+    assert {s["person"] for s in bench.splits["forget"]} == {"p0", "p1"}
+    assert load_dataset(fiu_dir, "fiubench").config["forget_split"] == "forget5"
+
+    jsonl = tmp_path / "d.jsonl"
+    Image.open(io.BytesIO(_png(0))).save(tmp_path / "x.png")
+    rows = [{"image": "x.png", "question": "q", "answer": "a", "is_forget": f} for f in (1, 0)]
+    rows.append({**rows[1], "split": "retain_test"})
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert detect_format(jsonl) == "jsonl"
+    bench = load_dataset(jsonl)
+    assert bench.eval_splits == ("forget", "retain", "retain_test")
+    assert [len(bench.splits[s]) for s in bench.eval_splits] == [1, 1, 1]
+
+    with pytest.raises(ValueError, match="unknown data format"):
+        detect_format(tmp_path)
+    write_fiubench(tmp_path / "both")
+    os.makedirs(tmp_path / "both" / "forget_5")
+    with pytest.raises(ValueError, match="looks like both fiubench and mllmu"):
+        detect_format(tmp_path / "both")
+    with pytest.raises(ValueError, match="format must be one of"):
+        load_dataset(fiu_dir, "tofu")
+    with pytest.raises(ValueError, match="forget_split applies to mllmu and fiubench"):
+        load_dataset(jsonl, forget_split="forget5")
+    with pytest.raises(FileNotFoundError, match="no such file or directory"):
+        load_dataset(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vlm")
+    vlm, processor = tv.llava(layers=2)
+    vlm.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    (root / "config.json").write_text(
+        json.dumps({"prompt_template": tv.LLAVA_TEMPLATE, "layer": 1, "encoder_rank": 8})
+    )
+    return root
+
+
+def test_cli_eval_and_train(model_dir, mllmu_dir, fiu_dir, tmp_path, capsys):
+    model = str(model_dir / "model")
+    common = ["--model", model, "--no-progress"]
+    for data, fmt, splits in (
+        (
+            mllmu_dir,
+            "mllmu",
+            {"forget", "forget_test", "retain", "retain_test", "retain_celebrity"},
+        ),
+        (fiu_dir, "auto", {"forget", "retain"}),
+    ):
+        out = tmp_path / f"{fmt}.json"
+        args = ["eval", *common, "--data", data, "--format", fmt, "--output", str(out)]
+        assert main([*args, "--max-new-tokens", "2", "--batch-size", "16"]) == 0
+        metrics = json.loads(out.read_text())
+        assert set(metrics["splits"]) == splits
+        assert all(0.0 <= m["mc_acc"] <= 1.0 for m in metrics["splits"].values())
+    capsys.readouterr()
+
+    adapter = tmp_path / "adapter"
+    code = main(
+        [
+            "train",
+            *common,
+            "--data",
+            fiu_dir,
+            "--format",
+            "fiubench",
+            "--forget-split",
+            "forget1",
+            "--output",
+            str(adapter),
+            "--config",
+            str(model_dir / "config.json"),
+            "--set",
+            "steps=2",
+            "--set",
+            "batch_size=4",
+        ]
+    )
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["step"] == 2
+    assert (adapter / "cagul_modules.safetensors").is_file()
+
+
+def test_cli_data_errors(model_dir, mllmu_dir, tmp_path, capsys):
+    rows = _mllmu_rows()
+    del rows["forget_5"][0]["Mask_Task"][0]["Ground_Truth"]
+    bad = write_mllmu_json(tmp_path / "bad", rows)
+    model = str(model_dir / "model")
+    assert main(["eval", "--model", model, "--data", bad, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "forget_5/train-00000-of-00001.json: row 1: field 'Mask_Task[0].Ground_Truth'" in err
+    out = str(tmp_path / "o")
+    args = ["train", "--model", model, "--data", mllmu_dir, "--output", out]
+    assert main([*args, "--forget-split", "forget_20"]) == 2
+    assert "forget_split must be one of" in capsys.readouterr().err
+    assert main([*args, "--format", "fiubench"]) == 2
+    assert "no full.json and split.json" in capsys.readouterr().err
