@@ -294,7 +294,8 @@ def test_demo_end_to_end(tmp_path):
     args = ["--output", str(out), "--cache", str(cache), "--no-progress"]
     threads = torch.get_num_threads()
     try:
-        code = main(["demo", "--quick", *args])  # sets one torch thread (the default)
+        # one torch thread (the default); CAGUL and the baselines train in 2 processes
+        code = main(["demo", "--quick", "--jobs", "2", *args])
     finally:
         torch.set_num_threads(threads)
     assert code == 0
@@ -324,10 +325,18 @@ def test_demo_end_to_end(tmp_path):
     config = DemoConfig.tiny()
     vanilla_dirs = [d for d in os.listdir(cache) if d.startswith("vanilla-")]
     assert len(vanilla_dirs) == 1
-    again = run_demo(
-        config, str(tmp_path / "demo2"), str(cache), progress=False, log=lambda s: None
-    )
+    torch.set_num_threads(1)
+    try:  # everything in this process this time: the same models
+        again = run_demo(
+            config, str(tmp_path / "demo2"), str(cache), progress=False, log=lambda s: None
+        )
+    finally:
+        torch.set_num_threads(threads)
     assert again["models"]["vanilla"] == models["vanilla"]
+    timing = ("train_seconds", "peak_memory_mb")
+    for name, m in models.items():
+        same = {k: v for k, v in again["models"][name].items() if k not in timing}
+        assert same == {k: v for k, v in m.items() if k not in timing}, name
     assert os.listdir(cache) == os.listdir(cache)  # nothing new besides what was there
     assert sorted(d for d in os.listdir(cache) if d.startswith("vanilla-")) == vanilla_dirs
 
@@ -451,4 +460,7 @@ def test_demo_cli_errors(tmp_path, capsys):
     assert "mode must be one of" in fails("--set", "cagul.mode=sideways")
     assert "forget_losses.mc must be one of" in fails("--set", "forget_losses.mc=kl")
     assert "--threads must be >= 0" in fails("--threads", "-1")
+    assert "--jobs must be >= 0" in fails("--jobs", "-1")
+    assert "baselines must be" in fails("--set", "baselines=ga,sgd")
+    assert "npo_beta must be > 0" in fails("--set", "baseline.npo_beta=0")
     assert not os.listdir(tmp_path)  # nothing ran

@@ -5,9 +5,12 @@
 - :class:`CagulModel`: a frozen VLM wrapped PEFT-style (``forward`` / ``generate`` /
   ``save_pretrained`` / ``from_pretrained``).
 - :class:`CagulTrainer`, :class:`CagulMethod`, :class:`Method`: the training loop.
-- :mod:`cagul.data`: the sample format and collator; :mod:`cagul.cli`: the ``cagul`` command.
+- :class:`UnlearningBaseline`: the finetuning baselines (GA, GradDiff, KL, NPO, IdK).
+- :mod:`cagul.data`: the sample format and collator, the synthetic benchmark, the
+  MLLMU-Bench / FIUBench readers; :mod:`cagul.cli`: the ``cagul`` command.
 """
 
+from .baselines import UnlearningBaseline
 from .config import CagulConfig
 from .model import CagulModel
 from .modules import ForgetDiscriminator, VisualTokenEncoder
@@ -20,5 +23,6 @@ __all__ = [
     "CagulTrainer",
     "ForgetDiscriminator",
     "Method",
+    "UnlearningBaseline",
     "VisualTokenEncoder",
 ]

@@ -9,7 +9,7 @@
                [--format auto] [--forget-split NAME]
                [--reference PATH] [--set key=value ...] [--output metrics.json]
     cagul demo [--output runs/demo] [--cache runs/cache] [--set data.n_people=30 ...]
-               [--retain-only] [--quick]
+               [--retain-only] [--quick] [--threads 1] [--jobs 0]
 
 ``--model`` is a local transformers checkpoint directory (model + processor), loaded with
 ``AutoModelForImageTextToText`` / ``AutoProcessor``; nothing is downloaded. ``--data`` is
@@ -156,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="torch CPU threads (default 1: the toy model's matrices are small, and one "
         "thread keeps its speed on a busy machine; 0 = torch's default, all cores)",
+    )
+    demo.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        help="processes training CAGUL and the baselines side by side (0 = the CPUs this "
+        "process may use divided by --threads; 1 = all in this process)",
     )
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
@@ -358,7 +365,10 @@ def _demo(args: argparse.Namespace) -> None:
         config.set(key, value)
     if args.retain_only:
         config.retain_only = True
-    run_demo(config, args.output, args.cache, progress=not args.no_progress)
+    if args.jobs < 0:
+        raise ValueError(f"--jobs must be >= 0, got {args.jobs}")
+    jobs = args.jobs or max(1, len(os.sched_getaffinity(0)) // torch.get_num_threads())
+    run_demo(config, args.output, args.cache, progress=not args.no_progress, jobs=jobs)
 
 
 def _flatten(obj: dict, prefix: str = "") -> list[tuple[str, Any]]:

@@ -30,7 +30,7 @@ import torch
 
 from cagul_kernels.memory import PeakMemory
 
-from .baselines import BASELINES, UnlearningBaseline, lora_config
+from .baselines import BASELINES, UnlearningBaseline, load_finetuned, lora_config
 from .config import FORGET_LOSSES, CagulConfig
 from .data import VLMCollator
 from .data.synthetic import EVAL_SPLITS, Benchmark, SyntheticConfig, jitter
@@ -317,6 +317,77 @@ def train_baseline(
     return model.eval().requires_grad_(False), {**info, "trainable_params": trainable}
 
 
+def _train_one(name: str, vlm, processor, bench: Benchmark, config: DemoConfig, output_dir, **kw):
+    """CAGUL or the baseline ``name`` trained into ``output_dir/name``: ``(model, info)``."""
+    samples = training_samples(bench, config)
+    out = os.path.join(output_dir, name)
+    if name == "cagul":
+        return train_cagul(vlm, processor, samples, config, out, **kw)
+    return train_baseline(vlm, processor, samples, config, name, out, **kw)
+
+
+def _load_trained(name: str, vlm, config: DemoConfig, output_dir: str):
+    """The model ``_train_one`` saved under ``output_dir/name``."""
+    path = os.path.join(output_dir, name)
+    if name == "cagul":
+        return CagulModel.from_pretrained(vlm, path).eval()
+    if config.baseline_lora_rank:
+        return load_finetuned(copy.deepcopy(vlm), path)[0].requires_grad_(False)
+    return type(vlm).from_pretrained(path, dtype=torch.float32).eval().requires_grad_(False)
+
+
+def _train_job(name: str, config: DemoConfig, cache_dir: str, output_dir: str, threads: int):
+    """A worker process's job: loads the cached benchmark and vanilla model, trains ``name``
+    (saved under ``output_dir``) and returns its info."""
+    torch.set_num_threads(threads)
+    bench = generate_benchmark(config.data, _data_dir(config, cache_dir))
+    prompt = config.cagul_config().prompt_template
+    vlm, processor, _ = load_or_train(
+        config.model, bench, VANILLA_SPLITS, prompt, cache_dir, "vanilla", progress=False
+    )
+    return _train_one(name, vlm, processor, bench, config, output_dir, progress=False)[1]
+
+
+def train_methods(
+    names: Sequence[str],
+    vlm,
+    processor,
+    bench: Benchmark,
+    config: DemoConfig,
+    output_dir: str,
+    *,
+    jobs: int = 1,
+    cache_dir: str,
+    progress: bool,
+) -> dict[str, tuple[Any, dict]]:
+    """``{name: (model, info)}`` for ``"cagul"`` and the baselines in ``names``, trained
+    from the vanilla model ``vlm`` into ``output_dir/<name>``. With ``jobs > 1`` they train
+    in that many spawned processes, each with this process's torch thread count, which
+    reload the vanilla model and the benchmark from ``cache_dir``; the trained models
+    are then loaded from ``output_dir`` (same weights as training in-process)."""
+    if jobs <= 1 or len(names) <= 1:
+        return {
+            n: _train_one(n, vlm, processor, bench, config, output_dir, progress=progress)
+            for n in names
+        }
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    from tqdm.auto import tqdm
+
+    threads = torch.get_num_threads()
+    infos: dict[str, dict] = {}
+    with ProcessPoolExecutor(min(jobs, len(names)), mp_context=get_context("spawn")) as pool:
+        futures = {
+            pool.submit(_train_job, n, config, cache_dir, output_dir, threads): n for n in names
+        }
+        done = tqdm(as_completed(futures), total=len(names), desc="train", disable=not progress)
+        for future in done:
+            infos[futures[future]] = future.result()
+            done.set_postfix_str(f"{futures[future]} done")
+    return {n: (_load_trained(n, vlm, config, output_dir), infos[n]) for n in names}
+
+
 class Augmented(Sequence):
     """``samples`` whose images are re-posed at random (:func:`jitter`) on every access;
     the views are a function of ``seed``, the index and the access count."""
@@ -343,10 +414,12 @@ def run_demo(
     cache_dir: str = "runs/cache",
     *,
     progress: bool = True,
+    jobs: int = 1,
     log=print,
 ) -> dict[str, Any]:
     """Runs the demo; returns the ``results.json`` content (also written to
-    ``output_dir``)."""
+    ``output_dir``). ``jobs``: processes training CAGUL and the baselines side by side
+    (:func:`train_methods`)."""
     timings: dict[str, float] = {}
     start = time.perf_counter()
     cfg = config.cagul_config()
@@ -356,7 +429,7 @@ def run_demo(
         timings[name] = round(time.perf_counter() - t0, 2)
 
     t0 = time.perf_counter()
-    data_dir = os.path.join(cache_dir, f"data-{_digest(config.data.to_dict())}")
+    data_dir = _data_dir(config, cache_dir)
     bench = generate_benchmark(config.data, data_dir, progress=progress)
     phase("data", t0)
     log(f"benchmark: {data_dir} ({', '.join(f'{k} {len(v)}' for k, v in bench.splits.items())})")
@@ -394,20 +467,21 @@ def run_demo(
         models["retain_only"] = (ro, ro, {**ro_info, "trainable_params": _params(ro)})
 
     t0 = time.perf_counter()
-    samples = training_samples(bench, config)
-    cagul, info = train_cagul(
-        vlm, processor, samples, config, os.path.join(output_dir, "cagul"), progress=progress
+    trained = train_methods(
+        ["cagul", *config.baselines],
+        vlm,
+        processor,
+        bench,
+        config,
+        output_dir,
+        jobs=jobs,
+        cache_dir=cache_dir,
+        progress=progress,
     )
-    phase("cagul_train", t0)
-    models["cagul"] = (cagul, cagul.vlm, info)
-    for name in config.baselines:
-        t0 = time.perf_counter()
-        samples = training_samples(bench, config)
-        finetuned, info = train_baseline(
-            vlm, processor, samples, config, name, os.path.join(output_dir, name), progress=progress
-        )
-        phase(f"{name}_train", t0)
-        models[name] = (finetuned, finetuned, info)
+    phase("train", t0)
+    for name, (model, info) in trained.items():
+        models[name] = (model, model.vlm if name == "cagul" else model, info)
+    cagul = trained["cagul"][0]
 
     t0 = time.perf_counter()
     splits = eval_splits(bench, config)
@@ -455,6 +529,10 @@ def run_demo(
     log(f"timings (s): {json.dumps(timings)}")
     log(f"wrote {output_dir}/results.json, report.md, accuracy.png, tradeoff.png, importance.png")
     return results
+
+
+def _data_dir(config: DemoConfig, cache_dir: str) -> str:
+    return os.path.join(cache_dir, f"data-{_digest(config.data.to_dict())}")
 
 
 def _digest(obj: Any) -> str:
