@@ -56,6 +56,9 @@ DEMO_CAGUL = dict(
     autocast="none",
     log_every=50,
     max_new_tokens=8,
+    # transform when P(forget) >= 0.9: on the training images every forget image scores
+    # >= 0.98 while 3.7% of the retain images score >= 0.5 but only 0.5% >= 0.9
+    gate_threshold=0.9,
 )
 # CagulConfig overrides of the finetuning baselines (the rest is DEMO_CAGUL's schedule)
 DEMO_BASELINE = dict(lr=1e-4, retain_weight=1.0, npo_beta=0.1)
