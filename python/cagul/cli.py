@@ -9,7 +9,7 @@
                [--format auto] [--forget-split NAME]
                [--reference PATH] [--set key=value ...] [--output metrics.json]
     cagul demo [--output runs/demo] [--cache runs/cache] [--set data.n_people=30 ...]
-               [--retain-only] [--quick] [--threads 1] [--jobs 0]
+               [--no-retain-only] [--quick] [--threads 1] [--jobs 0]
 
 ``--model`` is a local transformers checkpoint directory (model + processor), loaded with
 ``AutoModelForImageTextToText`` / ``AutoProcessor``; nothing is downloaded. ``--data`` is
@@ -148,7 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--cache", default="runs/cache", help="benchmark + trained model cache")
     demo.add_argument("--config", type=_existing("--config"), help="demo config JSON")
     demo.add_argument("--set", dest="overrides", action="append", default=[], type=_assignment)
-    demo.add_argument("--retain-only", action="store_true", help="also the retain-only model")
+    demo.add_argument(
+        "--no-retain-only",
+        action="store_true",
+        help="skip the retain-only model (the gold standard, trained without the forget set)",
+    )
     demo.add_argument("--quick", action="store_true", help="a tiny configuration (seconds)")
     demo.add_argument(
         "--threads",
@@ -363,8 +367,8 @@ def _demo(args: argparse.Namespace) -> None:
                 config.set(key, value)
     for key, value in args.overrides:
         config.set(key, value)
-    if args.retain_only:
-        config.retain_only = True
+    if args.no_retain_only:
+        config.retain_only = False
     if args.jobs < 0:
         raise ValueError(f"--jobs must be >= 0, got {args.jobs}")
     jobs = args.jobs or max(1, len(os.sched_getaffinity(0)) // torch.get_num_threads())

@@ -2,18 +2,21 @@
 
 1. generate the benchmark (:mod:`cagul.data.synthetic`) into the cache;
 2. train the vanilla toy VLM on every person (forget + retain + strangers) from scratch,
-   or load it from the cache (:func:`cagul.toy_vlm.load_or_train`); optionally the
-   retain-only model (trained without the forget people: the gold standard);
-3. train CAGUL (discriminator + visual token encoder, VLM frozen) on forget / retain;
-4. finetune a copy of the vanilla model with each unlearning baseline
-   (:mod:`cagul.baselines`: GA, GradDiff, KL, NPO, IdK) on the same samples and step budget;
-5. evaluate every model on ``forget``, ``forget_test``, ``retain``, ``retain_test``
+   or load it from the cache (:func:`cagul.toy_vlm.load_or_train`), and likewise the
+   retain-only model (trained without the forget people: the gold standard) in a second
+   process at the same time;
+3. train CAGUL (discriminator + visual token encoder, VLM frozen) on forget / retain, and
+   finetune a copy of the vanilla model with each unlearning baseline
+   (:mod:`cagul.baselines`: GA, GradDiff, KL, NPO, IdK) on the same samples and step
+   budget, ``jobs`` at a time (:func:`train_methods`);
+4. evaluate every model on ``forget``, ``forget_test``, ``retain``, ``retain_test``
    (:func:`cagul.evaluate.evaluate_splits`), print the table and write ``results.json``,
    ``report.md`` and PNG plots to the output directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -82,7 +85,7 @@ class DemoConfig:
     weight, NPO beta); baseline_lora_rank: 0 = finetune every language-model weight, else
     LoRA adapters of that rank.
     eval_samples: questions per split and form that are evaluated (a fixed random subset;
-    0 = all). retain_only: also train and evaluate the retain-only model.
+    0 = all). retain_only: also train (or load) and evaluate the retain-only model.
     """
 
     data: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
@@ -97,7 +100,7 @@ class DemoConfig:
     baseline: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(DEMO_BASELINE))
     baseline_lora_rank: int = 0
     eval_samples: int = 360
-    retain_only: bool = False
+    retain_only: bool = True
     seed: int = 0
 
     def cagul_config(self) -> CagulConfig:
@@ -339,6 +342,14 @@ def _load_trained(name: str, vlm, config: DemoConfig, output_dir: str):
     return type(vlm).from_pretrained(path, dtype=torch.float32).eval().requires_grad_(False)
 
 
+def _toy_vlm_job(config: DemoConfig, cache_dir: str, splits: Sequence[str], name: str, threads):
+    """A worker process's job: the toy VLM trained on ``splits`` into the cache."""
+    torch.set_num_threads(threads)
+    bench = generate_benchmark(config.data, _data_dir(config, cache_dir))
+    prompt = config.cagul_config().prompt_template
+    return load_or_train(config.model, bench, splits, prompt, cache_dir, name, progress=False)[2]
+
+
 def _train_job(name: str, config: DemoConfig, cache_dir: str, output_dir: str, threads: int):
     """A worker process's job: loads the cached benchmark and vanilla model, trains ``name``
     (saved under ``output_dir``) and returns its info."""
@@ -351,6 +362,17 @@ def _train_job(name: str, config: DemoConfig, cache_dir: str, output_dir: str, t
     return _train_one(name, vlm, processor, bench, config, output_dir, progress=False)[1]
 
 
+def worker_pool(jobs: int):
+    """``jobs`` spawned worker processes (a ``ProcessPoolExecutor``), or ``None`` for
+    ``jobs <= 1`` (everything runs in this process)."""
+    if jobs <= 1:
+        return contextlib.nullcontext()
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    return ProcessPoolExecutor(jobs, mp_context=get_context("spawn"))
+
+
 def train_methods(
     names: Sequence[str],
     vlm,
@@ -359,35 +381,31 @@ def train_methods(
     config: DemoConfig,
     output_dir: str,
     *,
-    jobs: int = 1,
+    pool=None,
     cache_dir: str,
     progress: bool,
 ) -> dict[str, tuple[Any, dict]]:
     """``{name: (model, info)}`` for ``"cagul"`` and the baselines in ``names``, trained
-    from the vanilla model ``vlm`` into ``output_dir/<name>``. With ``jobs > 1`` they train
-    in that many spawned processes, each with this process's torch thread count, which
-    reload the vanilla model and the benchmark from ``cache_dir``; the trained models
-    are then loaded from ``output_dir`` (same weights as training in-process)."""
-    if jobs <= 1 or len(names) <= 1:
+    from the vanilla model ``vlm`` into ``output_dir/<name>``. With a ``pool``
+    (:func:`worker_pool`) they train in its processes, each with this process's torch
+    thread count, which reload the vanilla model and the benchmark from ``cache_dir``; the
+    trained models are then loaded from ``output_dir`` (the weights of training here)."""
+    if pool is None:
         return {
             n: _train_one(n, vlm, processor, bench, config, output_dir, progress=progress)
             for n in names
         }
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_context
+    from concurrent.futures import as_completed
 
     from tqdm.auto import tqdm
 
     threads = torch.get_num_threads()
+    futures = {pool.submit(_train_job, n, config, cache_dir, output_dir, threads): n for n in names}
     infos: dict[str, dict] = {}
-    with ProcessPoolExecutor(min(jobs, len(names)), mp_context=get_context("spawn")) as pool:
-        futures = {
-            pool.submit(_train_job, n, config, cache_dir, output_dir, threads): n for n in names
-        }
-        done = tqdm(as_completed(futures), total=len(names), desc="train", disable=not progress)
-        for future in done:
-            infos[futures[future]] = future.result()
-            done.set_postfix_str(f"{futures[future]} done")
+    done = tqdm(as_completed(futures), total=len(names), desc="train", disable=not progress)
+    for future in done:
+        infos[futures[future]] = future.result()
+        done.set_postfix_str(f"{futures[future]} done")
     return {n: (_load_trained(n, vlm, config, output_dir), infos[n]) for n in names}
 
 
@@ -437,51 +455,60 @@ def run_demo(
     phase("data", t0)
     log(f"benchmark: {data_dir} ({', '.join(f'{k} {len(v)}' for k, v in bench.splits.items())})")
 
-    t0 = time.perf_counter()
-    vlm, processor, vanilla_info = load_or_train(
-        config.model,
-        bench,
-        VANILLA_SPLITS,
-        cfg.prompt_template,
-        cache_dir,
-        "vanilla",
-        progress=progress,
-    )
-    phase("vanilla", t0)
-    how = "cached" if vanilla_info["cached"] else "trained"
-    log(f"vanilla model: {vanilla_info['path']} ({how})")
-    # name -> (model to evaluate, the module whose weights may have changed, info)
-    models: dict[str, tuple[Any, torch.nn.Module, dict]] = {}
-    base_hash = weights_hash(vlm)
-    n_vlm = _params(vlm)
-    models["vanilla"] = (vlm, vlm, {**vanilla_info, "trainable_params": n_vlm})
-    if config.retain_only:
+    with worker_pool(jobs) as pool:
         t0 = time.perf_counter()
-        ro, _, ro_info = load_or_train(
+        retain_only = None
+        if config.retain_only and pool is not None:  # trains beside the vanilla model
+            threads = torch.get_num_threads()
+            retain_only = pool.submit(
+                _toy_vlm_job, config, cache_dir, RETAIN_ONLY_SPLITS, "retain_only", threads
+            )
+        vlm, processor, vanilla_info = load_or_train(
             config.model,
             bench,
-            RETAIN_ONLY_SPLITS,
+            VANILLA_SPLITS,
             cfg.prompt_template,
             cache_dir,
-            "retain_only",
+            "vanilla",
             progress=progress,
         )
-        phase("retain_only", t0)
-        models["retain_only"] = (ro, ro, {**ro_info, "trainable_params": _params(ro)})
+        phase("vanilla", t0)
+        how = "cached" if vanilla_info["cached"] else "trained"
+        log(f"vanilla model: {vanilla_info['path']} ({how})")
+        # name -> (model to evaluate, the module whose weights may have changed, info)
+        models: dict[str, tuple[Any, torch.nn.Module, dict]] = {}
+        base_hash = weights_hash(vlm)
+        n_vlm = _params(vlm)
+        models["vanilla"] = (vlm, vlm, {**vanilla_info, "trainable_params": n_vlm})
+        if config.retain_only:
+            t0 = time.perf_counter()
+            if retain_only is not None:
+                retain_only.result()  # now in the cache
+            ro, _, ro_info = load_or_train(
+                config.model,
+                bench,
+                RETAIN_ONLY_SPLITS,
+                cfg.prompt_template,
+                cache_dir,
+                "retain_only",
+                progress=progress,
+            )
+            phase("retain_only", t0)
+            models["retain_only"] = (ro, ro, {**ro_info, "trainable_params": _params(ro)})
 
-    t0 = time.perf_counter()
-    trained = train_methods(
-        ["cagul", *config.baselines],
-        vlm,
-        processor,
-        bench,
-        config,
-        output_dir,
-        jobs=jobs,
-        cache_dir=cache_dir,
-        progress=progress,
-    )
-    phase("train", t0)
+        t0 = time.perf_counter()
+        trained = train_methods(
+            ["cagul", *config.baselines],
+            vlm,
+            processor,
+            bench,
+            config,
+            output_dir,
+            pool=pool,
+            cache_dir=cache_dir,
+            progress=progress,
+        )
+        phase("train", t0)
     for name, (model, info) in trained.items():
         models[name] = (model, model.vlm if name == "cagul" else model, info)
     cagul = trained["cagul"][0]
