@@ -47,6 +47,7 @@ from .losses import (
     target_log_probs,
     token_kl,
 )
+from .model import copy_state
 
 BASELINES = ("ga", "graddiff", "kl", "npo", "idk")
 BASELINE_CONFIG_NAME = "baseline_config.json"
@@ -126,16 +127,7 @@ class UnlearningBaseline(nn.Module):
         return {n: p.detach() for n, p in self.vlm.named_parameters() if p.requires_grad}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        params = {n: p for n, p in self.vlm.named_parameters() if p.requires_grad}
-        if set(state) != set(params):
-            missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
-            raise ValueError(
-                f"UnlearningBaseline: state mismatch, missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}"
-            )
-        with torch.no_grad():
-            for name, value in state.items():
-                params[name].copy_(value)
+        copy_state(self.trainable_state_dict(), state, "UnlearningBaseline")
 
     def save_pretrained(self, path: str) -> None:
         """The finetuned VLM (``save_pretrained``: the whole model, or the peft adapter

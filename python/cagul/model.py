@@ -248,21 +248,7 @@ class CagulModel(nn.Module):
         }
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        own = self.trainable_state_dict()
-        missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
-        if missing or unexpected:
-            raise ValueError(
-                f"CagulModel: state mismatch, missing {missing}, unexpected {unexpected}"
-            )
-        for name, value in state.items():
-            if value.shape != own[name].shape:
-                raise ValueError(
-                    f"CagulModel: {name} has shape {tuple(value.shape)}, expected "
-                    f"{tuple(own[name].shape)}"
-                )
-        with torch.no_grad():
-            for name, value in state.items():
-                own[name].copy_(value)
+        copy_state(self.trainable_state_dict(), state, "CagulModel")
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Writes ``cagul_modules.safetensors`` (encoder + discriminator) and
@@ -395,6 +381,22 @@ class CagulModel(nn.Module):
                 yield
             finally:
                 handle.remove()
+
+
+def copy_state(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], owner: str):
+    """Copies ``state`` into the tensors ``own`` (same names and shapes, else a
+    ``ValueError`` naming ``owner`` and the tensors)."""
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    if missing or unexpected:
+        raise ValueError(f"{owner}: state mismatch, missing {missing}, unexpected {unexpected}")
+    for name, value in state.items():
+        if value.shape != own[name].shape:
+            raise ValueError(
+                f"{owner}: {name} has shape {tuple(value.shape)}, expected {tuple(own[name].shape)}"
+            )
+    with torch.no_grad():
+        for name, value in state.items():
+            own[name].copy_(value)
 
 
 def _decoder_layers(vlm: nn.Module) -> nn.ModuleList:
