@@ -27,6 +27,8 @@ from cagul.losses import masked_mean, npo_loss, per_row_mean, token_kl
 from cagul.train import CagulTrainer
 from test_framework_train import cli_setup, vlm_hash  # noqa: F401  (fixture)
 
+from cagul_kernels.memory import PeakMemory
+
 LOG = math.log
 
 
@@ -158,10 +160,12 @@ def test_baselines_train_in_the_intended_direction(method):
     vision = copy.deepcopy(baseline.vlm.model.vision_tower.state_dict())
     language = vlm_hash(baseline.vlm.model.language_model)
     before = _forget_nll(baseline, processor, data)
-    history = CagulTrainer(
+    trainer = CagulTrainer(
         baseline, data, baseline.collator(processor), baseline.config, progress=False
-    ).train()
+    )
+    history = trainer.train()
     after = _forget_nll(baseline, processor, data)
+    assert isinstance(trainer.peak_memory_bytes, int) and trainer.peak_memory_bytes > 0
     assert history[-1]["step"] == 8 and math.isfinite(history[-1]["loss"])
     if method == "idk":
         assert after < 0.8 * before, (before, after)  # learns the refusal
@@ -207,6 +211,15 @@ def test_lora_baseline_trains_adapters_only_and_round_trips(tmp_path):
         torch.testing.assert_close(merged(**batch).logits, expected, rtol=1e-4, atol=1e-4)
     with pytest.raises(FileNotFoundError, match=r"adapter_config\.json"):
         load_finetuned(fresh, str(tmp_path))
+
+
+def test_peak_memory_sees_an_allocation():
+    with PeakMemory("cpu") as small:
+        torch.zeros(1)
+    with PeakMemory("cpu") as large:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        del block
+    assert large.bytes >= 60 * 2**20 > small.bytes
 
 
 # ---------------------------------------------------------------------- CLI

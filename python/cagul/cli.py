@@ -372,6 +372,10 @@ def _demo(args: argparse.Namespace) -> None:
     if args.jobs < 0:
         raise ValueError(f"--jobs must be >= 0, got {args.jobs}")
     jobs = args.jobs or max(1, len(os.sched_getaffinity(0)) // torch.get_num_threads())
+    if args.no_progress:
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
     run_demo(config, args.output, args.cache, progress=not args.no_progress, jobs=jobs)
 
 

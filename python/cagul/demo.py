@@ -344,7 +344,7 @@ def _load_trained(name: str, vlm, config: DemoConfig, output_dir: str):
 
 def _toy_vlm_job(config: DemoConfig, cache_dir: str, splits: Sequence[str], name: str, threads):
     """A worker process's job: the toy VLM trained on ``splits`` into the cache."""
-    torch.set_num_threads(threads)
+    _worker_setup(threads)
     bench = generate_benchmark(config.data, _data_dir(config, cache_dir))
     prompt = config.cagul_config().prompt_template
     return load_or_train(config.model, bench, splits, prompt, cache_dir, name, progress=False)[2]
@@ -353,13 +353,20 @@ def _toy_vlm_job(config: DemoConfig, cache_dir: str, splits: Sequence[str], name
 def _train_job(name: str, config: DemoConfig, cache_dir: str, output_dir: str, threads: int):
     """A worker process's job: loads the cached benchmark and vanilla model, trains ``name``
     (saved under ``output_dir``) and returns its info."""
-    torch.set_num_threads(threads)
+    _worker_setup(threads)
     bench = generate_benchmark(config.data, _data_dir(config, cache_dir))
     prompt = config.cagul_config().prompt_template
     vlm, processor, _ = load_or_train(
         config.model, bench, VANILLA_SPLITS, prompt, cache_dir, "vanilla", progress=False
     )
     return _train_one(name, vlm, processor, bench, config, output_dir, progress=False)[1]
+
+
+def _worker_setup(threads: int) -> None:
+    from transformers.utils import logging
+
+    torch.set_num_threads(threads)
+    logging.disable_progress_bar()  # workers report through the parent's progress bar
 
 
 def worker_pool(jobs: int):

@@ -146,6 +146,24 @@ def targets_table(checks: Sequence[dict[str, Any]], markdown: bool = False) -> s
 # ---------------------------------------------------------------------- plots
 
 
+MODEL_COLOURS = {
+    "vanilla": "black",
+    "retain_only": "tab:green",
+    "cagul": "tab:red",
+    **dict(
+        zip(
+            BASELINES,
+            ("tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:olive"),
+            strict=True,
+        )
+    ),
+}
+
+
+def _colour(name: str) -> str:
+    return MODEL_COLOURS.get(name, "tab:gray")
+
+
 def plot_accuracy(results: dict[str, Any], path: str) -> None:
     """Grouped bars per split and model: mc_acc (with chance), leak_rate, refusal_rate."""
     import matplotlib
@@ -160,7 +178,8 @@ def plot_accuracy(results: dict[str, Any], path: str) -> None:
         for i, name in enumerate(models):
             values = [results["models"][name][s][metric] for s in EVAL_SPLITS]
             xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(EVAL_SPLITS))]
-            ax.bar(xs, [math.nan if v is None else v for v in values], width, label=name)
+            values = [math.nan if v is None else v for v in values]
+            ax.bar(xs, values, width, label=name, color=_colour(name))
         if metric == "mc_acc":
             ax.axhline(results["chance_mc_acc"], color="k", ls="--", lw=1, label="chance")
         ax.set_xticks(range(len(EVAL_SPLITS)), EVAL_SPLITS)
@@ -176,8 +195,8 @@ def plot_accuracy(results: dict[str, Any], path: str) -> None:
 
 def plot_tradeoff(results: dict[str, Any], path: str) -> None:
     """Forget vs retain ``mc_acc``, one point per model: vanilla and retain-only (the
-    references) as stars, CAGUL as a large dot, the finetuning baselines as dots; chance
-    marked. Ideal: forget at chance, retain at the vanilla model's."""
+    references) as stars, CAGUL as a large red dot, each finetuning baseline with a marker
+    of its own; chance marked. Ideal: forget at chance, retain at the vanilla model's."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -186,16 +205,20 @@ def plot_tradeoff(results: dict[str, Any], path: str) -> None:
     fig, ax = plt.subplots(figsize=(6.2, 5))
     chance = results["chance_mc_acc"]
     ax.axvline(chance, color="k", ls="--", lw=1, label="chance (forget)")
-    style = {"vanilla": ("*", 260, "k"), "retain_only": ("*", 260, "tab:green")}
+    style = {  # name -> (marker, size); the baselines by their order in BASELINES
+        "vanilla": ("*", 280),
+        "retain_only": ("*", 280),
+        "cagul": ("o", 160),
+        **{name: (marker, 80) for name, marker in zip(BASELINES, "vsD^P", strict=True)},
+    }
     for name, m in results["models"].items():
         x, y = m["forget"]["mc_acc"], m["retain"]["mc_acc"]
         if x is None or y is None:
             continue
-        marker, size, colour = style.get(name, ("o", 140 if name == "cagul" else 70, None))
-        if name == "cagul":
-            colour = "tab:red"
-        ax.scatter([x], [y], s=size, marker=marker, color=colour, zorder=3, label=name)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=9)
+        marker, size = style.get(name, ("o", 80))
+        ax.scatter(
+            [x], [y], s=size, marker=marker, color=_colour(name), zorder=3, label=name, alpha=0.85
+        )
     ax.set_xlabel("forget mc_acc (lower = more forgotten)")
     ax.set_ylabel("retain mc_acc (higher = better kept)")
     ax.set_xlim(-0.03, 1.05)
