@@ -371,7 +371,9 @@ def _demo(args: argparse.Namespace) -> None:
         config.retain_only = False
     if args.jobs < 0:
         raise ValueError(f"--jobs must be >= 0, got {args.jobs}")
-    jobs = args.jobs or max(1, len(os.sched_getaffinity(0)) // torch.get_num_threads())
+    affinity = getattr(os, "sched_getaffinity", None)  # the CPUs this process may use
+    cpus = len(affinity(0)) if affinity else (os.cpu_count() or 1)
+    jobs = args.jobs or max(1, cpus // torch.get_num_threads())
     if args.no_progress:
         from transformers.utils import logging
 
