@@ -351,6 +351,28 @@ def test_demo_end_to_end(tmp_path):
     assert all(set(v) == set(METRICS) for v in metrics["splits"].values())
 
 
+@pytest.mark.parametrize("name", ["cagul", "npo"])
+def test_trained_model_reloads_from_its_output(bench, tmp_path, name):
+    """What a worker process saves is what the parent loads (LoRA baseline and CAGUL)."""
+    from cagul.data import VLMCollator
+    from cagul.demo import VANILLA_SPLITS, _load_trained, _train_one
+
+    config = DemoConfig.tiny()
+    config.set("baseline_lora_rank", 2)
+    prompt = config.cagul_config().prompt_template
+    vlm, processor, _ = load_or_train(
+        config.model, bench, VANILLA_SPLITS, prompt, str(tmp_path / "cache"), "v", progress=False
+    )
+    trained, _ = _train_one(name, vlm, processor, bench, config, str(tmp_path), progress=False)
+    reloaded = _load_trained(name, vlm, config, str(tmp_path))
+    batch = VLMCollator(processor, config.cagul_config()).prompts(bench.samples("forget")[:4])
+    with torch.no_grad():
+        expected, got = trained(**batch).logits, reloaded(**batch).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    if name != "cagul":  # the LoRA adapter changed the model
+        assert not torch.allclose(vlm(**batch).logits, got)
+
+
 def test_dominating_baselines():
     def model(forget: float, retain: float) -> dict:
         return {"forget": {"mc_acc": forget}, "retain": {"mc_acc": retain}}
