@@ -402,18 +402,84 @@ def train_methods(
             n: _train_one(n, vlm, processor, bench, config, output_dir, progress=progress)
             for n in names
         }
+    infos = _run_jobs(pool, _train_job, names, config, cache_dir, output_dir, "train", progress)
+    return {n: (_load_trained(n, vlm, config, output_dir), infos[n]) for n in names}
+
+
+def _evaluate(name: str, model, vanilla, processor, splits, config: DemoConfig, progress: bool):
+    """The metrics of one model (``retain_kl`` against ``vanilla`` for all but itself)."""
+    return evaluate_splits(
+        model,
+        splits,
+        processor,
+        config.cagul_config(),
+        reference=None if name == "vanilla" else vanilla,
+        progress=progress,
+        desc=f"eval {name}",
+    )
+
+
+def _evaluate_job(name: str, config: DemoConfig, cache_dir: str, output_dir: str, threads: int):
+    """A worker process's job: loads the model ``name`` (from the cache or from
+    ``output_dir``) and the vanilla model, and returns the metrics of ``name``."""
+    _worker_setup(threads)
+    bench = generate_benchmark(config.data, _data_dir(config, cache_dir))
+    prompt = config.cagul_config().prompt_template
+    vanilla, processor, _ = load_or_train(
+        config.model, bench, VANILLA_SPLITS, prompt, cache_dir, "vanilla", progress=False
+    )
+    if name == "vanilla":
+        model = vanilla
+    elif name == "retain_only":
+        model = load_or_train(
+            config.model, bench, RETAIN_ONLY_SPLITS, prompt, cache_dir, name, progress=False
+        )[0]
+    else:
+        model = _load_trained(name, vanilla, config, output_dir)
+    splits = eval_splits(bench, config)
+    return _evaluate(name, model, vanilla, processor, splits, config, progress=False)
+
+
+def evaluate_models(
+    models: dict[str, Any],
+    processor,
+    bench: Benchmark,
+    config: DemoConfig,
+    output_dir: str,
+    *,
+    pool=None,
+    cache_dir: str,
+    progress: bool,
+) -> dict[str, dict]:
+    """``{name: evaluate_splits metrics}`` of ``models`` on :func:`eval_splits`, with
+    ``retain_kl`` against ``models["vanilla"]``. With a ``pool`` each model is evaluated in
+    a worker that loads it from the cache / ``output_dir`` (the weights of ``models``)."""
+    if pool is not None:
+        names = list(models)
+        return _run_jobs(
+            pool, _evaluate_job, names, config, cache_dir, output_dir, "eval", progress
+        )
+    splits, vanilla = eval_splits(bench, config), models["vanilla"]
+    return {
+        n: _evaluate(n, m, vanilla, processor, splits, config, progress) for n, m in models.items()
+    }
+
+
+def _run_jobs(pool, job, names, config, cache_dir, output_dir, desc: str, progress: bool):
+    """``{name: job(name, config, cache_dir, output_dir, threads)}`` run in ``pool`` (in
+    the order of ``names``), with a progress bar over the finished jobs."""
     from concurrent.futures import as_completed
 
     from tqdm.auto import tqdm
 
     threads = torch.get_num_threads()
-    futures = {pool.submit(_train_job, n, config, cache_dir, output_dir, threads): n for n in names}
-    infos: dict[str, dict] = {}
-    done = tqdm(as_completed(futures), total=len(names), desc="train", disable=not progress)
+    futures = {pool.submit(job, n, config, cache_dir, output_dir, threads): n for n in names}
+    results: dict[str, Any] = {}
+    done = tqdm(as_completed(futures), total=len(names), desc=desc, disable=not progress)
     for future in done:
-        infos[futures[future]] = future.result()
+        results[futures[future]] = future.result()
         done.set_postfix_str(f"{futures[future]} done")
-    return {n: (_load_trained(n, vlm, config, output_dir), infos[n]) for n in names}
+    return {n: results[n] for n in names}
 
 
 class Augmented(Sequence):
@@ -516,23 +582,25 @@ def run_demo(
             progress=progress,
         )
         phase("train", t0)
-    for name, (model, info) in trained.items():
-        models[name] = (model, model.vlm if name == "cagul" else model, info)
-    cagul = trained["cagul"][0]
+        for name, (model, info) in trained.items():
+            models[name] = (model, model.vlm if name == "cagul" else model, info)
+        cagul = trained["cagul"][0]
 
-    t0 = time.perf_counter()
-    splits = eval_splits(bench, config)
-    results: dict[str, Any] = {"models": {}, "chance_mc_acc": bench.chance_mc_acc}
-    for name, (model, weights, info) in models.items():
-        metrics = evaluate_splits(
-            model,
-            splits,
+        t0 = time.perf_counter()
+        splits = eval_splits(bench, config)
+        evaluated = evaluate_models(
+            {n: m[0] for n, m in models.items()},
             processor,
-            cfg,
-            reference=None if name == "vanilla" else vlm,
+            bench,
+            config,
+            output_dir,
+            pool=pool,
+            cache_dir=cache_dir,
             progress=progress,
-            desc=f"eval {name}",
         )
+    results: dict[str, Any] = {"models": {}, "chance_mc_acc": bench.chance_mc_acc}
+    for name, (_, weights, info) in models.items():
+        metrics = evaluated[name]
         memory = info.get("peak_memory_mb")
         results["models"][name] = {
             **{s: metrics[s] for s in EVAL_SPLITS},
