@@ -342,31 +342,34 @@ def _load_trained(name: str, vlm, config: DemoConfig, output_dir: str):
     return type(vlm).from_pretrained(path, dtype=torch.float32).eval().requires_grad_(False)
 
 
-def _toy_vlm_job(config: DemoConfig, cache_dir: str, splits: Sequence[str], name: str, threads):
-    """A worker process's job: the toy VLM trained on ``splits`` into the cache."""
-    _worker_setup(threads)
+def _worker_setup(config: DemoConfig, cache_dir: str, threads: int):
+    """In a worker process: ``threads`` torch threads, no transformers progress bars (the
+    parent reports), and ``(bench, cached_model)`` where ``cached_model(splits, name)``
+    is the toy VLM trained on ``splits`` (from the cache, else trained into it)."""
+    from transformers.utils import logging
+
+    torch.set_num_threads(threads)
+    logging.disable_progress_bar()
     bench = generate_benchmark(config.data, _data_dir(config, cache_dir))
     prompt = config.cagul_config().prompt_template
-    return load_or_train(config.model, bench, splits, prompt, cache_dir, name, progress=False)[2]
+
+    def cached_model(splits: Sequence[str], name: str):
+        return load_or_train(config.model, bench, splits, prompt, cache_dir, name, progress=False)
+
+    return bench, cached_model
+
+
+def _toy_vlm_job(config: DemoConfig, cache_dir: str, splits: Sequence[str], name: str, threads):
+    """A worker process's job: the toy VLM trained on ``splits`` into the cache."""
+    return _worker_setup(config, cache_dir, threads)[1](splits, name)[2]
 
 
 def _train_job(name: str, config: DemoConfig, cache_dir: str, output_dir: str, threads: int):
     """A worker process's job: loads the cached benchmark and vanilla model, trains ``name``
     (saved under ``output_dir``) and returns its info."""
-    _worker_setup(threads)
-    bench = generate_benchmark(config.data, _data_dir(config, cache_dir))
-    prompt = config.cagul_config().prompt_template
-    vlm, processor, _ = load_or_train(
-        config.model, bench, VANILLA_SPLITS, prompt, cache_dir, "vanilla", progress=False
-    )
+    bench, cached_model = _worker_setup(config, cache_dir, threads)
+    vlm, processor, _ = cached_model(VANILLA_SPLITS, "vanilla")
     return _train_one(name, vlm, processor, bench, config, output_dir, progress=False)[1]
-
-
-def _worker_setup(threads: int) -> None:
-    from transformers.utils import logging
-
-    torch.set_num_threads(threads)
-    logging.disable_progress_bar()  # workers report through the parent's progress bar
 
 
 def worker_pool(jobs: int):
@@ -422,18 +425,12 @@ def _evaluate(name: str, model, vanilla, processor, splits, config: DemoConfig, 
 def _evaluate_job(name: str, config: DemoConfig, cache_dir: str, output_dir: str, threads: int):
     """A worker process's job: loads the model ``name`` (from the cache or from
     ``output_dir``) and the vanilla model, and returns the metrics of ``name``."""
-    _worker_setup(threads)
-    bench = generate_benchmark(config.data, _data_dir(config, cache_dir))
-    prompt = config.cagul_config().prompt_template
-    vanilla, processor, _ = load_or_train(
-        config.model, bench, VANILLA_SPLITS, prompt, cache_dir, "vanilla", progress=False
-    )
+    bench, cached_model = _worker_setup(config, cache_dir, threads)
+    vanilla, processor, _ = cached_model(VANILLA_SPLITS, "vanilla")
     if name == "vanilla":
         model = vanilla
     elif name == "retain_only":
-        model = load_or_train(
-            config.model, bench, RETAIN_ONLY_SPLITS, prompt, cache_dir, name, progress=False
-        )[0]
+        model = cached_model(RETAIN_ONLY_SPLITS, name)[0]
     else:
         model = _load_trained(name, vanilla, config, output_dir)
     splits = eval_splits(bench, config)
