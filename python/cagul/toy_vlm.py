@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cagul_kernels.memory import PeakMemory
+from cagul_kernels.memory import PeakMemory, mib
 
 from .config import CagulConfig
 from .data import VLMCollator
@@ -287,7 +287,7 @@ def train_vlm(
         trainer.train()
     info = {
         "train_seconds": time.perf_counter() - start,
-        "peak_memory_mb": None if peak.bytes is None else round(peak.bytes / 2**20, 1),
+        "peak_memory_mb": mib(peak.bytes),
     }
     vlm.requires_grad_(False)
     return vlm.eval(), processor, info
