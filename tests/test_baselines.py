@@ -220,12 +220,19 @@ def test_peak_memory_sees_an_allocation():
         block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
         del block
     assert large.bytes >= 60 * 2**20 > small.bytes
+    # nested blocks: the inner block's reset does not hide the outer block's earlier peak
+    with PeakMemory("cpu") as outer:
+        block = torch.ones(64 * 2**20 // 4)
+        del block
+        with PeakMemory("cpu") as inner:
+            torch.zeros(1)
+    assert outer.bytes >= 60 * 2**20 > inner.bytes
 
 
 # ---------------------------------------------------------------------- CLI
 
 
-def test_cli_train_baselines_then_eval(cli_setup, tmp_path):  # noqa: F811
+def test_cli_train_baselines_then_eval(cli_setup, tmp_path, capsys):  # noqa: F811
     root = cli_setup
     model, data = str(root / "model"), str(root / "data" / "train.jsonl")
     common = ["--data", data, "--config", str(root / "config.json"), "--no-progress"]
@@ -247,6 +254,16 @@ def test_cli_train_baselines_then_eval(cli_setup, tmp_path):  # noqa: F811
         metrics = json.loads(out.read_text())
         assert set(metrics["splits"]) == {"forget", "retain"}
         assert "disc_acc" not in metrics  # evaluated as a plain VLM
+
+    capsys.readouterr()
+    image = str(root / "data" / "img" / "0.png")
+    code = main(["generate", "--model", model, "--adapter", str(adapter), "--image", image,
+                 "--question", "What is the name of this person?",
+                 "--max-new-tokens", "2"])  # fmt: skip
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert isinstance(result["answer"], str)
+    assert result["forget_probability"] is None and result["gated"] is None  # no discriminator
 
 
 def test_cli_baseline_errors(cli_setup, tmp_path, capsys):  # noqa: F811

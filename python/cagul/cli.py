@@ -187,6 +187,8 @@ def _load_vlm(args: argparse.Namespace, path: str | None = None, flag: str = "--
 
 
 def _train(args: argparse.Namespace) -> None:
+    from cagul_kernels.memory import mib
+
     from .baselines import UnlearningBaseline, lora_config
     from .data import VLMCollator, load_dataset, load_jsonl
     from .evaluate import evaluate
@@ -232,12 +234,11 @@ def _train(args: argparse.Namespace) -> None:
     if trainer.rank == 0:
         if args.method != "cagul" and not args.lora_rank:
             processor.save_pretrained(args.output)  # the output is a loadable VLM
-        memory = trainer.peak_memory_bytes
         summary = {
             "output": args.output,
             "method": args.method,
             "trainable_params": sum(p.numel() for p in method.parameters() if p.requires_grad),
-            "peak_memory_mb": None if memory is None else round(memory / 2**20, 1),
+            "peak_memory_mb": mib(trainer.peak_memory_bytes),
             **trainer.history[-1],
         }
         print(json.dumps(summary))
@@ -269,9 +270,8 @@ def _generate(args: argparse.Namespace) -> None:
     sample = {"image": args.image, "question": args.question, "answer": "-", "is_forget": False}
     if args.adapter and is_lora_adapter(args.adapter):  # a baseline: a plain VLM
         model, config = load_finetuned(vlm, args.adapter)
-        prob, gate = None, None
         inputs = to_device(VLMCollator(processor, config).prompts([sample]), vlm.device)
-        extra = {}
+        prob, transformed, extra = None, None, {}
     else:
         model = (
             CagulModel.from_pretrained(vlm, args.adapter)
@@ -282,16 +282,13 @@ def _generate(args: argparse.Namespace) -> None:
         inputs = to_device(VLMCollator(processor, config).prompts([sample]), vlm.device)
         prob = float(model.forget_probability(**inputs)[0])
         gate = None if args.gate == "auto" else torch.tensor([args.gate == "on"])
+        transformed = prob >= config.gate_threshold if gate is None else bool(gate[0])
         extra = {"forget_gate": gate}
     max_new = args.max_new_tokens or config.max_new_tokens
     out = model.generate(**inputs, **extra, max_new_tokens=max_new, do_sample=False)
     answer = processor.tokenizer.decode(
         out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
     )
-    if prob is None:
-        transformed = None
-    else:
-        transformed = prob >= config.gate_threshold if gate is None else bool(gate[0])
     print(json.dumps({"answer": answer.strip(), "forget_probability": prob, "gated": transformed}))
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cagul_kernels.memory import PeakMemory
+from cagul_kernels.memory import PeakMemory, mib
 
 from .baselines import BASELINES, UnlearningBaseline, load_finetuned, lora_config
 from .config import FORGET_LOSSES, CagulConfig
@@ -280,8 +280,7 @@ def _train(make_method, samples, collator_of, config: CagulConfig, output_dir: s
         )
         trainer.train()
     seconds = time.perf_counter() - start
-    memory = None if peak.bytes is None else round(peak.bytes / 2**20, 1)
-    return method, {"train_seconds": seconds, "peak_memory_mb": memory}
+    return method, {"train_seconds": seconds, "peak_memory_mb": mib(peak.bytes)}
 
 
 def train_cagul(vlm, processor, samples, config: DemoConfig, output_dir: str, *, progress: bool):
@@ -440,7 +439,7 @@ def _evaluate_job(name: str, config: DemoConfig, cache_dir: str, output_dir: str
 def evaluate_models(
     models: dict[str, Any],
     processor,
-    bench: Benchmark,
+    splits: dict[str, list[dict]],
     config: DemoConfig,
     output_dir: str,
     *,
@@ -448,15 +447,16 @@ def evaluate_models(
     cache_dir: str,
     progress: bool,
 ) -> dict[str, dict]:
-    """``{name: evaluate_splits metrics}`` of ``models`` on :func:`eval_splits`, with
-    ``retain_kl`` against ``models["vanilla"]``. With a ``pool`` each model is evaluated in
-    a worker that loads it from the cache / ``output_dir`` (the weights of ``models``)."""
+    """``{name: evaluate_splits metrics}`` of ``models`` on ``splits``
+    (:func:`eval_splits`), with ``retain_kl`` against ``models["vanilla"]``. With a
+    ``pool`` each model is evaluated in a worker that loads it from the cache /
+    ``output_dir`` (the weights of ``models``) and draws the same ``eval_splits``."""
     if pool is not None:
         names = list(models)
         return _run_jobs(
             pool, _evaluate_job, names, config, cache_dir, output_dir, "eval", progress
         )
-    splits, vanilla = eval_splits(bench, config), models["vanilla"]
+    vanilla = models["vanilla"]
     return {
         n: _evaluate(n, m, vanilla, processor, splits, config, progress) for n, m in models.items()
     }
@@ -588,7 +588,7 @@ def run_demo(
         evaluated = evaluate_models(
             {n: m[0] for n, m in models.items()},
             processor,
-            bench,
+            splits,
             config,
             output_dir,
             pool=pool,
