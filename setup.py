@@ -34,7 +34,7 @@ def _sources(pattern: str) -> list[str]:
 def _extension():
     with_cuda, why = _cuda_build_possible()
     cxx_flags = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
-    sources = ["csrc/bindings.cpp", *_sources("csrc/cpu/*.cpp")]
+    sources = ["csrc/ops.cpp", *_sources("csrc/cpu/*.cpp")]
     if not with_cuda:
         print(f"cagul-kernels: building the CPU-only extension ({why}).")
         return CppExtension(

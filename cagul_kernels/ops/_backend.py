@@ -1,36 +1,96 @@
-"""Backend selection shared by every op.
+"""Backend selection and op registration shared by every op (one dispatch idiom).
 
 Every public op takes ``backend=None | "reference" | "cpu" | "triton" | "cuda"``.
 ``None`` picks the default for the tensors' device: CUDA tensors -> Triton (or the CUDA C++
 kernels when Triton is not installed), CPU tensors -> the C++ kernels. An explicit backend
 that cannot run on the given tensors is a ``ValueError``/``RuntimeError``; there is never a
 silent fallback to another backend.
+
+Each op ``name`` exists as three ``torch.library`` ops with one schema:
+
+- ``cagul::name``: defined in C++ (``csrc/ops.cpp``) with native CPU and CUDA kernels, so
+  the dispatcher picks the device kernel and exported / AOTInductor graphs run it without
+  Python. Backends ``"cpu"`` and ``"cuda"``.
+- ``cagul::name_triton`` and ``cagul::name_reference``: the same schema, defined here, with
+  Python implementations.
+
+The public function validates its arguments, resolves the backend and calls
+``kernel_op(name, backend)``. Fake implementations and autograd formulas are registered on
+all three ops at once (``register_fake``, ``register_autograd``).
 """
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
+from collections.abc import Callable
 
 import torch
 
+try:  # loading the library registers the cagul:: schemas and the native kernels
+    from cagul_kernels import _C  # noqa: F401
+except ImportError as error:
+    raise ImportError(
+        "cagul_kernels: the compiled operator library cagul_kernels._C is not built; install "
+        "with `pip install --no-build-isolation -e .` (or `python setup.py build_ext --inplace`)"
+    ) from error
+
 BACKENDS = ("reference", "cpu", "triton", "cuda")
+# The backends served by the natively registered op (the dispatcher picks the device kernel).
+NATIVE_BACKENDS = ("cpu", "cuda")
+# Suffix of each op's name per implementation: native, then the Python-defined twins.
+_SUFFIXES = ("", "_triton", "_reference")
+_LIBRARY = torch.library.Library("cagul", "FRAGMENT")
 
 
-@functools.cache
-def extension():
-    """The compiled ``cagul_kernels._C`` module, or ``None`` when it is not built."""
-    try:
-        from cagul_kernels import _C
-    except ImportError:
-        return None
-    return _C
+def _suffix(backend: str) -> str:
+    return "" if backend in NATIVE_BACKENDS else f"_{backend}"
+
+
+def kernel_op(name: str, backend: str) -> torch._ops.OpOverload:
+    """The op running ``backend`` for op ``name``: ``torch.ops.cagul.<name>`` for cpu / cuda,
+    ``torch.ops.cagul.<name>_triton`` / ``<name>_reference`` otherwise."""
+    return getattr(torch.ops.cagul, name + _suffix(backend)).default
+
+
+def define_python_backends(name: str, *, triton: Callable, reference: Callable) -> None:
+    """Defines ``cagul::<name>_triton`` and ``cagul::<name>_reference`` with the schema of the
+    native ``cagul::<name>`` and the given implementations (any device)."""
+    schema = str(getattr(torch.ops.cagul, name).default._schema)
+    signature = schema[schema.index("(") :]
+    for backend, fn in (("triton", triton), ("reference", reference)):
+        _LIBRARY.define(f"{name}_{backend}{signature}")
+        _LIBRARY.impl(f"{name}_{backend}", fn, "CompositeExplicitAutograd")
+
+
+def register_fake(name: str) -> Callable[[Callable], Callable]:
+    """Decorator: ``fn`` becomes the fake implementation of every op of ``name``."""
+
+    def decorate(fn: Callable) -> Callable:
+        for suffix in _SUFFIXES:
+            torch.library.register_fake(f"cagul::{name}{suffix}", fn, lib=_LIBRARY)
+        return fn
+
+    return decorate
+
+
+def register_autograd(
+    name: str, make_backward: Callable[[str], Callable], setup_context: Callable
+) -> None:
+    """Registers ``make_backward(suffix)`` as the backward of ``cagul::<name><suffix>`` for
+    every implementation (``suffix`` names the matching backward op's twin)."""
+    for suffix in _SUFFIXES:
+        torch.library.register_autograd(
+            f"cagul::{name}{suffix}",
+            make_backward(suffix),
+            setup_context=setup_context,
+            lib=_LIBRARY,
+        )
 
 
 def extension_has_cuda() -> bool:
-    ext = extension()
-    return ext is not None and bool(ext.with_cuda)
+    """Whether the compiled library holds the CUDA kernels (built with nvcc)."""
+    return torch.ops.cagul.cross_modal_importance.default.has_kernel_for_dispatch_key("CUDA")
 
 
 def triton_available() -> bool:
@@ -63,11 +123,6 @@ def resolve_backend(backend: str | None, device: torch.device, op: str) -> str:
     if backend == "cpu":
         if device.type != "cpu":
             raise ValueError(f"{op}: backend='cpu' needs CPU tensors, got tensors on {device}")
-        if extension() is None:
-            raise RuntimeError(
-                f"{op}: the C++ extension cagul_kernels._C is not built; install with "
-                "`pip install --no-build-isolation -e .` or pass backend='reference'"
-            )
     elif backend == "triton":
         if not triton_available():
             raise RuntimeError(f"{op}: backend='triton' needs the triton package")

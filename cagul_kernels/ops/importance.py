@@ -13,7 +13,7 @@ import math
 import torch
 
 from .. import reference
-from ._backend import extension, resolve_backend
+from ._backend import define_python_backends, kernel_op, register_fake, resolve_backend
 from ._checks import (
     FLOAT_DTYPES,
     INDEX_DTYPES,
@@ -65,7 +65,7 @@ def cross_modal_importance(
     if not math.isfinite(scale):
         raise ValueError(f"{OP}: scale must be finite, got {scale}")
     backend = resolve_backend(backend, q.device, OP)
-    return torch.ops.cagul.cross_modal_importance(
+    return kernel_op(OP, backend)(
         q.detach(),
         k.detach(),
         lse.detach(),
@@ -75,7 +75,6 @@ def cross_modal_importance(
         causal,
         reduce == "mean",
         per_head,
-        backend,
     )
 
 
@@ -117,9 +116,10 @@ def _check_values(lse, query_index, visual_index) -> None:
 def finish_importance(
     sums: torch.Tensor, query_index: torch.Tensor, hq: int, mean: bool, per_head: bool
 ) -> torch.Tensor:
-    """Kernel column sums -> importance. ``sums`` is ``[B, Hq, Nv]`` (``per_head``) or
-    ``[B, Hkv, Nv]`` per kv group, reduced here over groups in a fixed order; ``mean``
-    divides by the valid query count (and by ``Hq`` when heads are summed)."""
+    """Triton column sums -> importance (csrc/ops.cpp does the same for the C++ kernels).
+    ``sums`` is ``[B, Hq, Nv]`` (``per_head``) or ``[B, Hkv, Nv]`` per kv group, reduced
+    here over groups in a fixed order; ``mean`` divides by the valid query count (and by
+    ``Hq`` when heads are summed)."""
     out = sums if per_head else sums.sum(dim=1)
     if not mean:
         return out
@@ -127,41 +127,31 @@ def finish_importance(
     return out / (n_valid[:, None, None] if per_head else n_valid[:, None] * hq)
 
 
-def _kernel_sums(backend: str):
-    """The backend's column-sum kernel: ``(q, k, lse, qi, vi, scale, causal, per_head)``."""
-    if backend == "triton":
-        from ..triton.importance import column_sums
-
-        return column_sums
-    return getattr(extension(), f"cross_modal_importance_{backend}")
+# The Python implementations (the native CPU / CUDA kernels are registered in csrc/ops.cpp).
 
 
-@torch.library.custom_op("cagul::cross_modal_importance", mutates_args=())
-def _importance_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    lse: torch.Tensor,
-    query_index: torch.Tensor,
-    visual_index: torch.Tensor,
-    scale: float,
-    causal: bool,
-    mean: bool,
-    per_head: bool,
-    backend: str,
-) -> torch.Tensor:
+def _triton(q, k, lse, query_index, visual_index, scale, causal, mean, per_head):
+    from ..triton.importance import column_sums
+
     _check_values(lse, query_index, visual_index)
-    if backend == "reference":
-        return reference.cross_modal_importance(
-            q, k, lse, query_index, visual_index, scale, causal, mean, per_head
-        )
-    sums = _kernel_sums(backend)(
+    sums = column_sums(
         q, k, lse, query_index.contiguous(), visual_index.contiguous(), scale, causal, per_head
     )
     return finish_importance(sums, query_index, q.shape[1], mean, per_head)
 
 
-@_importance_op.register_fake
-def _(q, k, lse, query_index, visual_index, scale, causal, mean, per_head, backend):
+def _reference(q, k, lse, query_index, visual_index, scale, causal, mean, per_head):
+    _check_values(lse, query_index, visual_index)
+    return reference.cross_modal_importance(
+        q, k, lse, query_index, visual_index, scale, causal, mean, per_head
+    )
+
+
+define_python_backends(OP, triton=_triton, reference=_reference)
+
+
+@register_fake(OP)
+def _(q, k, lse, query_index, visual_index, scale, causal, mean, per_head):
     b, hq = q.shape[:2]
     nv = visual_index.shape[1]
     shape = (b, hq, nv) if per_head else (b, nv)

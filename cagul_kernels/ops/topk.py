@@ -20,7 +20,7 @@ import math
 import torch
 
 from .. import reference
-from ._backend import extension, resolve_backend
+from ._backend import define_python_backends, kernel_op, register_fake, resolve_backend
 from ._checks import FLOAT_DTYPES, INDEX_DTYPES, check_same_device, check_tensor
 from .importance import cross_modal_importance
 
@@ -53,23 +53,10 @@ def select_low_importance(
         matching ``visual_index`` entries (sequence positions, for ``transform_scatter``),
         by ascending importance, ties to the lower slot, never a padded slot. ``K = k``, or
         ``max_b ceil(ratio * n_valid_b)`` with the unused tail of each row set to ``-1``.
-
-    Eager calls on the CPU backend with plain tensors go straight to the C++ kernel (the
-    custom op's dispatch would cost more than the whole selection of a few hundred
-    tokens); under ``torch.compile``, tracing or tensor subclasses the custom op
-    ``torch.ops.cagul.select_low_importance`` runs, with the same kernel.
     """
-    if (backend is None or backend == "cpu") and _direct_cpu_call(
-        importance, visual_index, k, ratio
-    ):
-        return extension().select_low_importance_cpu(
-            importance, visual_index, -1 if k is None else k, ratio or 0.0
-        )
     k, ratio = _check_args(importance, visual_index, k, ratio)
     backend = resolve_backend(backend, importance.device, OP)
-    return torch.ops.cagul.select_low_importance(
-        importance.detach(), visual_index, k, ratio, backend
-    )
+    return kernel_op(OP, backend)(importance.detach(), visual_index, k, ratio)
 
 
 def low_importance_tokens(
@@ -109,36 +96,6 @@ def low_importance_tokens(
     return select_low_importance(importance, visual_index, k=k, ratio=ratio, backend=backend)
 
 
-def _direct_cpu_call(importance, visual_index, k, ratio) -> bool:
-    """True for valid plain CPU tensors, k / ratio in range, and no compilation, tracing,
-    torch function / dispatch mode or functorch transform active. Cheap tests only (a few
-    hundred ns): anything else takes the checked custom-op path."""
-    if (
-        torch.compiler.is_compiling()
-        or type(importance) is not torch.Tensor
-        or type(visual_index) is not torch.Tensor
-        or not (importance.is_cpu and visual_index.is_cpu)
-        or importance.dtype not in FLOAT_DTYPES
-        or visual_index.dtype not in INDEX_DTYPES
-        or importance.dim() != 2
-    ):
-        return False
-    shape = importance.shape
-    if shape != visual_index.shape:
-        return False
-    if ratio is None:
-        if type(k) is not int or not 0 <= k <= shape[1]:
-            return False
-    elif k is not None or type(ratio) is not float or not 0 < ratio <= 1:
-        return False
-    return (
-        extension() is not None
-        and torch._C._len_torch_dispatch_stack() == 0
-        and not torch._C._is_torch_function_mode_enabled()
-        and not torch._C._are_functorch_transforms_active()
-    )
-
-
 def _check_args(importance, visual_index, k, ratio) -> tuple[int, float | None]:
     """Metadata checks (trace-safe); returns ``(k, ratio)`` as the op takes them."""
     check_tensor(OP, "importance", importance, ndim=2, dtypes=FLOAT_DTYPES, shape_hint="[B, Nv]")
@@ -174,7 +131,7 @@ def _check_count(k, ratio, nv) -> tuple[int, float | None]:
 
 
 def _row_counts(importance, visual_index, k, ratio) -> tuple[torch.Tensor, int]:
-    """Value checks (the C++ kernel does its own) and the per-row counts ``[B]`` and width."""
+    """Value checks (the C++ kernels do their own) and the per-row counts ``[B]`` and width."""
     bad = visual_index < -1
     if bool(bad.any()):
         b, j = (int(x) for x in bad.nonzero()[0])
@@ -200,10 +157,6 @@ def _row_counts(importance, visual_index, k, ratio) -> tuple[torch.Tensor, int]:
     return torch.full_like(n_valid, k), k
 
 
-def _cpu(importance, visual_index, k, ratio):
-    return extension().select_low_importance_cpu(importance, visual_index, k, ratio or 0.0)
-
-
 def _reference(importance, visual_index, k, ratio):
     counts, width = _row_counts(importance, visual_index, k, ratio)
     return reference.select_low_importance(importance, visual_index, counts, width)
@@ -216,29 +169,11 @@ def _triton(importance, visual_index, k, ratio):
     return triton_select(importance, visual_index, counts, width)
 
 
-def _cuda(importance, visual_index, k, ratio):
-    counts, width = _row_counts(importance, visual_index, k, ratio)
-    return extension().select_low_importance_cuda(
-        importance.float().contiguous(), visual_index.long().contiguous(), counts, width
-    )
+define_python_backends(OP, triton=_triton, reference=_reference)
 
 
-_IMPLEMENTATIONS = {"reference": _reference, "cpu": _cpu, "triton": _triton, "cuda": _cuda}
-
-
-@torch.library.custom_op("cagul::select_low_importance", mutates_args=())
-def _select_op(
-    importance: torch.Tensor,
-    visual_index: torch.Tensor,
-    k: int,
-    ratio: float | None,
-    backend: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return _IMPLEMENTATIONS[backend](importance, visual_index, k, ratio)
-
-
-@_select_op.register_fake
-def _(importance, visual_index, k, ratio, backend):
+@register_fake(OP)
+def _(importance, visual_index, k, ratio):
     if ratio is not None:  # the width depends on visual_index's values
         k = torch.library.get_ctx().new_dynamic_size()
     shape = (importance.shape[0], k)

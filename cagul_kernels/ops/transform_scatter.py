@@ -16,7 +16,13 @@ from __future__ import annotations
 import torch
 
 from .. import reference
-from ._backend import extension, resolve_backend
+from ._backend import (
+    define_python_backends,
+    kernel_op,
+    register_autograd,
+    register_fake,
+    resolve_backend,
+)
 from ._checks import (
     FLOAT_DTYPES,
     INDEX_DTYPES,
@@ -85,11 +91,9 @@ def transform_scatter(
                 f"{OP}: inplace=True is for inference, but {', '.join(needing)} require(s) "
                 "grad; use inplace=False for training or run under torch.no_grad()"
             )
-        torch.ops.cagul.transform_scatter_(x, positions, w1, b1, w2, b2, gate, activation, backend)
+        kernel_op("transform_scatter_", backend)(x, positions, w1, b1, w2, b2, gate, activation)
         return x
-    y, _ = torch.ops.cagul.transform_scatter(
-        x, positions, w1, b1, w2, b2, gate, activation, backend
-    )
+    y, _ = kernel_op(OP, backend)(x, positions, w1, b1, w2, b2, gate, activation)
     return y
 
 
@@ -146,7 +150,8 @@ def _check_positions(positions: torch.Tensor, seq_len: int) -> None:
         )
 
 
-# --- backends: forward(x, positions, w1, b1, w2, b2, gate, act, inplace) -> (y, z) | None,
+# --- Python implementations (the native CPU / CUDA kernels are registered in csrc/ops.cpp):
+# forward(x, positions, w1, b1, w2, b2, gate, act, inplace) -> (y, z) | None,
 # backward(dy, x, positions, z, w1, w2, gate, act, need_dx) -> (dx, dw1, db1, dw2, db2);
 # positions contiguous int64, gate float32, act the index in ACTIVATIONS.
 
@@ -179,113 +184,79 @@ def _triton_backward(*args):
     return backward(*args)
 
 
-_FORWARD = {
-    "reference": _reference_forward,
-    "cpu": lambda *args: extension().transform_scatter_cpu(*args),
-    "triton": _triton_forward,
-    "cuda": lambda *args: extension().transform_scatter_cuda(*args),
-}
-_BACKWARD = {
-    "reference": _reference_backward,
-    "cpu": lambda *args: extension().transform_scatter_backward_cpu(*args),
-    "triton": _triton_backward,
-    "cuda": lambda *args: extension().transform_scatter_backward_cuda(*args),
-}
+def _python_ops(forward, backward):
+    """The (out of place, in place, backward) op bodies around a forward / backward pair."""
+
+    def out_of_place(x, positions, w1, b1, w2, b2, gate, activation):
+        _check_positions(positions, x.shape[1])
+        act = ACTIVATIONS.index(activation)
+        y, z = forward(x, positions.contiguous(), w1, b1, w2, b2, gate, act, False)
+        return y, z
+
+    def in_place(x, positions, w1, b1, w2, b2, gate, activation):
+        _check_positions(positions, x.shape[1])
+        act = ACTIVATIONS.index(activation)
+        forward(x, positions.contiguous(), w1, b1, w2, b2, gate, act, True)
+
+    def gradients(dy, x, positions, z, w1, w2, gate, activation, need_dx):
+        act = ACTIVATIONS.index(activation)
+        return tuple(backward(dy, x, positions.contiguous(), z, w1, w2, gate, act, need_dx))
+
+    return out_of_place, in_place, gradients
+
+
+_TRITON = _python_ops(_triton_forward, _triton_backward)
+_REFERENCE = _python_ops(_reference_forward, _reference_backward)
+for _name, _triton_body, _reference_body in zip(
+    (OP, "transform_scatter_", "transform_scatter_backward"), _TRITON, _REFERENCE, strict=True
+):
+    define_python_backends(_name, triton=_triton_body, reference=_reference_body)
 
 
 def _hidden_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-@torch.library.custom_op("cagul::transform_scatter", mutates_args=())
-def _forward_op(
-    x: torch.Tensor,
-    positions: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
-    gate: torch.Tensor,
-    activation: str,
-    backend: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_positions(positions, x.shape[1])
-    act = ACTIVATIONS.index(activation)
-    y, z = _FORWARD[backend](x, positions.contiguous(), w1, b1, w2, b2, gate, act, False)
-    return y, z
-
-
-@_forward_op.register_fake
-def _(x, positions, w1, b1, w2, b2, gate, activation, backend):
+@register_fake(OP)
+def _(x, positions, w1, b1, w2, b2, gate, activation):
     y = x.new_empty(x.shape)
     z = x.new_empty((*positions.shape, w1.shape[1]), dtype=_hidden_dtype(x))
     return y, z
 
 
-@torch.library.custom_op("cagul::transform_scatter_backward", mutates_args=())
-def _backward_op(
-    dy: torch.Tensor,
-    x: torch.Tensor,
-    positions: torch.Tensor,
-    z: torch.Tensor,
-    w1: torch.Tensor,
-    w2: torch.Tensor,
-    gate: torch.Tensor,
-    activation: str,
-    need_dx: bool,
-    backend: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    act = ACTIVATIONS.index(activation)
-    dx, dw1, db1, dw2, db2 = _BACKWARD[backend](
-        dy, x, positions.contiguous(), z, w1, w2, gate, act, need_dx
-    )
-    return dx, dw1, db1, dw2, db2
-
-
-@_backward_op.register_fake
-def _(dy, x, positions, z, w1, w2, gate, activation, need_dx, backend):
+@register_fake("transform_scatter_backward")
+def _(dy, x, positions, z, w1, w2, gate, activation, need_dx):
     dx = x.new_empty(x.shape if need_dx else (0,))
     d, r = w1.shape
     return dx, w1.new_empty((d, r)), w1.new_empty((r,)), w2.new_empty((r, d)), w2.new_empty((d,))
 
 
+@register_fake("transform_scatter_")
+def _(x, positions, w1, b1, w2, b2, gate, activation):
+    return None
+
+
 def _setup_context(ctx, inputs, output):
-    x, positions, w1, _, w2, _, gate, activation, backend = inputs
+    x, positions, w1, _, w2, _, gate, activation = inputs
     ctx.save_for_backward(x, positions, output[1], w1, w2, gate)
     ctx.mark_non_differentiable(output[1])
-    ctx.activation, ctx.backend = activation, backend
+    ctx.activation = activation
 
 
-def _backward(ctx, dy, _dz):
-    x, positions, z, w1, w2, gate = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    dx, dw1, db1, dw2, db2 = torch.ops.cagul.transform_scatter_backward(
-        dy, x, positions, z, w1, w2, gate, ctx.activation, need[0], ctx.backend
-    )
-    grads = (dx, None, dw1, db1, dw2, db2)
-    return (*(g if n else None for g, n in zip(grads, need, strict=False)), None, None, None)
+def _make_backward(suffix: str):
+    """Backward of ``cagul::transform_scatter<suffix>``: ``transform_scatter_backward<suffix>``."""
+    backward_op = getattr(torch.ops.cagul, f"transform_scatter_backward{suffix}").default
+
+    def backward(ctx, dy, _dz):
+        x, positions, z, w1, w2, gate = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dx, dw1, db1, dw2, db2 = backward_op(
+            dy, x, positions, z, w1, w2, gate, ctx.activation, need[0]
+        )
+        grads = (dx, None, dw1, db1, dw2, db2)
+        return (*(g if n else None for g, n in zip(grads, need, strict=False)), None, None)
+
+    return backward
 
 
-_forward_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-@torch.library.custom_op("cagul::transform_scatter_", mutates_args=("x",))
-def _inplace_op(
-    x: torch.Tensor,
-    positions: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
-    gate: torch.Tensor,
-    activation: str,
-    backend: str,
-) -> None:
-    _check_positions(positions, x.shape[1])
-    act = ACTIVATIONS.index(activation)
-    _FORWARD[backend](x, positions.contiguous(), w1, b1, w2, b2, gate, act, True)
-
-
-@_inplace_op.register_fake
-def _(x, positions, w1, b1, w2, b2, gate, activation, backend):
-    return None
+register_autograd(OP, _make_backward, _setup_context)
