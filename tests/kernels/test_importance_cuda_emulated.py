@@ -1,11 +1,12 @@
 """The CUDA importance kernel (csrc/cuda/importance.cu), run on the CPU through a host
-emulation of the CUDA built-ins (tests/cuda_emulation/emu.h) and compared with the reference.
+emulation of the CUDA built-ins (tests/kernels/cuda_emulation/emu.h) and compared with the
+reference.
 
 Without a GPU this is the only execution of the CUDA kernel's own code: it checks indexing,
 strides, masks, the query-chunk skipping, the wmma tile layouts and alignment (fp16/bf16),
 reductions and barrier placement (not warp-level or memory-model behaviour: the GPU tests
 do that). Needs nvcc (for the CUDA headers and as the host compiler driver); skipped without
-it. The tensor glue of bindings.cpp is replaced by ``_finish`` below (same kv-head sum and
+it. The tensor glue of csrc/ops.cpp is replaced by ``_finish`` below (same kv-head sum and
 normalisation).
 """
 
@@ -23,7 +24,7 @@ from test_importance import SHAPES
 from cagul_kernels import attention_with_lse, reference
 from cagul_kernels.ops.importance import finish_importance
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NVCC = shutil.which("nvcc")
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # cagul::cuda::ScalarType
 
@@ -53,8 +54,8 @@ def kernel_lib(tmp_path_factory):
         "-fPIC,-pthread",
         f"-I{out}",
         f"-I{os.path.join(ROOT, 'csrc', 'cuda')}",
-        f"-I{os.path.join(ROOT, 'tests', 'cuda_emulation')}",
-        os.path.join(ROOT, "tests", "cuda_emulation", "importance_entry.cpp"),
+        f"-I{os.path.join(ROOT, 'tests', 'kernels', 'cuda_emulation')}",
+        os.path.join(ROOT, "tests", "kernels", "cuda_emulation", "importance_entry.cpp"),
         "-o",
         str(lib),
     ]

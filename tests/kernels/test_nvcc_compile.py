@@ -1,5 +1,5 @@
 """Compile-only checks of the CUDA code with nvcc, no GPU needed: every ``csrc/cuda/*.cu``
-for sm_80 and sm_90, and the tensor -> pointer glue of ``csrc/bindings.cpp`` built with
+for sm_80 and sm_90, and the tensor -> pointer glue of ``csrc/ops.cpp`` built with
 ``CAGUL_WITH_CUDA`` against the installed torch headers. Skipped only without nvcc."""
 
 import glob
@@ -10,7 +10,7 @@ import sysconfig
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CU_SOURCES = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
 NVCC = shutil.which("nvcc")
 
@@ -37,7 +37,7 @@ def test_cu_compiles(source, arch, tmp_path):
 
 
 def test_cuda_glue_compiles(tmp_path):
-    """bindings.cpp with CAGUL_WITH_CUDA (host code: nvcc supplies the CUDA include path)."""
+    """csrc/ops.cpp with CAGUL_WITH_CUDA (host code: nvcc supplies the CUDA include path)."""
     from torch.utils.cpp_extension import include_paths
 
     torch_include = include_paths()[0]
@@ -58,7 +58,7 @@ def test_cuda_glue_compiles(tmp_path):
             "-c",
             *defines,
             *includes,
-            "csrc/bindings.cpp",
+            "csrc/ops.cpp",
             "-o",
             str(tmp_path / "b.o"),
         ]

@@ -1,12 +1,13 @@
-"""select_low_importance and low_importance_tokens: every backend against the reference
-(itself checked against a brute-force sort), ties, padding, ratio counts, determinism,
-opcheck, torch.compile and bad input."""
+"""select_low_importance and low_importance_tokens: every device and backend against the
+reference (itself checked against a brute-force sort), ties, padding, ratio counts,
+determinism, opcheck, torch.compile and bad input."""
 
 import math
 
 import pytest
 import torch
-from helpers import CPU_TENSOR_BACKENDS, make_index, vlm_layout
+from helpers import make_index, vlm_layout
+from kernel_helpers import kernel_backends
 
 from cagul_kernels import (
     attention_with_lse,
@@ -15,6 +16,7 @@ from cagul_kernels import (
     reference,
     select_low_importance,
 )
+from cagul_kernels.ops._backend import kernel_op
 from cagul_kernels.triton.topk import select_low_importance as triton_select
 
 
@@ -56,6 +58,11 @@ def _padded_index(valid_counts, nv, seed=0, scatter=True):
     return torch.stack(rows)
 
 
+def _same(got, want) -> bool:
+    """Equal index tensors (``got`` from any device, ``want`` on the CPU)."""
+    return all(torch.equal(g.cpu(), w) for g, w in zip(got, want, strict=True))
+
+
 def _values(kind, shape, seed=0):
     g = torch.Generator().manual_seed(seed)
     if kind == "random":
@@ -94,57 +101,55 @@ def test_reference_matches_brute_force():
             assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
 
 
-def test_reference_never_selects_padding_before_valid_inf():
-    x = torch.tensor([[float("inf"), float("inf"), 1.0]])
-    vi = torch.tensor([[-1, 5, 6]])
-    for backend in ("reference", *CPU_TENSOR_BACKENDS):
+def test_never_selects_padding_before_valid_inf(device):
+    x = torch.tensor([[float("inf"), float("inf"), 1.0]], device=device)
+    vi = torch.tensor([[-1, 5, 6]], device=device)
+    for backend in ("reference", *kernel_backends(device)):
         slots, positions = select_low_importance(x, vi, k=2, backend=backend)
         assert slots.tolist() == [[2, 1]] and positions.tolist() == [[6, 5]]
 
 
-@pytest.mark.parametrize("backend", CPU_TENSOR_BACKENDS)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda x: f"Nv{x[1]}")
-def test_matches_reference(backend, kind, layout):
+def test_matches_reference(device, backend, kind, layout):
     counts_per_row, nv = layout
     vi = _padded_index(counts_per_row, nv, seed=nv)
     x = _values(kind, vi.shape, seed=nv)
     for form in ({"k": min(counts_per_row)}, {"k": 1}, {"ratio": 0.25}, {"ratio": 1.0}):
-        slots, positions = select_low_importance(x, vi, backend=backend, **form)
-        want_slots, want_positions = _expected(x, vi, **form)
-        assert slots.dtype == positions.dtype == torch.int64
-        assert torch.equal(slots, want_slots), form
-        assert torch.equal(positions, want_positions), form
+        slots, positions = select_low_importance(
+            x.to(device), vi.to(device), backend=backend, **form
+        )
+        assert slots.dtype == positions.dtype == torch.int64 and slots.device == device
+        assert _same((slots, positions), _expected(x, vi, **form)), form
 
 
-@pytest.mark.parametrize("backend", CPU_TENSOR_BACKENDS)
-def test_only_k_valid_slots(backend):
+def test_only_k_valid_slots(device, backend):
     """Rows whose valid slots are exactly k: every valid slot, by importance."""
     vi = _padded_index([6, 6, 6], 50, seed=3)
     x = _values("random", vi.shape, seed=3)
     x[vi < 0] = -1.0  # padded slots would win if they were considered
-    slots, positions = select_low_importance(x, vi, k=6, backend=backend)
+    slots, positions = select_low_importance(x.to(device), vi.to(device), k=6, backend=backend)
+    slots, positions = slots.cpu(), positions.cpu()
     assert torch.equal(slots, _expected(x, vi, k=6)[0])
     assert (positions >= 0).all() and (vi.gather(1, slots) == positions).all()
 
 
-def test_ratio_counts_are_float_safe():
+def test_ratio_counts_are_float_safe(device):
     cases = [(0.7, 10, 7), (0.1, 30, 3), (0.25, 4, 1), (0.3, 7, 3), (1.0, 5, 5), (0.001, 1000, 1)]
     cases += [(0.5, 0, 0), (1e-9, 5, 1), (0.29, 100, 29), (0.57, 100, 57)]
     for ratio, n, want in cases:
         vi = make_index([list(range(n)), [0]], width=max(n, 1))
         assert int(reference.ratio_counts(vi, ratio)[0]) == want, (ratio, n)
-        x = torch.rand(vi.shape)
-        for backend in ("reference", *CPU_TENSOR_BACKENDS):
+        x, vi = torch.rand(vi.shape, device=device), vi.to(device)
+        for backend in ("reference", *kernel_backends(device)):
             slots, _ = select_low_importance(x, vi, ratio=ratio, backend=backend)
             assert int((slots[0] >= 0).sum()) == want, (ratio, n, backend)
             assert int((slots[1] >= 0).sum()) == math.ceil(ratio - 1e-12), (ratio, backend)
 
 
-@pytest.mark.parametrize("backend", CPU_TENSOR_BACKENDS)
-def test_k_zero_and_empty_batch(backend):
-    vi = _padded_index([10, 3], 12)
-    x = torch.rand(vi.shape)
+def test_k_zero_and_empty_batch(device, backend):
+    vi = _padded_index([10, 3], 12).to(device)
+    x = torch.rand(vi.shape, device=device)
     slots, positions = select_low_importance(x, vi, k=0, backend=backend)
     assert slots.shape == positions.shape == (2, 0) and slots.dtype == torch.int64
     slots, positions = select_low_importance(x[:0], vi[:0], ratio=0.5, backend=backend)
@@ -153,51 +158,47 @@ def test_k_zero_and_empty_batch(backend):
     assert slots.shape == (0, 4)
 
 
-@pytest.mark.parametrize("backend", CPU_TENSOR_BACKENDS)
-def test_low_precision_values_and_int32_index(backend):
+def test_low_precision_values_and_int32_index(device, backend):
     vi = _padded_index([90, 71], 97, seed=5)
     for dtype in (torch.float16, torch.bfloat16):
         x = _values("random", vi.shape, seed=5).to(dtype)  # rounding creates ties
-        got = select_low_importance(x, vi.int(), ratio=0.4, backend=backend)
-        want = _expected(x.float(), vi, ratio=0.4)
-        assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+        got = select_low_importance(x.to(device), vi.int().to(device), ratio=0.4, backend=backend)
+        assert _same(got, _expected(x.float(), vi, ratio=0.4))
 
 
-def test_nan_at_padded_slot_is_ignored():
+def test_nan_at_padded_slot_is_ignored(device):
     vi = _padded_index([20, 20], 30, seed=2)
     x = _values("random", vi.shape, seed=2)
     x[vi < 0] = float("nan")
     want = _expected(x.nan_to_num(0.0), vi, k=5)
-    for backend in ("reference", *CPU_TENSOR_BACKENDS):
-        got = select_low_importance(x, vi, k=5, backend=backend)
-        assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    for backend in ("reference", *kernel_backends(device)):
+        assert _same(select_low_importance(x.to(device), vi.to(device), k=5, backend=backend), want)
 
 
 @pytest.mark.parametrize("nv", [16, 77, 300])
-def test_triton_multi_chunk_merge(nv):
+def test_triton_multi_chunk_merge(device, nv):
     """Rows spanning many sorted chunks (ranks by binary search across chunks)."""
     vi = _padded_index([nv, nv // 2, 3], nv, seed=nv)
+    counts = reference.ratio_counts(vi, 0.6)
+    width = int(counts.max())
     for kind in KINDS:
         x = _values(kind, vi.shape, seed=nv)
-        counts = reference.ratio_counts(vi, 0.6)
-        width = int(counts.max())
-        got = triton_select(x, vi, counts, width, chunk=16)
-        want = reference.select_low_importance(x, vi, counts, width)
-        assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True)), kind
+        got = triton_select(x.to(device), vi.to(device), counts.to(device), width, chunk=16)
+        assert _same(got, reference.select_low_importance(x, vi, counts, width)), kind
 
 
-def test_triton_longer_rows():
+def test_triton_longer_rows(device):
     vi = _padded_index([1500, 1111], 1500, seed=9)
     x = _values("ties", vi.shape, seed=9) + _values("random", vi.shape, seed=1) * 1e-3
-    got = select_low_importance(x, vi, ratio=0.25, backend="triton")
-    want = _expected(x, vi, ratio=0.25)
-    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    got = select_low_importance(x.to(device), vi.to(device), ratio=0.25, backend="triton")
+    assert _same(got, _expected(x, vi, ratio=0.25))
     vi = _padded_index([20000], 20000)
     x = _values("random", vi.shape, seed=2)
     counts = reference.ratio_counts(vi, 0.25)
-    got = triton_select(x, vi, counts, int(counts.max()), chunk=1024)
-    want = _expected(x, vi, ratio=0.25)
-    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    got = triton_select(
+        x.to(device), vi.to(device), counts.to(device), int(counts.max()), chunk=1024
+    )
+    assert _same(got, _expected(x, vi, ratio=0.25))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -229,64 +230,50 @@ def test_cpu_deterministic_across_threads():
         assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
 
 
-@pytest.mark.parametrize("backend", ["reference", *CPU_TENSOR_BACKENDS])
-def test_low_importance_tokens_end_to_end(backend):
+def test_low_importance_tokens_end_to_end(device, backend):
     """Equals the backend's importance followed by the reference selection."""
-    if backend == "triton":
-        pytest.importorskip("cagul_kernels.triton.importance")
     b, hq, hkv, d = 2, 4, 2, 32
     s, qi, vi = vlm_layout(b, 2, 30, 3, 6, seed=1)
+    qi, vi = qi.to(device), vi.to(device)
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(b, h, s, d, generator=g) for h in (hq, hkv, hkv))
+    q, k, v = (torch.randn(b, h, s, d, generator=g).to(device) for h in (hq, hkv, hkv))
     _, lse = attention_with_lse(q, k, v)
     importance = cross_modal_importance(q, k, lse, qi, vi, backend=backend)
     for form in ({"k": 7}, {"ratio": 0.3}):
         got = low_importance_tokens(q, k, lse, qi, vi, backend=backend, **form)
-        want = _expected(importance, vi, **form)
-        assert all(torch.equal(x, y) for x, y in zip(got, want, strict=True))
+        assert _same(got, _expected(importance.cpu(), vi.cpu(), **form))
         assert (got[1][got[0] >= 0] >= 0).all()
     for bad in ({}, {"k": 1, "ratio": 0.5}):
         with pytest.raises(ValueError, match="exactly one of k or ratio"):
             low_importance_tokens(q, k, lse, qi, vi, backend=backend, **bad)
 
 
-def test_opcheck():
-    vi = _padded_index([40, 25], 45, seed=6)
-    x = _values("ties", vi.shape, seed=6)
-    for backend in ("reference", "cpu"):
+def test_opcheck(device):
+    vi = _padded_index([40, 25], 45, seed=6).to(device)
+    x = _values("ties", vi.shape, seed=6).to(device)
+    for backend in ("reference", *kernel_backends(device)):
         for k, ratio in ((5, None), (-1, 0.5)):
-            torch.library.opcheck(
-                torch.ops.cagul.select_low_importance.default, (x, vi, k, ratio, backend)
-            )
+            torch.library.opcheck(kernel_op("select_low_importance", backend), (x, vi, k, ratio))
 
 
-def test_torch_compile_fullgraph():
+def test_torch_compile_fullgraph(device):
     """k form: static width. ratio form: the op's fake returns an unbacked width."""
-    vi = _padded_index([40, 25], 45, seed=7)
-    x = _values("random", vi.shape, seed=7)
+    vi = _padded_index([40, 25], 45, seed=7).to(device)
+    x = _values("random", vi.shape, seed=7).to(device)
 
     def with_k(x, vi):
-        slots, positions = select_low_importance(x * 2, vi, k=9, backend="cpu")
+        slots, positions = select_low_importance(x * 2, vi, k=9)
         return slots, positions + 1
 
     def with_ratio(x, vi):
-        slots, positions = select_low_importance(x, vi, ratio=0.3, backend="cpu")
+        slots, positions = select_low_importance(x, vi, ratio=0.3)
         return slots, positions.clamp(min=0)
 
+    compiler = "aot_eager" if device.type == "cpu" else "inductor"
     for fn in (with_k, with_ratio):
-        compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+        compiled = torch.compile(fn, fullgraph=True, backend=compiler)
         got, want = compiled(x, vi), fn(x, vi)
         assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
-
-
-def test_fast_path_equals_custom_op():
-    vi = _padded_index([60, 31], 64, seed=8)
-    x = _values("ties", vi.shape, seed=8)
-    for k, ratio in ((10, None), (-1, 0.45)):
-        via_op = torch.ops.cagul.select_low_importance(x, vi, k, ratio, "cpu")
-        form = {"k": k} if ratio is None else {"ratio": ratio}
-        direct = select_low_importance(x, vi, **form)
-        assert all(torch.equal(a, b) for a, b in zip(via_op, direct, strict=True))
 
 
 class TestBadInput:
@@ -309,10 +296,11 @@ class TestBadInput:
             with pytest.raises(TypeError, match="k must be an int"):
                 select_low_importance(self.x, self.vi, k=bad)
 
-    @pytest.mark.parametrize("backend", ["reference", *CPU_TENSOR_BACKENDS])
-    def test_k_above_valid_count(self, backend):
-        with pytest.raises(ValueError, match="k=6 exceeds the 5 valid visual tokens of row 1"):
-            select_low_importance(self.x, self.vi, k=6, backend=backend)
+    def test_k_above_valid_count(self, device):
+        x, vi = self.x.to(device), self.vi.to(device)
+        for backend in ("reference", *kernel_backends(device)):
+            with pytest.raises(ValueError, match="k=6 exceeds the 5 valid visual tokens of row 1"):
+                select_low_importance(x, vi, k=6, backend=backend)
 
     def test_ratio_range_and_type(self):
         for bad in (0.0, 1.5, -0.2, float("nan"), float("inf")):
@@ -322,20 +310,22 @@ class TestBadInput:
             with pytest.raises(TypeError, match="ratio must be a float"):
                 select_low_importance(self.x, self.vi, ratio=bad)
 
-    @pytest.mark.parametrize("backend", ["reference", *CPU_TENSOR_BACKENDS])
-    def test_nan_importance(self, backend):
+    def test_nan_importance(self, device):
         x = self.x.clone()
         j = int((self.vi[1] >= 0).nonzero()[2])
         x[1, j] = float("nan")
-        with pytest.raises(ValueError, match=f"importance is NaN at row 1, slot {j}"):
-            select_low_importance(x, self.vi, ratio=0.5, backend=backend)
+        x, vi = x.to(device), self.vi.to(device)
+        for backend in ("reference", *kernel_backends(device)):
+            with pytest.raises(ValueError, match=f"importance is NaN at row 1, slot {j}"):
+                select_low_importance(x, vi, ratio=0.5, backend=backend)
 
-    @pytest.mark.parametrize("backend", ["reference", *CPU_TENSOR_BACKENDS])
-    def test_index_below_padding(self, backend):
+    def test_index_below_padding(self, device):
         vi = self.vi.clone()
         vi[0, 4] = -3
-        with pytest.raises(ValueError, match="visual_index entries must be -1"):
-            select_low_importance(self.x, vi, k=1, backend=backend)
+        x, vi = self.x.to(device), vi.to(device)
+        for backend in ("reference", *kernel_backends(device)):
+            with pytest.raises(ValueError, match="visual_index entries must be -1"):
+                select_low_importance(x, vi, k=1, backend=backend)
 
     def test_shapes_dtypes_devices(self):
         with pytest.raises(ValueError, match="same shape"):
@@ -358,6 +348,8 @@ class TestBadInput:
             select_low_importance(self.x, self.vi, k=1, backend="cuda")
 
 
+# Full-size rows: the GPU kernels only (CPU: test_cpu_large_rows; the Triton interpreter
+# would take minutes).
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("shape", [(1, 576), (8, 2880), (3, 16384), (8, 65536), (2, 70001)])
@@ -372,11 +364,9 @@ def test_gpu_matches_reference(backend, shape):
             assert all(torch.equal(g.cpu(), w) for g, w in zip(got, want, strict=True))
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
-def test_gpu_bad_input_and_determinism(backend):
-    vi = _padded_index([300, 200], 300, seed=2).cuda()
-    x = _values("ties", vi.shape, seed=2).cuda()
+def test_bad_values_and_determinism(device, backend):
+    vi = _padded_index([300, 200], 300, seed=2).to(device)
+    x = _values("ties", vi.shape, seed=2).to(device)
     first = select_low_importance(x, vi, ratio=0.5, backend=backend)
     again = select_low_importance(x, vi, ratio=0.5, backend=backend)
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))

@@ -1,11 +1,11 @@
 """The CUDA transform_scatter kernels (csrc/cuda/transform_scatter.cu), run on the CPU through
-the host emulation of the CUDA built-ins (tests/cuda_emulation/emu.h) and compared with the
+the host emulation of the CUDA built-ins (tests/kernels/cuda_emulation/emu.h) and compared with the
 reference.
 
 Without a GPU this is the only execution of the kernels' own code: it checks indexing,
 strides, masks, gating, the shared-memory tiles, barrier placement and the split reduction
 (not warp-level or memory-model behaviour; the GPU tests do that). The tensor glue of
-csrc/bindings.cpp is mirrored by ``_forward`` / ``_backward`` below. Needs nvcc (CUDA headers
+csrc/ops.cpp is mirrored by ``_forward`` / ``_backward`` below. Needs nvcc (CUDA headers
 and host compiler driver); skipped without it.
 """
 
@@ -22,8 +22,8 @@ from test_transform_scatter import _gate, _params, _positions
 from cagul_kernels import reference
 from cagul_kernels.ops.transform_scatter import ACTIVATIONS
 
-ROOT = Path(__file__).resolve().parents[1]
-EMULATION = ROOT / "tests" / "cuda_emulation"
+ROOT = Path(__file__).resolve().parents[2]
+EMULATION = ROOT / "tests" / "kernels" / "cuda_emulation"
 NVCC = shutil.which("nvcc")
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # cagul::cuda::ScalarType
 
