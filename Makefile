@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cagul-installed
 EXT_SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh)
 
-.PHONY: install test lint demo bench bench-quick clean
+.PHONY: install test lint demo bench bench-quick bench-pytest bench-regression gpu-check check-cuda-build clean
 
 $(PY):
 	$(PYTHON) -m venv --system-site-packages $(VENV)
@@ -43,6 +43,29 @@ bench: install
 	$(PY) benchmarks/bench_topk.py
 	$(PY) benchmarks/bench_transform_scatter.py
 	$(PY) benchmarks/bench_vlm_long_context.py
+
+# pytest-benchmark suites (benchmarks/test_bench_*.py, every provider side by side per size):
+# JSON to benchmarks/results/bench_pytest_<cpu|gpu>.json; then the ratio regression check.
+BENCH_TAG = $(shell $(PY) -c "import torch; print('gpu' if torch.cuda.is_available() else 'cpu')" 2>/dev/null)
+bench-pytest: install
+	$(PY) -m pytest benchmarks -q -p no:cacheprovider --benchmark-only \
+		--benchmark-min-rounds=5 --benchmark-max-time=0.5 --benchmark-columns=min,median,rounds \
+		--benchmark-json=benchmarks/results/bench_pytest_$(BENCH_TAG).json
+
+# Ours / baseline ratios of a bench-pytest run against the committed ones (exit 1 on a drop).
+bench-regression: install
+	$(PY) benchmarks/check_regression.py benchmarks/results/bench_pytest_$(BENCH_TAG).json
+
+# The whole GPU verification on a GPU machine (benchmarks/gpu_check.py): its own python (the
+# machine's, no venv or install needed). `make gpu-check DRY=1`: the CPU dry run.
+GPU_PYTHON ?= $(shell test -x $(PY) && echo $(PY) || echo python3)
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py $(if $(DRY),--dry-run)
+
+# Builds the full CUDA extension against a CUDA torch in a throwaway venv (no GPU needed;
+# ~5.5 GB download from the local wheel cache, ~12 GB free disk). Not part of `make test`.
+check-cuda-build:
+	scripts/check_cuda_build.sh
 
 clean:
 	rm -rf build *.egg-info cagul_kernels/*.so

@@ -10,6 +10,11 @@ Providers, in one process and run, for a prompt ``[32 text][Nv image][128 questi
 - ``attention_with_lse+importance``: the fused attention plus ``cross_modal_importance``.
 - ``importance`` (alone, per backend) and ``importance_torch_recompute`` (the plain-torch
   reference recompute from q, k, LSE) for the op's own cost.
+- ``pyramiddrop_recompute``: what a FlashAttention user would otherwise write (PyramidDrop):
+  the query rows' full-row softmax over all keys, image columns sliced, no LSE.
+- on CUDA: ``sdpa_flash`` (PyTorch's flash attention) and ``flash_attn2`` when importable.
+
+Provider definitions: ``benchmarks/providers.py``.
 
 Also reports the machine's fp32 matmul rate (measured at every setting), and the
 importance op's effective rate
@@ -17,19 +22,17 @@ importance op's effective rate
 
     python benchmarks/bench_importance.py            # full sweep, writes benchmarks/results/
     python benchmarks/bench_importance.py --quick    # two small sizes, prints the table only
+    python benchmarks/bench_importance.py --nvs 16384 --hkvs 8   # chosen sizes
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import math
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
-from transformers.models.llama.modeling_llama import eager_attention_forward
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -41,60 +44,23 @@ from benchmarks.common import (
     plot_lines,
     write_results,
 )
-from cagul_kernels import attention_with_lse, cross_modal_importance
-
-HQ, D, PREFIX, QUESTION = 16, 128, 32, 128
-
-
-def eager_importance(q, k, v, query_index, visual_index):
-    """The ``output_attentions=True`` way, literally: transformers' eager attention (Llama)
-    with the additive 4-D causal mask the model builds, keeping the probabilities, then
-    the question rows' mean over heads on the image columns."""
-    s = q.shape[2]
-    mask = torch.full((s, s), torch.finfo(q.dtype).min, dtype=q.dtype, device=q.device).triu(1)
-    module = SimpleNamespace(num_key_value_groups=q.shape[1] // k.shape[1], training=False)
-    out, probs = eager_attention_forward(
-        module, q, k, v, mask[None, None], 1 / math.sqrt(q.shape[-1])
-    )
-    rows = probs[:, :, query_index[0]][..., visual_index[0]]
-    return out, rows.float().mean(dim=(1, 2))
-
-
-def _providers(q, k, v, lse, query_index, visual_index, backends):
-    providers = {
-        "eager": lambda: eager_importance(q, k, v, query_index, visual_index),
-        "attention_with_lse": lambda: attention_with_lse(q, k, v),
-    }
-    for backend in backends:
-        providers[f"attention_with_lse+importance[{backend}]"] = lambda b=backend: (
-            cross_modal_importance(
-                q, k, attention_with_lse(q, k, v)[1], query_index, visual_index, backend=b
-            )
-        )
-        providers[f"importance[{backend}]"] = lambda b=backend: cross_modal_importance(
-            q, k, lse, query_index, visual_index, backend=b
-        )
-    providers["importance_torch_recompute"] = lambda: cross_modal_importance(
-        q, k, lse, query_index, visual_index, backend="reference"
-    )
-    return providers
+from benchmarks.providers import (
+    IMPORTANCE_D,
+    IMPORTANCE_HQ,
+    QUESTION,
+    importance_inputs,
+    importance_providers,
+)
 
 
 def run(nvs, hkvs, device, dtype, backends, repeats):
     rows = []
     for hkv in hkvs:
         for nv in nvs:
-            s = PREFIX + nv + QUESTION
-            g = torch.Generator(device=device).manual_seed(0)
-            q = torch.randn(1, HQ, s, D, device=device, dtype=dtype, generator=g)
-            k = torch.randn(1, hkv, s, D, device=device, dtype=dtype, generator=g)
-            v = torch.randn(1, hkv, s, D, device=device, dtype=dtype, generator=g)
-            visual_index = torch.arange(PREFIX, PREFIX + nv, device=device)[None]
-            query_index = torch.arange(PREFIX + nv, s, device=device)[None]
-            _, lse = attention_with_lse(q, k, v)
-
-            providers = _providers(q, k, v, lse, query_index, visual_index, backends)
-            flops = 2 * HQ * QUESTION * nv * D
+            q, k, v, lse, query_index, visual_index = importance_inputs(nv, hkv, device, dtype)
+            s = q.shape[2]
+            providers = importance_providers(q, k, v, lse, query_index, visual_index, backends)
+            flops = 2 * IMPORTANCE_HQ * QUESTION * nv * IMPORTANCE_D
             # Measured next to the providers, so that a load change on a shared machine
             # moves both alike.
             rate = matmul_rate(device)
@@ -139,6 +105,7 @@ def summary(rows, backend):
                 "importance_ms": imp["ms"],
                 "imp/attn": imp["ms"] / attn["ms"],
                 "torch_recompute/attn": by["importance_torch_recompute"]["ms"] / attn["ms"],
+                "imp/pyramiddrop": imp["ms"] / by["pyramiddrop_recompute"]["ms"],
                 "eager_peak_mib": eager["peak_mib"],
                 "fused_peak_mib": fused["peak_mib"],
                 "mem_ratio": fused["peak_mib"] / max(eager["peak_mib"], 1e-9),
@@ -158,6 +125,9 @@ def main(argv=None):
     )
     parser.add_argument("--quick", action="store_true", help="two small sizes, no files written")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--nvs", type=int, nargs="+", help="visual token counts (sweep)")
+    parser.add_argument("--hkvs", type=int, nargs="+", help="kv head counts (sweep)")
+    parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     dtype = (
@@ -170,14 +140,16 @@ def main(argv=None):
         nvs, hkvs, repeats = [576, 2304], [16], 3
     else:
         nvs, hkvs, repeats = [576, 2304, 4096, 8192], [16, 4], args.repeats
+    nvs, hkvs = args.nvs or nvs, args.hkvs or hkvs
     print(
-        f"cross_modal_importance vs eager on {device} ({dtype}), Hq={HQ} D={D} question={QUESTION}"
+        f"cross_modal_importance vs eager on {device} ({dtype}), Hq={IMPORTANCE_HQ} "
+        f"D={IMPORTANCE_D} question={QUESTION}"
     )
     rows = run(nvs, hkvs, device, dtype, backends, repeats)
     table = summary(rows, backends[0])
     print()
     print(markdown_table(table, list(table[0])))
-    if not args.quick:
+    if not (args.quick or args.no_write):
         extra = {"dtype": str(dtype), "summary": table}
         print("wrote", write_results("importance", rows, device, extra))
         print(

@@ -4,16 +4,15 @@ B in {1, 8}, Nv in {576, 2880, 16384, 65536}, ratio 0.25 (K = Nv / 4, every slot
 importance-like values (a softmax row). Providers, in one process and run:
 
 - ``cagul``: the public op (CPU tensors: C++ kernel; CUDA tensors: Triton), all checks;
-- ``cagul_op``: the same through the ``torch.ops.cagul`` dispatcher (what compiled graphs
-  call);
 - ``torch_topk``: ``torch.topk(importance, K, largest=False)`` and ``visual_index.gather``
   (no padding handling, no tie order guarantee);
 - ``reference``: the stable-sort reference;
 - on CUDA also ``cuda`` (the CUDA C++ kernel) when the extension was built with nvcc.
 
 Writes ``results/bench_topk[_<T>t]_<device>.{csv,json,png}`` and prints a markdown table.
-Usage: ``python benchmarks/bench_topk.py [--device cpu|cuda] [--threads T] [--repeats N]``
-(``--threads``: CPU threads of every provider, default torch's).
+Usage: ``python benchmarks/bench_topk.py [--device cpu|cuda] [--threads T] [--repeats N]
+[--batches B..] [--lengths Nv..] [--no-write]`` (``--threads``: CPU threads of every
+provider, default torch's). Provider definitions: ``benchmarks/providers.py``.
 """
 
 from __future__ import annotations
@@ -34,45 +33,19 @@ from benchmarks.common import (
     plot_lines,
     write_results,
 )
-from cagul_kernels import select_low_importance
-from cagul_kernels.ops._backend import extension_has_cuda
+from benchmarks.providers import TOPK_RATIO, topk_inputs, topk_providers
 
 BATCHES = (1, 8)
 LENGTHS = (576, 2880, 16384, 65536)
-RATIO = 0.25
 
 
-def providers(device: torch.device, importance, visual_index, k):
-    """name -> zero-argument callable."""
-    backend = "cpu" if device.type == "cpu" else "triton"
-    out = {
-        "torch_topk": lambda: visual_index.gather(
-            1, torch.topk(importance, k, dim=1, largest=False).indices
-        ),
-        "cagul": lambda: select_low_importance(importance, visual_index, ratio=RATIO),
-        "cagul_op": lambda: torch.ops.cagul.select_low_importance(
-            importance, visual_index, -1, RATIO, backend
-        ),
-        "reference": lambda: select_low_importance(
-            importance, visual_index, ratio=RATIO, backend="reference"
-        ),
-    }
-    if device.type == "cuda" and extension_has_cuda():
-        out["cuda"] = lambda: select_low_importance(
-            importance, visual_index, ratio=RATIO, backend="cuda"
-        )
-    return out
-
-
-def run(device: torch.device, repeats: int) -> list[dict]:
+def run(device: torch.device, repeats: int, batches, lengths) -> list[dict]:
     rows = []
-    for b in BATCHES:
-        for nv in LENGTHS:
-            g = torch.Generator().manual_seed(nv + b)
-            importance = (torch.randn(b, nv, generator=g) * 2).softmax(-1).to(device)
-            visual_index = (torch.arange(nv) + 16).repeat(b, 1).to(device)
-            k = math.ceil(RATIO * nv)
-            fns = providers(device, importance, visual_index, k)
+    for b in batches:
+        for nv in lengths:
+            importance, visual_index = topk_inputs(b, nv, device)
+            k = math.ceil(TOPK_RATIO * nv)
+            fns = topk_providers(importance, visual_index)
             # same selection (torch.topk may order exact ties differently: compare values)
             want = fns["reference"]()[0]
             assert torch.equal(fns["cagul"]()[0], want)
@@ -113,23 +86,28 @@ def table(rows: list[dict]) -> str:
     return markdown_table(wide, list(wide[0]))
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default = "cuda" if torch.cuda.is_available() else "cpu"
     parser.add_argument("--device", default=default, choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=None, help="CPU threads")
     parser.add_argument("--repeats", type=int, default=200, help="CPU: repeats at Nv=576")
-    args = parser.parse_args()
+    parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
+    parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
+    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
     name = "bench_topk"
     if args.threads:
         torch.set_num_threads(args.threads)
         name += f"_{args.threads}t"
-    rows = run(device, args.repeats if device.type == "cpu" else 50)
-    extra = {"ratio": RATIO, "values": "softmax(2 * randn) rows, every slot valid"}
-    csv_path = write_results(name, rows, device, extra=extra)
-    plot_lines(name, rows, device, x="Nv", y="ms", series="provider", panels="B")
-    print(f"wrote {csv_path} (+ .json, .png)\n")
+    repeats = args.repeats if device.type == "cpu" else 50
+    rows = run(device, repeats, args.batches, args.lengths)
+    if not args.no_write:
+        extra = {"ratio": TOPK_RATIO, "values": "softmax(2 * randn) rows, every slot valid"}
+        csv_path = write_results(name, rows, device, extra=extra)
+        plot_lines(name, rows, device, x="Nv", y="ms", series="provider", panels="B")
+        print(f"wrote {csv_path} (+ .json, .png)\n")
     print(table(rows))
 
 

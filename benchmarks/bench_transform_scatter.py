@@ -10,7 +10,8 @@ Providers, side by side in one run:
 - ``<backend>_fwd_bwd``: fused forward + backward.
 
 Writes ``results/transform_scatter_<device>.{csv,json,png}`` and prints a markdown table.
-Usage: ``python benchmarks/bench_transform_scatter.py [--device cuda] [--quick]``.
+Usage: ``python benchmarks/bench_transform_scatter.py [--device cuda] [--quick] [--no-write]``.
+Provider definitions: ``benchmarks/providers.py``.
 """
 
 from __future__ import annotations
@@ -31,72 +32,23 @@ from benchmarks.common import (
     plot_lines,
     write_results,
 )
-from cagul_kernels import reference, transform_scatter
-
-RANK = 64
+from benchmarks.providers import SCATTER_RANK, transform_scatter_providers
 
 
-def _inputs(s: int, d: int, device: torch.device):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, s, d, generator=g)
-    positions = torch.randperm(s, generator=g)[: s // 4][None]
-    w1 = torch.randn(d, RANK, generator=g) / d**0.5
-    b1 = torch.zeros(RANK)
-    w2 = 0.02 * torch.randn(RANK, d, generator=g)
-    b2 = torch.zeros(d)
-    dy = torch.randn(1, s, d, generator=g)
-    gate = torch.ones(1)
-    return [t.to(device) for t in (x, positions, w1, b1, w2, b2, dy, gate)]
-
-
-def _providers(s, d, device, backends):
-    x, positions, w1, b1, w2, b2, dy, gate = _inputs(s, d, device)
-    leaves = [t.clone().requires_grad_() for t in (x, w1, b1, w2, b2)]
-
-    def torch_forward():
-        return reference.transform_scatter(leaves[0], positions, *leaves[1:], gate, "gelu")
-
-    def torch_forward_nograd():
-        with torch.no_grad():
-            return reference.transform_scatter(x, positions, w1, b1, w2, b2, gate, "gelu")
-
-    providers = {
-        "torch_fwd": torch_forward,
-        "torch_fwd_nograd": torch_forward_nograd,
-        "torch_fwd_bwd": lambda: torch.autograd.grad(torch_forward(), leaves, dy),
-    }
-    for backend in backends:
-
-        def fused(backend=backend):
-            return transform_scatter(leaves[0], positions, *leaves[1:], backend=backend)
-
-        def inplace(backend=backend):
-            with torch.no_grad():
-                return transform_scatter(
-                    x, positions, w1, b1, w2, b2, inplace=True, backend=backend
-                )
-
-        providers[f"{backend}_inplace"] = inplace
-        providers[f"{backend}_fwd"] = fused
-        providers[f"{backend}_fwd_bwd"] = lambda fused=fused: torch.autograd.grad(
-            fused(), leaves, dy
-        )
-    return providers
-
-
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="small shapes (smoke test)")
     parser.add_argument("--repeats", type=int, default=9, help="interleaved rounds")
-    args = parser.parse_args()
+    parser.add_argument("--no-write", action="store_true", help="print the tables only")
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
     backends = ["cpu"] if device.type == "cpu" else ["triton", "cuda"]
     seqs, dims = ([1024], [256]) if args.quick else ([4096, 16384], [1024, 4096])
     rows = []
     for d in dims:
         for s in seqs:
-            providers = _providers(s, d, device, backends)
+            providers = transform_scatter_providers(s, d, device, backends)
             # Round-robin over the providers, so that load changes on a shared machine hit
             # them alike; the median over the rounds per provider.
             times = {name: [] for name in providers}
@@ -105,21 +57,22 @@ def main() -> None:
                     times[name].append(median_time(fn, device, repeats=1, warmup=int(round_ == 0)))
             for name, fn in providers.items():
                 seconds, extra = statistics.median(times[name]), peak_memory(fn, device)
-                row = {"S": s, "D": d, "K": s // 4, "R": RANK, "provider": name}
+                row = {"S": s, "D": d, "K": s // 4, "R": SCATTER_RANK, "provider": name}
                 rows.append({**row, "time_ms": seconds * 1e3, "peak_extra_mb": extra / 2**20})
                 print(f"S={s} D={d} {name}: {seconds * 1e3:.2f} ms, {extra / 2**20:.1f} MiB")
     summary = _summary(rows, backends)
-    write_results("transform_scatter", rows, device, extra={"summary": summary})
-    plot_lines(
-        "transform_scatter",
-        rows,
-        device,
-        x="S",
-        y="time_ms",
-        series="provider",
-        panels="D",
-        ylabel="median time (ms)",
-    )
+    if not args.no_write:
+        write_results("transform_scatter", rows, device, extra={"summary": summary})
+        plot_lines(
+            "transform_scatter",
+            rows,
+            device,
+            x="S",
+            y="time_ms",
+            series="provider",
+            panels="D",
+            ylabel="median time (ms)",
+        )
     print(markdown_table(rows, ["S", "D", "provider", "time_ms", "peak_extra_mb"]))
     print()
     print(markdown_table(summary, list(summary[0])))

@@ -1,7 +1,7 @@
 """Shared benchmark utilities: timing, peak memory, machine description, CSV + plot output.
 
 Every benchmark compares providers in one process and run, and writes
-``benchmarks/results/<name>_<device>.csv`` / ``.png`` next to a ``.json`` that describes
+``benchmarks/results/<name>_<cpu|gpu>.csv`` / ``.png`` next to a ``.json`` that describes
 the machine.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import platform
-import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -38,12 +37,9 @@ def machine() -> dict:
 
 
 def device_tag(device: torch.device) -> str:
-    """Short file-name tag: ``cpu`` or the GPU model (``h100``, ``h200``, ...)."""
-    if device.type != "cuda":
-        return "cpu"
-    name = torch.cuda.get_device_name(device).lower()
-    match = re.search(r"\b([a-z]\d{2,4})\b", name)
-    return match.group(1) if match else "cuda"
+    """File-name tag: ``cpu`` or ``gpu`` (the GPU's name is in every row, the JSON and the
+    plot title)."""
+    return "gpu" if device.type == "cuda" else "cpu"
 
 
 def _cpu_name() -> str:
@@ -96,6 +92,8 @@ def write_results(
     """Writes ``results/<name>_<tag>.csv`` and a ``.json`` with rows + machine; returns csv path."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"{name}_{device_tag(device)}"
+    if device.type == "cuda":
+        rows = [{"gpu": torch.cuda.get_device_name(device), **row} for row in rows]
     with open(stem.with_suffix(".csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
