@@ -80,7 +80,7 @@ __device__ __forceinline__ void stage_rows(typename SmemLayout<T>::Staged* dst, 
     for (int c = lane; c < dp; c += 32) {
       const bool valid = p >= 0 && c < d;
       if constexpr (kTensorCores<T>) {
-        dst[r * ld + c] = valid ? src[p * row_stride + c] : static_cast<T>(0.0f);
+        dst[r * ld + c] = valid ? src[p * row_stride + c] : T{};
       } else {
         dst[r * ld + c] = valid ? src[p * row_stride + c] * mul : 0.0f;
       }

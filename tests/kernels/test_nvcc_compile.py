@@ -30,9 +30,13 @@ def test_there_are_cuda_sources():
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("source", CU_SOURCES, ids=os.path.basename)
 def test_cu_compiles(source, arch, tmp_path):
-    # setup.py's flags, warnings as errors: e.g. a host-only function called from device code
-    # is only a warning, yet it compiles the kernel to an empty stub.
-    flags = ["-O3", "--use_fast_math", "-Werror", "all-warnings", f"-arch={arch}"]
+    # setup.py's flags plus the ones torch's CUDAExtension adds (no implicit half / bfloat16
+    # conversions), warnings as errors: e.g. a host-only function called from device code is
+    # only a warning, yet it compiles the kernel to an empty stub.
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+
+    flags = ["-O3", "--use_fast_math", *COMMON_NVCC_FLAGS, "-Werror", "all-warnings"]
+    flags.append(f"-arch={arch}")
     _compile([*flags, "-c", source, "-o", str(tmp_path / "k.o")])
 
 
