@@ -8,11 +8,39 @@ compiled against the torch already installed.
 
 import glob
 import os
+import re
 import shutil
+import subprocess
 
 import torch
 from setuptools import setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+
+def _cuda_home_from_nvcc() -> str | None:
+    """The toolkit root nvcc reports itself (``TOP=`` of ``nvcc --dryrun``). torch guesses
+    CUDA_HOME from where nvcc is found, which is wrong for a wrapper script such as
+    /usr/local/bin/nvcc (the CUDA headers are then not found)."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    dry = subprocess.run(
+        [nvcc, "--dryrun", "-c", "-x", "cu", os.devnull], capture_output=True, text=True
+    )
+    top = re.search(r"^#\$ TOP=(.+)$", dry.stdout + dry.stderr, re.MULTILINE)
+    return os.path.realpath(top.group(1).strip()) if top else None
+
+
+# Before torch.utils.cpp_extension reads it at import time.
+_CUDA_HOME_SET = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+if torch.version.cuda and not _CUDA_HOME_SET and (found := _cuda_home_from_nvcc()):
+    os.environ["CUDA_HOME"] = found
+
+from torch.utils.cpp_extension import (  # noqa: E402
+    CUDA_HOME,
+    BuildExtension,
+    CppExtension,
+    CUDAExtension,
+)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
