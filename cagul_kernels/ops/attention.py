@@ -89,6 +89,7 @@ def attention_with_lse(
         out, lse = _flash_attn(q, k, v, causal, scale, attn_mask)
     else:
         out, lse = _sdpa(q, k, v, causal, scale, attn_mask)
+        out, lse = _propagate_nan_query_rows(q, out, lse)
     return out, _no_key_rows_to_neg_inf(lse, causal, attn_mask, sk)
 
 
@@ -141,6 +142,15 @@ def _default_backend(q: torch.Tensor, attn_mask) -> str:
     ):
         return "flash_attn"
     return "sdpa"
+
+
+def _propagate_nan_query_rows(q: torch.Tensor, out: torch.Tensor, lse: torch.Tensor):
+    """NaN ``out`` and ``lse`` rows for NaN query rows: PyTorch's CPU flash kernel returns
+    ``out = 0``, ``lse = 0`` there, as for a row without keys, which would hide the NaN."""
+    nan_rows = q.isnan().any(dim=-1)  # [B, Hq, Sq]
+    return out.masked_fill(nan_rows[..., None], float("nan")), lse.masked_fill(
+        nan_rows, float("nan")
+    )
 
 
 def _no_key_rows_to_neg_inf(lse: torch.Tensor, causal: bool, attn_mask, sk: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, settings
 PROFILE = os.environ.get("CAGUL_HYPOTHESIS_PROFILE", "default")
 settings.register_profile(
     "default",
-    max_examples=12,
+    max_examples=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
     derandomize=True,
