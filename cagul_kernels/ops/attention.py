@@ -158,11 +158,14 @@ def _no_key_rows_to_neg_inf(lse: torch.Tensor, causal: bool, attn_mask, sk: int)
     (PyTorch's CPU flash kernel writes 0, flash-attn +inf), so that
     ``cross_modal_importance``'s finiteness check refuses such a row as a query."""
     sq = lse.shape[2]
-    if causal and sq > sk:  # flash-attn's native bottom-right causal: rows i < Sq - Sk
-        lse = lse.masked_fill(torch.arange(sq, device=lse.device) < sq - sk, float("-inf"))
     if attn_mask is None:
-        return lse
+        if not causal:
+            return lse
+        # Bottom-right causal alone: rows i < Sq - Sk (flash-attn's native causal).
+        return lse.masked_fill(torch.arange(sq, device=lse.device) < sq - sk, float("-inf"))
     visible = attn_mask if attn_mask.dtype == torch.bool else attn_mask != float("-inf")
+    if causal:
+        visible = visible & _bottom_right_causal(sq, sk, lse.device)
     return lse.masked_fill(~visible.any(dim=-1), float("-inf"))  # [.., Sq] broadcasts
 
 

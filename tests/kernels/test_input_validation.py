@@ -70,6 +70,16 @@ def test_bottom_right_causal_rows_without_keys(backend):
     assert (out[:, :, :2] == 0).all()
 
 
+@pytest.mark.parametrize("backend", ATTENTION_BACKENDS)
+def test_causal_and_mask_together_leave_a_row_without_keys(backend):
+    q, k, v = _qkv()
+    mask = torch.ones(4, 4, dtype=torch.bool)
+    mask[:, 0] = False  # row 0 sees only key 0 under causal, and the mask hides it
+    out, lse = attention_with_lse(q, k, v, causal=True, attn_mask=mask, backend=backend)
+    assert torch.isneginf(lse[:, :, 0]).all() and torch.isfinite(lse[:, :, 1:]).all()
+    assert (out[:, :, 0] == 0).all()
+
+
 def test_importance_refuses_a_query_row_without_keys():
     q, k, v = _qkv()
     mask = torch.ones(4, 4, dtype=torch.bool)
