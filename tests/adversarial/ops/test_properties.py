@@ -222,23 +222,28 @@ def _scatter_inputs(case):
     return x, _index(g, b, case["k"], s), weights, gate
 
 
-@given(case=_scatter_case(), threads=st.sampled_from([1, 2]))
-def test_transform_scatter_matches_reference(case, threads):
-    x, positions, weights, gate = _scatter_inputs(case)
-    act = case["activation"]
+def _output_and_grads(x, positions, weights, gate, activation, backend):
+    """``y`` and the gradients of ``x, w1, b1, w2, b2`` for a fixed linear loss."""
     leaves = [t.clone().requires_grad_() for t in (x, *weights)]
-    with num_threads(threads):
-        y = transform_scatter(*leaves[:1], positions, *leaves[1:], activation=act, gate=gate)
-        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
-    ref_leaves = [t.clone().requires_grad_() for t in (x, *weights)]
-    want = transform_scatter(
-        *ref_leaves[:1], positions, *ref_leaves[1:], activation=act, gate=gate, backend="reference"
+    y = transform_scatter(
+        leaves[0], positions, *leaves[1:], activation=activation, gate=gate, backend=backend
     )
-    (want * torch.linspace(-1, 1, want.numel(), dtype=want.dtype).view_as(want)).sum().backward()
-    tol = TOLERANCE[case["dtype"]]
-    torch.testing.assert_close(y, want, **tol)
-    for got_leaf, want_leaf in zip(leaves, ref_leaves, strict=True):
-        torch.testing.assert_close(got_leaf.grad, want_leaf.grad, **tol)
+    (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+    return [y.detach()] + [leaf.grad for leaf in leaves]
+
+
+@given(case=_scatter_case())
+def test_transform_scatter_matches_reference_and_ignores_threads(case):
+    x, positions, weights, gate = _scatter_inputs(case)
+    runs = []
+    for threads in (1, 2):
+        with num_threads(threads):
+            runs.append(_output_and_grads(x, positions, weights, gate, case["activation"], "cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))  # bitwise over threads
+    want = _output_and_grads(x, positions, weights, gate, case["activation"], "reference")
+    for got_t, want_t in zip(runs[0], want, strict=True):
+        torch.testing.assert_close(got_t, want_t, **TOLERANCE[case["dtype"]])
+    y = runs[0][0]
     # Gate-off samples and unselected rows are x's, bit for bit.
     untouched = torch.ones(x.shape[:2], dtype=torch.bool)
     keep = positions >= 0
@@ -246,7 +251,7 @@ def test_transform_scatter_matches_reference(case, threads):
         keep &= (gate != 0)[:, None]
     rows = keep.nonzero()
     untouched[rows[:, 0], positions[keep]] = False
-    assert torch.equal(y.detach()[untouched], x[untouched])
+    assert torch.equal(y[untouched], x[untouched])
 
 
 @given(case=_scatter_case())
