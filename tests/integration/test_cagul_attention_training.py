@@ -1,50 +1,31 @@
 """The "cagul" attention in train mode with attention dropout (issue 15 item 14) and the
-capture's ``layers`` argument (item 7c). A tiny LLaVA built from configs (no downloads)."""
+capture's ``layers`` argument (item 7c), on the shared tiny LLaVA (no downloads)."""
 
 import pytest
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration
 
 from cagul_kernels.integrations import transformers as ct
+from tests.tiny_vlm import BOS, EOS, PAD, VOCAB, llava
 
-IMG, BOS, EOS, PAD = 100, 1, 2, 0
+IMG = VOCAB.index("<image>")
 IMAGE_TOKENS = 16  # (16 / 4)^2 patches, CLS dropped
 
 
-def _tiny_llava(
-    dropout: float, vision_dropout: float | None = None
-) -> LlavaForConditionalGeneration:
+def _tiny_llava(dropout: float, vision_dropout: float | None = None):
+    """The shared tiny LLaVA (2 text layers) rebuilt with attention dropout."""
+    config = llava(layers=2)[0].config
+    config.text_config.attention_dropout = dropout
+    config.vision_config.attention_dropout = dropout if vision_dropout is None else vision_dropout
     torch.manual_seed(0)
-    text = LlamaConfig(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        attention_dropout=dropout,
-        pad_token_id=PAD,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-    )
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=16,
-        patch_size=4,
-        attention_dropout=dropout if vision_dropout is None else vision_dropout,
-    )
-    return LlavaForConditionalGeneration(
-        LlavaConfig(text_config=text, vision_config=vision, image_token_id=IMG)
-    )
+    return LlavaForConditionalGeneration(config)
 
 
 def _inputs() -> dict:
+    words = [VOCAB.index(word) for word in ("What", "is", "the", "job")]
     rows = [
-        [BOS, 11, 12, *[IMG] * IMAGE_TOKENS, 13, 14, 15, EOS],
-        [BOS, *[IMG] * IMAGE_TOKENS, 16, EOS],
+        [BOS, *words[:2], *[IMG] * IMAGE_TOKENS, *words, EOS],
+        [BOS, *[IMG] * IMAGE_TOKENS, words[-1], EOS],
     ]
     width = max(map(len, rows))
     input_ids = torch.full((2, width), PAD)
