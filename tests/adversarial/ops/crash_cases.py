@@ -1,12 +1,13 @@
 """Risky inputs for the ops, run one after another by ``python crash_cases.py NAME...`` in
-a child process (``test_crashes.py``). Each case must return a result or raise
-``ValueError`` / ``TypeError``; the child prints ``<name> ok`` or ``<name> <Error>: <msg>``
+a child process (``test_crashes.py``). Each case must return a result (some check it) or
+raise ``ValueError`` / ``TypeError``; the child prints ``<name> ok`` or ``<name> <Error>: <msg>``
 per case, and any other exception or a signal ends it (the parent then reports the case).
 """
 
 import sys
 
 import torch
+import torch.nn.functional as F
 
 from cagul_kernels import (
     attention_with_lse,
@@ -20,6 +21,18 @@ def _attention(b=1, hq=2, hkv=2, sq=4, sk=4, d=8, causal=True):
     q = torch.randn(b, hq, sq, d)
     k, v = torch.randn(b, hkv, sk, d), torch.randn(b, hkv, sk, d)
     return lambda: attention_with_lse(q, k, v, causal=causal)
+
+
+def _empty_attention(sq, sk):
+    """Sq = 0 or Sk = 0 give what F.scaled_dot_product_attention gives, and lse = -inf."""
+    q, k, v = torch.randn(1, 2, sq, 8), torch.randn(1, 2, sk, 8), torch.randn(1, 2, sk, 8)
+
+    def run():
+        out, lse = attention_with_lse(q, k, v, causal=False)
+        assert torch.equal(out, F.scaled_dot_product_attention(q, k, v)), "out differs from SDPA"
+        assert lse.shape == (1, 2, sq) and torch.isneginf(lse).all(), "lse is not -inf"
+
+    return run
 
 
 def _importance(s=6, nq=2, nv=3, d=8, hkv=2):
@@ -50,8 +63,8 @@ def _select(b=2, nv=5, k=2):
 
 
 CASES = {
-    "attention_sq0": _attention(sq=0),
-    "attention_sk0": _attention(sk=0, causal=False),
+    "attention_sq0": _empty_attention(sq=0, sk=4),
+    "attention_sk0": _empty_attention(sq=4, sk=0),
     "attention_sk0_causal": _attention(sk=0),
     "attention_sq0_sk0": _attention(sq=0, sk=0),
     "attention_b0": _attention(b=0),
