@@ -29,6 +29,9 @@ class ResidualTokenMLP(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        for name, value in (("dim", dim), ("rank", rank)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"ResidualTokenMLP: {name} must be an int, got {value!r}")
         if dim < 1 or rank < 1:
             raise ValueError(f"ResidualTokenMLP: dim and rank must be >= 1, got {dim}, {rank}")
         if activation not in ACTIVATIONS:

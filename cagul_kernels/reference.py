@@ -11,6 +11,40 @@ import torch
 import torch.nn.functional as F
 
 
+def attention_with_lse(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    scale: float,
+    attn_mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention from materialised fp32 scores, and its natural-log LSE.
+
+    ``q [B, Hq, Sq, D]``, ``k``, ``v [B, Hkv, Sk, D]`` (query head h reads kv head
+    ``h // (Hq // Hkv)``), causal bottom-right aligned, ``attn_mask`` bool (True = attend)
+    or additive, broadcastable to ``[B, Hq, Sq, Sk]``. Returns ``out [B, Hq, Sq, D]`` in q's
+    dtype and ``lse [B, Hq, Sq]`` fp32. A row that sees no key gets ``out = 0`` and
+    ``lse = -inf``; NaN anywhere in a row's inputs stays NaN in that row.
+    """
+    group = q.shape[1] // k.shape[1]
+    k, v = k.float().repeat_interleave(group, dim=1), v.float().repeat_interleave(group, dim=1)
+    scores = (q.float() @ k.transpose(-1, -2)) * scale
+    sq, sk = scores.shape[-2:]
+    if causal:
+        visible = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)
+        scores = scores.masked_fill(~visible, float("-inf"))
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        else:
+            scores = scores + attn_mask.float()
+    lse = torch.logsumexp(scores, dim=-1)
+    # exp(-inf - 0) = 0 on rows without a key; no nan_to_num, which would also hide NaNs.
+    probs = torch.exp(scores - lse.masked_fill(lse == float("-inf"), 0.0)[..., None])
+    return (probs @ v).to(q.dtype), lse
+
+
 def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``x [B, H, S, D]``, ``index [B, N]`` -> ``[B, H, N, D]`` fp32 (-1 pads read row 0)."""
     b, h, _, d = x.shape

@@ -354,21 +354,6 @@ def test_autocast():
     torch.testing.assert_close(bf16.importance[1], fp32.importance[1], rtol=5e-2, atol=2e-3)
 
 
-def test_training_with_dropout_raises():
-    config = LlavaConfig(
-        text_config=LlamaConfig(**TEXT, attention_dropout=0.1),
-        vision_config=CLIPVisionConfig(**VISION),
-        image_token_id=IMG,
-    )
-    model = LlavaForConditionalGeneration(config)
-    model.set_attn_implementation("cagul")
-    fam = Family(model, family("llava").image_tokens, family("llava").pixels)
-    inputs = make_inputs(fam, [([0], 3)])
-    with pytest.raises(ValueError, match="dropout"):
-        model.train()(**inputs)
-    model.eval()(**inputs)  # dropout is 0 at eval
-
-
 # --------------------------------------------------------------------------- importance
 
 

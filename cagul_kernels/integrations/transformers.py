@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 from transformers import AttentionInterface, PretrainedConfig
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from ..ops import attention_with_lse, cross_modal_importance
@@ -68,12 +69,9 @@ def cagul_attention_forward(
     ``attention_mask``: ``None`` (plain causal, or no mask for decode / non-causal
     modules) or a boolean / additive mask broadcastable to ``[B, Hq, Sq, Sk]`` as built by
     the ``sdpa`` mask function. Returns ``(attn_output [B, Sq, Hq, D], None)``.
+    ``dropout > 0`` (training with attention dropout) runs transformers' sdpa attention,
+    so outputs equal ``"sdpa"`` under the same seed; importance is captured without dropout.
     """
-    if dropout > 0.0:
-        raise ValueError(
-            f"cagul attention has no attention dropout, got dropout={dropout}: call "
-            "model.eval() or set the config's attention_dropout to 0"
-        )
     for name in ("softcap", "s_aux", "position_bias", "cache"):
         if kwargs.get(name) is not None:
             raise ValueError(
@@ -88,6 +86,16 @@ def cagul_attention_forward(
         )
     q_len = query.shape[2]
     module_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    capturing = _ACTIVE is not None and q_len > 1 and _ACTIVE.captures(module)
+    if dropout > 0.0:
+        # Training with attention dropout: sdpa's own dropout path (the same output and
+        # random stream as attn_implementation="sdpa"). A captured layer also needs the LSE
+        # of the attention without dropout, computed below.
+        attn_output, _ = sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout, scaling, is_causal, **kwargs
+        )
+        if not capturing:
+            return attn_output, None
     # As sdpa: no mask means a plain causal mask for prefill and no mask for decode.
     causal = bool(module_causal and q_len > 1 and attention_mask is None)
     if causal and key.shape[2] > q_len:  # prefill into an empty static cache (as sdpa)
@@ -95,9 +103,11 @@ def cagul_attention_forward(
     out, lse = attention_with_lse(
         query, key, value, causal=causal, scale=scaling, attn_mask=attention_mask
     )
-    if _ACTIVE is not None and q_len > 1:
+    if dropout == 0.0:
+        attn_output = out.transpose(1, 2).contiguous()
+    if capturing:
         _ACTIVE._record(module, query, key, lse, scaling, bool(module_causal), kwargs)
-    return out.transpose(1, 2).contiguous(), None
+    return attn_output, None
 
 
 def register() -> None:
@@ -196,10 +206,13 @@ class capture_importance:
     ):
         modules = _attention_modules(model)
         layers = [layers] if isinstance(layers, int) else list(layers)
-        if not layers or not all(isinstance(layer, int) for layer in layers):
-            raise ValueError(
-                f"capture_importance: layers must be a non-empty list of ints, got {layers}"
+        if not all(isinstance(layer, int) and not isinstance(layer, bool) for layer in layers):
+            raise TypeError(
+                f"capture_importance: layers must be an int or a list of ints (not bools), "
+                f"got {layers}"
             )
+        if not layers:
+            raise ValueError("capture_importance: layers must be a non-empty list of ints")
         unknown = sorted(set(layers) - modules.keys())
         if unknown:
             raise ValueError(
@@ -238,10 +251,12 @@ class capture_importance:
         _ACTIVE = None
         return exc_type is _StopForward
 
+    def captures(self, module: torch.nn.Module) -> bool:
+        """Whether ``module`` is the attention of a requested layer."""
+        return id(module) in self._layer_of
+
     def _record(self, module, query, key, lse, scaling, causal, kwargs) -> None:
-        layer = self._layer_of.get(id(module))
-        if layer is None:
-            return
+        layer = self._layer_of[id(module)]
         b, _, s, _ = query.shape
         if key.shape[2] != s:
             raise ValueError(

@@ -6,6 +6,8 @@ implementations, so they are invisible to ``torch.compile`` tracing.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -53,3 +55,42 @@ def check_index_values(op: str, name: str, index: torch.Tensor, upper: int) -> N
             f"{op}: {name} entries must be -1 (padding) or in [0, {upper}), "
             f"found values in [{lo}, {hi}]"
         )
+
+
+def check_positive_finite(op: str, name: str, value) -> None:
+    """``value`` must be a real number in ``(0, inf)``. Comparisons only (no
+    ``math.isfinite``), so a ``SymFloat`` traced by ``torch.compile(dynamic=True)`` passes
+    through as a guard instead of breaking the graph; NaN fails ``0 < value``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, torch.SymInt, torch.SymFloat)):
+        raise TypeError(f"{op}: {name} must be a float, got {type(value).__name__}")
+    if not 0 < value < math.inf:
+        raise ValueError(f"{op}: {name} must be finite and > 0, got {value}")
+
+
+def softmax_scale(op: str, scale, head_dim) -> float:
+    """The softmax scale: ``1 / sqrt(head_dim)`` when ``scale`` is None, else ``scale``
+    checked finite and positive (a traced ``SymFloat`` stays symbolic)."""
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    check_positive_finite(op, "scale", scale)
+    return scale if isinstance(scale, torch.SymFloat) else float(scale)
+
+
+def check_no_internal_overlap(op: str, name: str, t: torch.Tensor) -> None:
+    """Refuses a tensor whose elements may share memory, as torch's in-place ops refuse
+    ``expand()``-ed (stride-0) inputs. Public sizes/strides only: with the dimensions of
+    size > 1 sorted by stride, each stride must exceed the largest offset the smaller-stride
+    dimensions reach (sufficient for no overlap; it catches stride 0 and overlapping
+    ``as_strided`` views, and passes every contiguous tensor or permutation of one)."""
+    span = 0
+    dims = sorted(
+        (stride, size) for size, stride in zip(t.shape, t.stride(), strict=True) if size > 1
+    )
+    for stride, size in dims:
+        if stride <= span:
+            raise ValueError(
+                f"{op}: {name} must not overlap itself in memory (shape {tuple(t.shape)}, "
+                f"strides {t.stride()}, e.g. from expand()): in-place writes would land on "
+                f"shared elements; pass {name}.contiguous() or use inplace=False"
+            )
+        span += (size - 1) * stride

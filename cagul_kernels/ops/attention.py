@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import math
 
 import torch
 
-from ._checks import FLOAT_DTYPES, check_same_device, check_tensor
+from .. import reference
+from ._checks import FLOAT_DTYPES, check_same_device, check_tensor, softmax_scale
 
-ATTENTION_BACKENDS = ("flash_attn", "sdpa", "reference")
+OP = "attention_with_lse"
+ATTENTION_BACKENDS = ("flash_attn", "sdpa", "reference", "cpu", "cuda")
 
 
 def attention_with_lse(
@@ -37,58 +38,94 @@ def attention_with_lse(
             Any strides (``[B, S, H, D]`` tensors ``.transpose(1, 2)``-ed work).
         causal: query ``i`` sees keys ``j <= i + Sk - Sq`` (bottom-right aligned, as in
             flash-attn; the usual lower triangle when ``Sq == Sk``).
-        scale: softmax scale, default ``1 / sqrt(D)``.
+        scale: softmax scale, default ``1 / sqrt(D)``; finite and > 0.
         attn_mask: optional bool (True = attend) or additive float mask broadcastable to
             ``[B, Hq, Sq, Sk]``, combined with ``causal``.
             Under autocast q, k, v are cast to the autocast dtype, as SDPA does.
         backend: ``None`` (best available), ``"flash_attn"``, ``"sdpa"`` (PyTorch's own
-            fused kernels) or ``"reference"`` (plain torch, materialises the scores).
+            fused kernels), ``"cpu"`` / ``"cuda"`` (the same, for tensors on that device)
+            or ``"reference"`` (plain torch, materialises the scores).
 
     Returns:
         ``out [B, Hq, Sq, D]`` in q's dtype (equal to
         ``F.scaled_dot_product_attention``) and ``lse [B, Hq, Sq]`` float32, natural log,
-        scale applied. Rows whose keys are all masked get ``lse = -inf``.
+        scale applied. Rows that see no key (all masked, the first ``Sq - Sk`` rows under
+        causal, or ``Sk = 0``) get ``out = 0`` and ``lse = -inf`` on every backend.
+        ``Sq = 0`` gives empty results; ``Hq``, ``Hkv`` and ``D`` must be >= 1.
     """
-    op = "attention_with_lse"
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        check_tensor(op, name, t, ndim=4, dtypes=FLOAT_DTYPES, shape_hint="[B, H, S, D]")
-    check_same_device(op, q=q, k=k, v=v, attn_mask=attn_mask)
+    _check_args(q, k, v, attn_mask)
     if torch.is_autocast_enabled(q.device.type):
         # As F.scaled_dot_product_attention: run in the autocast dtype (RoPE often leaves
         # q, k in fp32 while v is already bf16).
         dtype = torch.get_autocast_dtype(q.device.type)
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"{op}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    b, hq, sq, d = q.shape
-    if k.shape != v.shape or k.shape[0] != b or k.shape[3] != d:
-        raise ValueError(
-            f"{op}: k and v must be [B={b}, Hkv, Sk, D={d}] and equal, got k {tuple(k.shape)} "
-            f"and v {tuple(v.shape)}"
-        )
-    hkv = k.shape[1]
-    if hq % hkv != 0:
-        raise ValueError(f"{op}: query heads ({hq}) must be a multiple of kv heads ({hkv})")
-    if attn_mask is not None:
-        check_tensor(op, "attn_mask", attn_mask, dtypes=(torch.bool, *FLOAT_DTYPES))
-    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+        raise TypeError(f"{OP}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    sq, sk = q.shape[2], k.shape[2]
+    scale = softmax_scale(OP, scale, q.shape[3])
     if backend is None:
         backend = _default_backend(q, attn_mask)
     if backend not in ATTENTION_BACKENDS:
         raise ValueError(
-            f"{op}: backend must be one of {ATTENTION_BACKENDS} or None, got {backend!r}"
+            f"{OP}: backend must be one of {ATTENTION_BACKENDS} or None, got {backend!r}"
         )
+    if backend in ("cpu", "cuda"):  # PyTorch's own fused kernels on that device
+        if q.device.type != backend:
+            raise ValueError(f"{OP}: backend={backend!r} needs {backend} tensors, got {q.device}")
+        backend = "sdpa"
+    if sq == 0 or sk == 0:
+        # Nothing to attend (PyTorch's CPU flash kernel divides by these sizes): empty
+        # out / lse, or zero rows with lse = -inf when there is no key, as SDPA gives.
+        backend = "reference"
 
-    if causal and sq != k.shape[2]:
+    if causal and sq != sk and backend != "flash_attn":
         # PyTorch's kernels align the causal triangle top-left; flash-attn's (and ours) is
         # bottom-right, so pass that case as an explicit mask.
-        attn_mask = _merge_masks(attn_mask, _bottom_right_causal(sq, k.shape[2], q.device))
+        attn_mask = _merge_masks(attn_mask, _bottom_right_causal(sq, sk, q.device))
         causal = False
     if backend == "reference":
-        return _reference(q, k, v, causal, scale, attn_mask)
-    if backend == "flash_attn":
-        return _flash_attn(q, k, v, causal, scale, attn_mask)
-    return _sdpa(q, k, v, causal, scale, attn_mask)
+        out, lse = reference.attention_with_lse(q, k, v, causal, scale, attn_mask)
+    elif backend == "flash_attn":
+        out, lse = _flash_attn(q, k, v, causal, scale, attn_mask)
+    else:
+        out, lse = _sdpa(q, k, v, causal, scale, attn_mask)
+        out, lse = _propagate_nan_query_rows(q, out, lse)
+    return out, _no_key_rows_to_neg_inf(lse, causal, attn_mask, sk)
+
+
+def _check_args(q, k, v, attn_mask) -> None:
+    """Shapes, dtypes and devices (metadata only, trace-safe)."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(OP, name, t, ndim=4, dtypes=FLOAT_DTYPES, shape_hint="[B, H, S, D]")
+        if t.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"{OP}: {name} must be a cpu or cuda tensor, got one on {t.device}")
+    check_same_device(OP, q=q, k=k, v=v, attn_mask=attn_mask)
+    b, hq, sq, d = q.shape
+    if hq == 0 or d == 0:
+        raise ValueError(f"{OP}: q must have at least one head and D >= 1, got {tuple(q.shape)}")
+    if k.shape != v.shape or k.shape[0] != b or k.shape[3] != d:
+        raise ValueError(
+            f"{OP}: k and v must be [B={b}, Hkv, Sk, D={d}] and equal, got k {tuple(k.shape)} "
+            f"and v {tuple(v.shape)}"
+        )
+    hkv = k.shape[1]
+    if hkv == 0 or hq % hkv != 0:
+        raise ValueError(
+            f"{OP}: query heads ({hq}) must be a multiple of kv heads ({hkv} in k, >= 1)"
+        )
+    if attn_mask is not None:
+        check_tensor(OP, "attn_mask", attn_mask, dtypes=(torch.bool, *FLOAT_DTYPES))
+        full = (b, hq, sq, k.shape[2])
+        if attn_mask.dim() > 4 or any(
+            m not in (1, f)
+            for m, f in zip(
+                reversed(attn_mask.shape), reversed(full[4 - attn_mask.dim() :]), strict=True
+            )
+        ):
+            raise ValueError(
+                f"{OP}: attn_mask must be broadcastable to [B, Hq, Sq, Sk] = {list(full)}, got "
+                f"shape {tuple(attn_mask.shape)}"
+            )
 
 
 @functools.cache
@@ -105,6 +142,31 @@ def _default_backend(q: torch.Tensor, attn_mask) -> str:
     ):
         return "flash_attn"
     return "sdpa"
+
+
+def _propagate_nan_query_rows(q: torch.Tensor, out: torch.Tensor, lse: torch.Tensor):
+    """NaN ``out`` and ``lse`` rows for NaN query rows: PyTorch's CPU flash kernel returns
+    ``out = 0``, ``lse = 0`` there, as for a row without keys, which would hide the NaN."""
+    nan_rows = q.isnan().any(dim=-1)  # [B, Hq, Sq]
+    return out.masked_fill(nan_rows[..., None], float("nan")), lse.masked_fill(
+        nan_rows, float("nan")
+    )
+
+
+def _no_key_rows_to_neg_inf(lse: torch.Tensor, causal: bool, attn_mask, sk: int) -> torch.Tensor:
+    """``lse`` with ``-inf`` at every row that sees no key, whatever the kernel wrote there
+    (PyTorch's CPU flash kernel writes 0, flash-attn +inf), so that
+    ``cross_modal_importance``'s finiteness check refuses such a row as a query."""
+    sq = lse.shape[2]
+    if attn_mask is None:
+        if not causal:
+            return lse
+        # Bottom-right causal alone: rows i < Sq - Sk (flash-attn's native causal).
+        return lse.masked_fill(torch.arange(sq, device=lse.device) < sq - sk, float("-inf"))
+    visible = attn_mask if attn_mask.dtype == torch.bool else attn_mask != float("-inf")
+    if causal:
+        visible = visible & _bottom_right_causal(sq, sk, lse.device)
+    return lse.masked_fill(~visible.any(dim=-1), float("-inf"))  # [.., Sq] broadcasts
 
 
 def _bottom_right_causal(sq: int, sk: int, device) -> torch.Tensor:
@@ -133,21 +195,6 @@ def _expand_kv(k: torch.Tensor, hq: int) -> torch.Tensor:
     if hkv == hq:
         return k
     return k[:, :, None].expand(b, hkv, hq // hkv, s, d).reshape(b, hq, s, d)
-
-
-def _reference(q, k, v, causal, scale, attn_mask):
-    hq = q.shape[1]
-    k, v = _expand_kv(k, hq).float(), _expand_kv(v, hq).float()
-    scores = torch.matmul(q.float(), k.transpose(-1, -2)) * scale
-    if causal:
-        scores = scores.masked_fill(
-            ~_bottom_right_causal(q.shape[2], k.shape[2], q.device), float("-inf")
-        )
-    if attn_mask is not None:
-        scores = scores + _additive(attn_mask, torch.float32)
-    lse = torch.logsumexp(scores, dim=-1)
-    probs = torch.exp(scores - lse[..., None]).nan_to_num(0.0)
-    return torch.matmul(probs, v).to(q.dtype), lse
 
 
 def _sdpa(q, k, v, causal, scale, attn_mask):

@@ -8,8 +8,6 @@ recomputed tile by tile from q, k and the attention's LSE (never the ``S x S`` m
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .. import reference
@@ -20,10 +18,13 @@ from ._checks import (
     check_index_values,
     check_same_device,
     check_tensor,
+    softmax_scale,
 )
 
 OP = "cross_modal_importance"
 REDUCTIONS = ("mean", "sum")
+# The C++ kernel masks with int32 positions (INT32_MAX - 1 and INT32_MAX are sentinels).
+CPU_MAX_SEQ_LEN = 2**31 - 1
 
 
 def cross_modal_importance(
@@ -49,7 +50,7 @@ def cross_modal_importance(
         query_index: ``[B, Nq]`` int32/int64 sequence positions of the query (text)
             tokens, ``-1`` = padding.
         visual_index: ``[B, Nv]`` int32/int64 positions of the visual tokens, ``-1`` = pad.
-        scale: softmax scale used by the attention, default ``1 / sqrt(D)``.
+        scale: softmax scale used by the attention, default ``1 / sqrt(D)``; finite, > 0.
         causal: a query at position p gives zero weight to keys at positions > p.
         reduce: ``"mean"`` divides by ``Hq * n_valid_queries`` (by ``n_valid_queries``
             with ``per_head``); ``"sum"`` does not divide.
@@ -61,10 +62,13 @@ def cross_modal_importance(
         differentiable (inputs are detached): it ranks tokens, it is not trained through.
     """
     _check_args(q, k, lse, query_index, visual_index, reduce)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    if not math.isfinite(scale):
-        raise ValueError(f"{OP}: scale must be finite, got {scale}")
+    scale = softmax_scale(OP, scale, q.shape[-1])
     backend = resolve_backend(backend, q.device, OP)
+    if backend == "cpu" and q.shape[2] >= CPU_MAX_SEQ_LEN:
+        raise ValueError(
+            f"{OP}: backend='cpu' takes sequences shorter than {CPU_MAX_SEQ_LEN} tokens "
+            f"(int32 positions), got q of shape {tuple(q.shape)}"
+        )
     return kernel_op(OP, backend)(
         q.detach(),
         k.detach(),
@@ -92,8 +96,12 @@ def _check_args(q, k, lse, query_index, visual_index, reduce) -> None:
     b, hq, s, d = q.shape
     if k.shape[0] != b or k.shape[2] != s or k.shape[3] != d:
         raise ValueError(f"{OP}: k must be [B={b}, Hkv, S={s}, D={d}], got {tuple(k.shape)}")
-    if hq % k.shape[1] != 0:
-        raise ValueError(f"{OP}: query heads ({hq}) must be a multiple of kv heads ({k.shape[1]})")
+    if hq == 0 or d == 0:
+        raise ValueError(f"{OP}: q must have at least one head and D >= 1, got {tuple(q.shape)}")
+    if k.shape[1] == 0 or hq % k.shape[1] != 0:
+        raise ValueError(
+            f"{OP}: query heads ({hq}) must be a multiple of kv heads ({k.shape[1]} in k, >= 1)"
+        )
     if tuple(lse.shape) != (b, hq, s):
         raise ValueError(f"{OP}: lse must be [B={b}, Hq={hq}, S={s}], got {tuple(lse.shape)}")
     for name, index in (("query_index", query_index), ("visual_index", visual_index)):

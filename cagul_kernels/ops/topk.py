@@ -15,8 +15,6 @@ for both forms (the ratio form yields tensors of data-dependent width).
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .. import reference
@@ -116,11 +114,13 @@ def _check_count(k, ratio, nv) -> tuple[int, float | None]:
     if (k is None) == (ratio is None):
         raise ValueError(f"{OP}: pass exactly one of k or ratio, got k={k!r}, ratio={ratio!r}")
     if ratio is not None:
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float, torch.SymFloat)):
             raise TypeError(f"{OP}: ratio must be a float in (0, 1], got {type(ratio).__name__}")
-        if not (math.isfinite(ratio) and 0 < ratio <= 1):
+        # Comparisons only: a SymFloat traced by torch.compile(dynamic=True) becomes a guard
+        # (math.isfinite would break the graph); NaN and inf fail them.
+        if not 0 < ratio <= 1:
             raise ValueError(f"{OP}: ratio must be in (0, 1], got {ratio}")
-        return -1, float(ratio)
+        return -1, ratio if isinstance(ratio, torch.SymFloat) else float(ratio)
     if isinstance(k, bool) or not isinstance(k, (int, torch.SymInt)):
         raise TypeError(f"{OP}: k must be an int, got {type(k).__name__}")
     if k < 0:

@@ -27,6 +27,7 @@ from ._checks import (
     FLOAT_DTYPES,
     INDEX_DTYPES,
     check_index_values,
+    check_no_internal_overlap,
     check_same_device,
     check_tensor,
 )
@@ -56,8 +57,8 @@ def transform_scatter(
     """Residual token MLP on the selected rows of ``x``.
 
     Args:
-        x: ``[B, S, D]`` tokens, fp32/fp16/bf16 (fp64 on the reference/cpu backends), any
-            strides.
+        x: ``[B, S, D]`` tokens, ``D >= 1``, fp32/fp16/bf16 (fp64 on the reference/cpu
+            backends), any strides (with ``inplace=True``, no two elements may share memory).
         positions: ``[B, K]`` int32/int64 sequence positions to transform, ``-1`` = padding
             (as returned by ``select_low_importance``); no position twice in one row.
         w1, b1, w2, b2: ``[D, R]``, ``[R]``, ``[R, D]``, ``[D]``, same dtype and device as x.
@@ -72,7 +73,7 @@ def transform_scatter(
         ``y [B, S, D]`` (contiguous, dtype of x), or ``x`` itself with ``inplace=True``.
         Differentiable w.r.t. x, w1, b1, w2, b2 (not gate); math in fp32.
     """
-    _check_args(x, positions, w1, b1, w2, b2, activation, gate)
+    _check_args(x, positions, w1, b1, w2, b2, activation, gate, inplace)
     backend = resolve_backend(backend, x.device, OP)
     if x.dtype == torch.float64 and backend not in ("reference", "cpu"):
         raise TypeError(f"{OP}: float64 runs on the reference and cpu backends only, not {backend}")
@@ -97,8 +98,12 @@ def transform_scatter(
     return y
 
 
-def _check_args(x, positions, w1, b1, w2, b2, activation, gate) -> None:
+def _check_args(x, positions, w1, b1, w2, b2, activation, gate, inplace) -> None:
     check_tensor(OP, "x", x, ndim=3, dtypes=_DTYPES, shape_hint="[B, S, D]")
+    if x.shape[2] == 0:
+        raise ValueError(f"{OP}: x must have D >= 1 features, got shape {tuple(x.shape)}")
+    if inplace:
+        check_no_internal_overlap(OP, "x", x)
     check_tensor(OP, "positions", positions, ndim=2, dtypes=INDEX_DTYPES, shape_hint="[B, K]")
     check_tensor(OP, "w1", w1, ndim=2, shape_hint="[D, R]")
     check_tensor(OP, "b1", b1, ndim=1, shape_hint="[R]")

@@ -331,7 +331,7 @@ std::vector<at::Tensor> transform_scatter_backward(const at::Tensor& dy, const a
         kernel.rows_tile(t * bm, std::min(bm, n - t * bm), gt.data(), dh.data(), dxt.data());
       }
     });
-    const int64_t dc = std::min(WEIGHT_COLS, d);
+    const int64_t dc = std::max<int64_t>(1, std::min(WEIGHT_COLS, d));  // a divisor: never 0
     at::parallel_for(0, (d + dc - 1) / dc, grain(4 * n * dc * r), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> xt(WEIGHT_ROWS * dc), gt(WEIGHT_ROWS * dc);
       for (int64_t chunk = begin; chunk < end; ++chunk) {
