@@ -83,10 +83,15 @@ def check_no_internal_overlap(op: str, name: str, t: torch.Tensor) -> None:
     dimensions reach (sufficient for no overlap; it catches stride 0 and overlapping
     ``as_strided`` views, and passes every contiguous tensor or permutation of one)."""
     span = 0
-    dims = sorted(
-        (stride, size) for size, stride in zip(t.shape, t.stride(), strict=True) if size > 1
-    )
-    for stride, size in dims:
+    # Smallest stride first; a selection loop rather than sorted(), whose tuple keys
+    # torch.compile cannot trace when strides are symbolic (each comparison is a guard).
+    dims = [(stride, size) for size, stride in zip(t.shape, t.stride(), strict=True) if size > 1]
+    while dims:
+        first = 0
+        for i in range(1, len(dims)):
+            if dims[i][0] < dims[first][0]:
+                first = i
+        stride, size = dims.pop(first)
         if stride <= span:
             raise ValueError(
                 f"{op}: {name} must not overlap itself in memory (shape {tuple(t.shape)}, "
