@@ -216,14 +216,14 @@ std::tuple<at::Tensor, int64_t> select_row_counts(const at::Tensor& importance,
   }
   const at::Tensor n_valid = valid.sum(1).cpu();
   at::Tensor counts = at::empty_like(n_valid);
+  const auto n = n_valid.accessor<int64_t, 1>();
+  auto count = counts.accessor<int64_t, 1>();
   int64_t width = ratio ? 0 : k;
-  for (int64_t b = 0; b < n_valid.size(0); ++b) {
-    const int64_t n = n_valid[b].item<int64_t>();
-    TORCH_CHECK_VALUE(ratio || n >= k, op, ": k=", k, " exceeds the ", n,
+  for (int64_t b = 0; b < n.size(0); ++b) {
+    TORCH_CHECK_VALUE(ratio || n[b] >= k, op, ": k=", k, " exceeds the ", n[b],
                       " valid visual tokens of row ", b);
-    const int64_t count = ratio ? cagul::cpu::ratio_count(*ratio, n) : k;
-    counts[b] = count;
-    width = std::max(width, count);
+    count[b] = ratio ? cagul::cpu::ratio_count(*ratio, n[b]) : k;
+    width = std::max(width, count[b]);
   }
   return {counts.to(visual_index.device()), width};
 }

@@ -37,8 +37,3 @@ def vlm_layout(
         visual.append(vis)
         lengths.append(pos + nq)
     return max(lengths), make_index(query), make_index(visual)
-
-
-# Backends that run on CPU tensors here (Triton through its interpreter); each must work,
-# so a missing extension or triton fails the tests instead of skipping them.
-CPU_TENSOR_BACKENDS = ("cpu", "triton")
