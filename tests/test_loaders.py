@@ -8,12 +8,14 @@ import base64
 import io
 import json
 import os
+import random
 
 import pytest
 import tiny_vlm as tv
 from cagul.cli import main
 from cagul.data import detect_format, load_dataset, load_fiubench, load_mllmu
-from cagul.data.mllmu import CLOZE_INSTRUCTION
+from cagul.data._records import EncodedImage
+from cagul.data.mllmu import CLOZE_INSTRUCTION, TASKS
 from PIL import Image
 
 # ---------------------------------------------------------------------- fixtures
@@ -27,6 +29,8 @@ def _png(seed: int) -> bytes:
 
 
 def _pixels(image) -> bytes:
+    if isinstance(image, EncodedImage):
+        return image.decode().tobytes()
     if isinstance(image, str):
         with Image.open(image) as im:
             return im.convert("RGB").tobytes()
@@ -74,34 +78,51 @@ def _profile(pid: str, seed: int, image: dict | None = None) -> dict:
     }
 
 
+def _mc(item: dict, question_type: str) -> dict:
+    options = [item["Options"][k] for k in "ABCD"]
+    index = "ABCD".index(item["Correct_Answer"])
+    return {
+        "question": "\n".join([item["Question"], *(f"{k}: {item['Options'][k]}" for k in "ABCD")]),
+        "answer": options[index],
+        "form": "mc",
+        "options": options,
+        "answer_index": index,
+        "letter": item["Correct_Answer"],
+        "task": "classification",
+        "question_type": question_type,
+        "index": 0,
+    }
+
+
 def _expected(row: dict) -> list[dict]:
-    """The samples a profile row should give, in order (question, answer, form, task)."""
+    """The evaluation samples a profile row should give, in order (image dropped)."""
     pid = row["ID"]
-    mc = row["Classification_Task"]["Image_Textual_Questions"][0]
-    options = [mc["Options"][k] for k in "ABCD"]
+    task = row["Classification_Task"]
+
+    def short(question, answer, kind, question_type):
+        return {"question": question, "answer": answer, "form": "short", "task": kind} | {
+            "question_type": question_type,
+            "index": 0,
+        }
+
     return [
-        {"question": f"Who is {pid}?", "answer": f"name {pid}", "form": "short", "task": "qa"},
-        {
-            "question": "\n".join([mc["Question"], *(f"{k}: {mc['Options'][k]}" for k in "ABCD")]),
-            "answer": f"job {pid}",
-            "form": "mc",
-            "options": options,
-            "answer_index": 2,
-            "task": "classification",
-        },
-        {
-            "question": f"Where does {pid} live?",
-            "answer": f"city {pid}",
-            "form": "short",
-            "task": "generation",
-        },
-        {
-            "question": f"{pid} was born in [Blank].\n{CLOZE_INSTRUCTION}",
-            "answer": f"town {pid}",
-            "form": "short",
-            "task": "cloze",
-        },
+        _mc(task["Image_Textual_Questions"][0], "Image_Textual"),
+        _mc(task["Pure_Text_Questions"][0], "Pure_Text"),
+        short(
+            f"{pid} was born in [Blank].\n{CLOZE_INSTRUCTION}",
+            f"town {pid}",
+            "cloze",
+            "Image_Textual",
+        ),
+        short(f"Where does {pid} live?", f"city {pid}", "generation", "Image_Textual"),
+        short("text only", "x", "generation", "Pure_Text"),
     ]
+
+
+def _ft_row(pid: str, seed: int) -> dict:
+    """An ``ft_Data`` training row: the person's image and QA pairs (``metadata`` JSON)."""
+    pairs = [{"Question": f"Who is {pid}?", "Answer": f"name {pid}"}]
+    return {"ID": pid, "image": {"bytes": _png(seed), "path": None}, "metadata": json.dumps(pairs)}
 
 
 FORGET = {"forget_5": ["p0"], "forget_10": ["p0", "p1"]}
@@ -121,6 +142,7 @@ def _mllmu_rows() -> dict[str, list[dict]]:
         row["images"] = [{"bytes": _png(20 + i), "path": None}, {"bytes": _png(30 + i)}]
         rows["Test_Set"].append(row)
     rows["Retain_Set"] = [_profile("c0", 40)]
+    rows["ft_Data"] = [_ft_row(p, i) for i, p in enumerate(PEOPLE)]  # the profile images
     return rows
 
 
@@ -199,22 +221,22 @@ def fiu_dir(tmp_path_factory):
 def _check_mllmu(bench, rows, forget_split: str) -> None:
     forget = FORGET[forget_split]
     retain = [p for p in PEOPLE if p not in forget]
-    assert bench.eval_splits == (
-        "forget",
-        "forget_test",
-        "retain",
-        "retain_test",
-        "retain_celebrity",
-    )
+    assert bench.eval_splits == ("forget", "forget_test", "retain", "retain_celebrity")
+    assert bench.train_splits == ("train_forget", "train_retain")
     assert bench.config["forget_split"] == forget_split
     by_id = {r["ID"]: r for r in rows[forget_split]}
     by_id.update({r["ID"]: r for r in rows[f"retain_{100 - int(forget_split[7:])}"]})
     tests = {r["ID"]: r for r in rows["Test_Set"]}
+    rng = random.Random(0)  # eval.py's random.choice per Test_Set row and task, seeded
+    test_pick = {
+        r["ID"]: {task: rng.randrange(len(r["images"])) for task in TASKS}
+        for r in rows["Test_Set"]
+        if r["ID"] in forget
+    }
     for split, people in (
         ("forget", forget),
         ("retain", retain),
         ("forget_test", forget),
-        ("retain_test", retain),
         ("retain_celebrity", ["c0"]),
     ):
         samples = bench.splits[split]
@@ -225,16 +247,24 @@ def _check_mllmu(bench, rows, forget_split: str) -> None:
             expected += [{**e, **base} for e in _expected(row)]
         got = [{k: v for k, v in s.items() if k != "image"} for s in samples]
         assert got == expected, split
-        for k, s in enumerate(samples):
-            if split.endswith("_test"):  # the k-th question of a person on image k % 2
-                k_person = k % len(_expected(tests[s["person"]]))
-                image = tests[s["person"]]["images"][k_person % 2]["bytes"]
+        for s in samples:
+            if s["question_type"] == "Pure_Text":
+                assert s["image"] is None  # text only: CAGUL's gate stays off
+                continue
+            if split == "forget_test":
+                image = tests[s["person"]]["images"][test_pick[s["person"]][s["task"]]]["bytes"]
             elif split == "retain_celebrity":
                 image = rows["Retain_Set"][0]["image"]["bytes"]
             else:
                 image = by_id[s["person"]]["image"]["bytes"]
             assert _pixels(s["image"]) == Image.open(io.BytesIO(image)).convert("RGB").tobytes()
     assert [p["id"] for p in bench.people] == [*forget, *retain, "c0"]
+    train = bench.train_samples()
+    assert [(s["split"], s["person"], s["question"], s["answer"]) for s in train] == [
+        ("train_forget" if p in forget else "train_retain", p, f"Who is {p}?", f"name {p}")
+        for p in PEOPLE
+    ]
+    assert all(s["is_forget"] == (s["person"] in forget) for s in train)
 
 
 @pytest.mark.parametrize("forget_split", ["forget_5", "forget_10"])
@@ -242,8 +272,8 @@ def test_mllmu_json(mllmu_dir, forget_split):
     rows = _mllmu_rows()
     bench = load_mllmu(mllmu_dir, forget_split)
     _check_mllmu(bench, rows, forget_split)
-    images = {s["person"]: s["image"] for s in bench.splits["retain"]}
-    assert isinstance(images["p2"], str) and not isinstance(images["p3"], str)  # p2: a path
+    images = {s["person"]: s["image"] for s in bench.splits["retain"] if s["image"] is not None}
+    assert images["p2"].path is not None and images["p3"].data is not None  # p2: a path
     assert bench.chance_mc_acc == 0.25
     assert len(bench.samples("forget")) == len(bench.splits["forget"])
 
@@ -263,9 +293,11 @@ def test_mllmu_parquet(tmp_path):
 
 def test_mllmu_optional_subsets(tmp_path):
     rows = _mllmu_rows()
-    del rows["Test_Set"], rows["Retain_Set"]
+    del rows["Test_Set"], rows["Retain_Set"], rows["ft_Data"]
     bench = load_mllmu(write_mllmu_json(tmp_path, rows))
     assert bench.eval_splits == ("forget", "retain") == tuple(bench.splits)
+    with pytest.raises(ValueError, match="no training samples"):
+        bench.train_samples()
 
 
 def _mllmu_error(tmp_path, edit, forget_split="forget_5"):
@@ -302,10 +334,10 @@ def test_mllmu_errors(tmp_path):
     assert "Correct_Answer': 'E' is not one of" in _mllmu_error(tmp_path / "c", bad_letter)
 
     def bad_type(rows):
-        rows["Test_Set"][3]["Mask_Task"][0]["Type"] = "Video"
+        rows["Test_Set"][0]["Mask_Task"][0]["Type"] = "Video"
 
     msg = _mllmu_error(tmp_path / "d", bad_type)
-    assert "Test_Set/train-00000-of-00001.json: row 4: field 'Mask_Task[0].Type'" in msg
+    assert "Test_Set/train-00000-of-00001.json: row 1: field 'Mask_Task[0].Type'" in msg
 
     def bad_image(rows):
         rows["forget_5"][0]["image"] = {"bytes": b"not a png"}
@@ -314,15 +346,16 @@ def test_mllmu_errors(tmp_path):
 
     def no_questions(rows):
         row = rows["forget_5"][0]
-        for key in ("metadata", "Classification_Task", "Generation_Task", "Mask_Task"):
+        for key in ("Classification_Task", "Generation_Task", "Mask_Task"):
             del row[key]
 
-    assert "row 1: no image questions" in _mllmu_error(tmp_path / "f", no_questions)
+    assert "row 1: no questions" in _mllmu_error(tmp_path / "f", no_questions)
 
     def bad_metadata(rows):
-        rows["forget_5"][0]["metadata"] = "[{"
+        rows["ft_Data"][2]["metadata"] = "[{"
 
-    assert "field 'metadata': invalid JSON" in _mllmu_error(tmp_path / "g", bad_metadata)
+    msg = _mllmu_error(tmp_path / "g", bad_metadata)
+    assert "ft_Data/train-00000-of-00001.json: row 3: field 'metadata': invalid JSON" in msg
 
     def empty_question(rows):
         rows["forget_5"][0]["Generation_Task"][0]["Question"] = " "
@@ -369,6 +402,9 @@ def test_fiubench(fiu_dir):
                         "answer": qa["answer"],
                         "form": "short",
                         "task": "qa",
+                        "paraphrased_questions": [qa["paraphrased_question"]],
+                        "perturbed_answers": qa["perturbed_answer"],
+                        "keywords": qa["keywords"],
                     }
                 )
                 options = list(qa["perturbed_answer"])
@@ -390,7 +426,9 @@ def test_fiubench(fiu_dir):
         samples = bench.splits[split]
         assert [{k: v for k, v in s.items() if k != "image"} for s in samples] == expected
         for s in samples:
-            assert s["image"] == os.path.join(fiu_dir, "dataset", "images", f"{s['person']}.jpg")
+            assert s["image"].path == os.path.join(
+                fiu_dir, "dataset", "images", f"{s['person']}.jpg"
+            )
     assert bench.chance_mc_acc == pytest.approx(1 / 3)
     bench10 = load_fiubench(os.path.join(fiu_dir, "dataset"), "forget10", multiple_choice=False)
     assert {s["person"] for s in bench10.splits["forget"]} == {"0", "1", "2"}
@@ -503,7 +541,7 @@ def test_cli_eval_and_train(model_dir, mllmu_dir, fiu_dir, tmp_path, capsys):
         (
             mllmu_dir,
             "mllmu",
-            {"forget", "forget_test", "retain", "retain_test", "retain_celebrity"},
+            {"forget", "forget_test", "retain", "retain_celebrity"},
         ),
         (fiu_dir, "auto", {"forget", "retain"}),
     ):

@@ -205,7 +205,7 @@ def _train(args: argparse.Namespace) -> None:
         samples = load_jsonl(args.data)  # every sample, in file order
     else:
         bench = load_dataset(args.data, args.format, forget_split=args.forget_split)
-        samples = bench.splits["forget"] + bench.splits["retain"]
+        samples = bench.train_samples()
     eval_samples = load_jsonl(args.eval_data) if args.eval_data else None
     seed_everything(config.seed)  # the modules' initialisation
     vlm, processor = _load_vlm(args)

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from ._records import EncodedImage
 from .samples import load_image, load_jsonl
 
 FORMAT_VERSION = 1
@@ -442,13 +443,22 @@ class Benchmark:
     """A loaded benchmark: ``config`` (a :class:`SyntheticConfig`, or for a benchmark read
     from another format a dict of its options), ``people`` (profiles), ``splits`` (split
     name -> samples; images as absolute paths or PIL images), ``root`` (its directory) and
-    ``eval_splits`` (the splits that ``cagul eval`` scores, those present in ``splits``)."""
+    ``eval_splits`` (the splits that ``cagul eval`` scores, those present in ``splits``) and
+    ``train_splits`` (the splits that ``cagul train`` trains on, :meth:`train_samples`)."""
 
     root: str
     config: SyntheticConfig | dict[str, Any]
     people: list[dict]
     splits: dict[str, list[dict]]
     eval_splits: tuple[str, ...] = EVAL_SPLITS
+    train_splits: tuple[str, ...] = ("forget", "retain")
+
+    def train_samples(self) -> list[dict]:
+        """What ``cagul train`` trains on: the samples of ``train_splits``."""
+        missing = [s for s in self.train_splits if not self.splits.get(s)]
+        if missing:
+            raise ValueError(f"{self.root}: no training samples in split(s) {missing}")
+        return [s for split in self.train_splits for s in self.splits[split]]
 
     @property
     def chance_mc_acc(self) -> float:
@@ -471,7 +481,10 @@ class Benchmark:
         return out
 
     def image(self, image: Any):
-        """A PIL image for a sample's ``image`` (a path: read once and cached)."""
+        """A PIL image for a sample's ``image`` (a path: read once and cached); an
+        :class:`EncodedImage` or ``None`` (text only) as it is (decoded per batch)."""
+        if image is None or isinstance(image, EncodedImage):
+            return image
         if not isinstance(image, str):
             return load_image(image)
         cache = self.__dict__.setdefault("_images", {})
