@@ -9,6 +9,8 @@ import io
 import json
 import os
 import random
+import struct
+import zlib
 
 import pytest
 import tiny_vlm as tv
@@ -594,3 +596,108 @@ def test_cli_data_errors(model_dir, mllmu_dir, tmp_path, capsys):
     assert "forget_split must be one of" in capsys.readouterr().err
     assert main([*args, "--format", "fiubench"]) == 2
     assert "no full.json and split.json" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- official layouts
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG file whose header claims ``width x height`` pixels and holds no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def _question_texts(sample: dict) -> set[str]:
+    texts = {sample["question"], sample["answer"], *sample.get("options", ())}
+    return {t for t in texts if len(t) > 2}
+
+
+def test_mllmu_official_parquet_layout_never_trains_on_eval_items(tmp_path):
+    """HF parquet files with the image struct, Test_Set in two files, ft_Data training rows;
+    no evaluation question, option or answer text reaches a training sample."""
+    pa = pytest.importorskip("pyarrow", reason="pyarrow writes the parquet fixture")
+    import pyarrow.parquet as pq
+
+    rows = _mllmu_rows()
+    for row in rows["ft_Data"]:  # ft_Data also states every evaluated fact as a QA pair...
+        row["metadata"] = json.dumps(
+            [{"Question": f"Who is {row['ID']}?", "Answer": f"name {row['ID']}"}]
+        )
+    for subset, subset_rows in rows.items():
+        os.makedirs(tmp_path / subset)
+        halves = [subset_rows[:2], subset_rows[2:]] if subset == "Test_Set" else [subset_rows]
+        for k, part in enumerate(halves):
+            name = f"train-{k:05d}-of-{len(halves):05d}.parquet"
+            pq.write_table(pa.Table.from_pylist(part), tmp_path / subset / name)
+    bench = load_dataset(tmp_path)
+    assert {s["person"] for s in bench.splits["forget_test"]} == {"p0"}
+    train = bench.train_samples()
+    assert train and all(s["task"] == "qa" for s in train)
+    eval_texts = set().union(
+        *(_question_texts(s) for split in bench.eval_splits for s in bench.splits[split])
+    )
+    assert not eval_texts & set().union(*(_question_texts(s) for s in train))
+    assert sum(s["question_type"] == "Pure_Text" for s in bench.splits["forget"]) == 2
+
+
+def test_mllmu_baseline_train_split(tmp_path):
+    rows = _mllmu_rows()
+    rows["baseline_train_split/forget_5"] = [_ft_row("p0", 0)]
+    rows["baseline_train_split/retain_95"] = [_ft_row("p3", 3)]
+    bench = load_mllmu(write_mllmu_json(tmp_path, rows))
+    assert [(s["split"], s["person"]) for s in bench.train_samples()] == [
+        ("train_forget", "p0"),
+        ("train_retain", "p3"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty image data (0 bytes)"),
+        (b"GIF89a not really", "not a readable image"),
+        # a PNG header claiming 60000 x 60000 pixels: refused before any decoding
+        (
+            _png_header(60000, 60000),
+            "decompression bomb",
+        ),
+    ],
+)
+def test_mllmu_broken_images_name_file_row_field(tmp_path, data, message):
+    def broken(rows):
+        rows["retain_95"][2]["image"] = {"bytes": data}
+
+    msg = _mllmu_error(tmp_path, broken)
+    assert "retain_95/train-00000-of-00001.json: row 3: field 'image.bytes'" in msg
+    assert message in msg
+
+
+def test_fiubench_flat_hf_layout_and_retain5(tmp_path):
+    """The plain HF copy: full.json (JSON lines), split.json and SFHQ/ side by side, with
+    image paths still reading ./dataset/SFHQ/<id>.jpg; retain5 is the retain eval split."""
+    os.makedirs(tmp_path / "SFHQ")
+    people = []
+    for i in range(6):
+        Image.open(io.BytesIO(_png(i))).save(tmp_path / "SFHQ" / f"{i}.jpg")
+        person = _fiu_person(i)
+        person["image_path"] = f"./dataset/SFHQ/{i}.jpg"
+        qa = person["qa_list"][0]
+        qa["paraphrased_question"] = ["p1", "p2", "p3"]
+        qa["paraphrased_answer"] = f"para {i}"
+        people.append(person)
+    (tmp_path / "full.json").write_text("".join(json.dumps(p) + "\n" for p in people))
+    (tmp_path / "split.json").write_text(json.dumps({"forget5": [0], "retain5": [4, 5]}))
+    bench = load_dataset(tmp_path)
+    assert bench.eval_splits == ("forget", "retain5")
+    assert bench.train_splits == ("forget", "retain")
+    assert {s["person"] for s in bench.splits["retain5"]} == {"4", "5"}
+    assert {s["person"] for s in bench.splits["retain"]} == {"1", "2", "3", "4", "5"}
+    first = bench.splits["forget"][0]
+    assert first["image"].path == os.path.join(tmp_path, "SFHQ", "0.jpg")
+    assert first["paraphrased_questions"] == ["p1", "p2", "p3"]
+    assert first["paraphrased_answer"] == "para 0"
