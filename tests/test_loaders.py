@@ -14,6 +14,7 @@ import zlib
 
 import pytest
 import tiny_vlm as tv
+from cagul import metrics
 from cagul.cli import main
 from cagul.data import detect_format, load_dataset, load_fiubench, load_mllmu
 from cagul.data._records import EncodedImage
@@ -701,3 +702,81 @@ def test_fiubench_flat_hf_layout_and_retain5(tmp_path):
     assert first["image"].path == os.path.join(tmp_path, "SFHQ", "0.jpg")
     assert first["paraphrased_questions"] == ["p1", "p2", "p3"]
     assert first["paraphrased_answer"] == "para 0"
+
+
+# ---------------------------------------------------------------------- protocol runners
+
+
+def _fiubench_flat(root) -> str:
+    """The flat HF FIUBench copy with every FIUBench field: forget5 = 0, 1; retain5 = 4, 5."""
+    os.makedirs(root / "SFHQ")
+    people = []
+    for i in range(6):
+        Image.open(io.BytesIO(_png(i))).save(root / "SFHQ" / f"{i}.jpg")
+        person = _fiu_person(i)
+        person["image_path"] = f"./dataset/SFHQ/{i}.jpg"
+        for qa in person["qa_list"]:
+            qa["paraphrased_question"] = ["What is the name of this person?", "Who is this?"]
+            qa["paraphrased_answer"] = f"n{i}"
+            qa["perturbed_answer"] = [f"n{i + 6}", f"n{i + 12}", f"n{i + 18}"]
+            qa["keywords"] = [f"n{i}"]
+        people.append(person)
+    (root / "full.json").write_text("".join(json.dumps(p) + "\n" for p in people))
+    (root / "split.json").write_text(json.dumps({"forget5": [0, 1], "retain5": [4, 5]}))
+    return str(root)
+
+
+def test_protocol_fiubench(model_dir, tmp_path, capsys):
+    data = _fiubench_flat(tmp_path / "fiu")
+    model = str(model_dir / "model")
+    args = ["eval", "--model", model, "--data", data, "--protocol", "fiubench", "--no-progress"]
+    args += ["--max-new-tokens", "3"]
+    out = tmp_path / "fiu.json"
+    assert main([*args, "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["splits"]) == {"forget", "retain5"}
+    for row in result["splits"].values():
+        assert row["n"] == 4  # 2 people x 2 QA pairs
+        for key in ("rougeL_recall", "probability", "truth_ratio", "em", "ape", "min_k"):
+            assert 0.0 <= row[key] <= 1.0, key
+    assert result["forget_quality"] == {"absent": "needs --reference (the retain-only model)"}
+    assert "absent" in result["privleak"]
+    retain = result["splits"]["retain5"]
+    parts = [retain["probability"], retain["rougeL_recall"], retain["truth_ratio"]]
+    assert result["model_utility"] == pytest.approx(metrics.model_utility(parts))
+    assert result["options"]["max_new_tokens"] == 3
+    table = (tmp_path / "fiu.md").read_text()
+    assert "| Split | ROUGE-L | Prob. | Truth ratio | EM | APE | Min-K% | Min-K%++ | n |" in table
+    # the model against itself as the retain-only model: identical truth ratios, p = 1
+    out = tmp_path / "ref.json"
+    assert main([*args, "--output", str(out), "--reference", model]) == 0
+    assert json.loads(out.read_text())["forget_quality"] == pytest.approx(1.0)
+    capsys.readouterr()
+
+
+def test_protocol_mllmu(model_dir, mllmu_dir, tmp_path, capsys):
+    model = str(model_dir / "model")
+    out = tmp_path / "mllmu.json"
+    args = ["eval", "--model", model, "--data", mllmu_dir, "--protocol", "mllmu"]
+    args += ["--forget-split", "forget_10", "--max-new-tokens", "2", "--no-progress"]
+    assert main([*args, "--output", str(out), "--seed", "3"]) == 0
+    result = json.loads(out.read_text())
+    assert [(r["set"], r["question_type"]) for r in result["rows"]] == [
+        (s, t)
+        for s in ("forget", "forget_test", "retain", "retain_celebrity")
+        for t in ("Image_Textual", "Pure_Text")
+    ]
+    options = result["options"]
+    assert options["seed"] == 3 and options["shots"] == {"classification": 1, "cloze": 2}
+    # the few-shot profiles' own questions are skipped: forget_10 has p0, p1
+    skipped = options["few_shot_people"]["forget"]["classification"]
+    forget = result["rows"][0]
+    assert len(skipped) == 1 and forget["n"] == {"classification": 1, "cloze": 0, "generation": 2}
+    celebrity = result["rows"][6]
+    assert celebrity["n"] == {"classification": 1, "cloze": 1, "generation": 1}
+    assert 0.0 <= celebrity["classification_acc"] <= 100.0 and 0.0 <= celebrity["bleu"] <= 1.0
+    table = (tmp_path / "mllmu.md").read_text()
+    assert "| retain_celebrity | Pure_Text |" in table and "gate stays off" in table
+    capsys.readouterr()
+    assert main([*args]) == 2
+    assert "--protocol needs exactly one --data directory and --output" in capsys.readouterr().err

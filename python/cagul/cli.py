@@ -136,7 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
         "benchmark directory (its forget, forget_test, retain, retain_test, ... splits)",
     )
     data_format(ev)
-    ev.add_argument("--reference", type=_existing("--reference"), help="VLM for retain_kl")
+    ev.add_argument(
+        "--reference",
+        type=_existing("--reference"),
+        help="VLM for retain_kl; with --protocol the retain-only model (forget quality, privleak)",
+    )
+    ev.add_argument(
+        "--protocol",
+        choices=("mllmu", "fiubench", "synthetic"),
+        help="run a benchmark's official evaluation (one --data directory); writes --output "
+        "JSON and a markdown table next to it (docs/evaluation.md)",
+    )
+    ev.add_argument("--seed", type=int, default=0, help="--protocol mllmu: few-shot + test images")
     ev.add_argument("--set", dest="overrides", action="append", default=[], type=_assignment)
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--max-new-tokens", type=int, default=None)
@@ -314,6 +325,8 @@ def _eval(args: argparse.Namespace) -> None:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.protocol and (len(args.data) != 1 or not args.output):
+        raise ValueError("--protocol needs exactly one --data directory and --output")
     splits = _eval_splits(args.data, args.format, args.forget_split)
     vlm, processor = _load_vlm(args)
     overrides = dict(args.overrides)
@@ -330,6 +343,9 @@ def _eval(args: argparse.Namespace) -> None:
         model, config, reference = vlm, CagulConfig().replace(**overrides), None
     if args.reference:
         reference, _ = _load_vlm(args, args.reference, "--reference")
+    if args.protocol:
+        _run_protocol(args, model, splits, processor, config, reference)
+        return
     found = evaluate_splits(
         model,
         splits,
@@ -348,6 +364,31 @@ def _eval(args: argparse.Namespace) -> None:
         with open(args.output, "w") as f:
             f.write(text + "\n")
     print(text)
+
+
+def _run_protocol(args, model, splits, processor, config, reference) -> None:
+    from .evaluation import common, fiubench, mllmu, synthetic
+
+    options: dict[str, Any] = {"batch_size": args.batch_size}
+    if args.max_new_tokens:
+        options["max_new_tokens"] = args.max_new_tokens
+    if args.protocol == "mllmu":
+        result = mllmu.evaluate_mllmu(model, splits, processor, config, seed=args.seed, **options)
+        table = mllmu.mllmu_table(result)
+    elif args.protocol == "fiubench":
+        retain = next((s for s in splits if s.startswith("retain")), "retain")
+        result = fiubench.evaluate_fiubench(
+            model, splits, processor, config, retain_split=retain, reference=reference, **options
+        )
+        table = fiubench.fiubench_table(result)
+    else:
+        result = synthetic.evaluate_synthetic(
+            model, splits, processor, config, reference=reference, **options
+        )
+        table = synthetic.synthetic_table(result)
+    result["options"]["data"] = args.data[0]
+    common.write_results(result, table, args.output)
+    print(table)
 
 
 def _demo(args: argparse.Namespace) -> None:
