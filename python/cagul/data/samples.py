@@ -191,9 +191,8 @@ class VLMCollator:
             validate_sample(s, f"sample {i}")
         eos = self.processor.tokenizer.eos_token or ""
         prompts = [self.prompt(s) for s in samples]
-        separator = "" if self.uses_chat_template else " "
-        full = [
-            f"{p}{separator}{self.target(s)}{' ' + eos if eos else ''}"
+        full = [  # the answer after a space, unless the prompt ends with one (a chat template)
+            f"{p}{'' if p[-1:].isspace() else ' '}{self.target(s)}{' ' + eos if eos else ''}"
             for p, s in zip(prompts, samples, strict=True)
         ]
         inputs = self._encode(samples, full, "right")
