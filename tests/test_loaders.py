@@ -780,3 +780,35 @@ def test_protocol_mllmu(model_dir, mllmu_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main([*args]) == 2
     assert "--protocol needs exactly one --data directory and --output" in capsys.readouterr().err
+
+
+def test_protocol_synthetic(model_dir, tmp_path, capsys):
+    from cagul.data.synthetic import ANSWER_SENTENCES, SyntheticConfig, write
+
+    config = SyntheticConfig(
+        n_people=2, forget_fraction=0.5, n_strangers=0, train_poses=1, test_poses=1,
+        templates=2, image_size=16,
+    )  # fmt: skip
+    data = write(config, tmp_path / "synthetic")
+    bench = load_dataset(data)
+    short = next(s for s in bench.splits["forget"] if s["form"] == "short")
+    wrong = [o for k, o in enumerate(short["options"]) if k != short["answer_index"]]
+    sentence = ANSWER_SENTENCES[short["fact"]]
+    assert short["perturbed_answers"] == [sentence.format(o) for o in wrong]
+    assert short["paraphrased_answer"] == sentence.format(short["answer"])
+    assert short["keywords"] == [short["answer"]] and len(short["paraphrased_questions"]) == 1
+    assert short["question"] not in short["paraphrased_questions"]
+
+    out = tmp_path / "synthetic.json"
+    model = str(model_dir / "model")
+    args = ["eval", "--model", model, "--data", data, "--protocol", "synthetic"]
+    args += ["--max-new-tokens", "2", "--no-progress", "--output", str(out), "--reference", model]
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    assert set(result["splits"]) == {"forget", "forget_test", "retain", "retain_test"}
+    for row in result["splits"].values():
+        assert 0.0 <= row["mc_acc_likelihood"] <= 1.0 and "mc_acc" not in row
+        assert 0.0 <= row["truth_ratio"] <= 1.0 and 0.0 <= row["ape"] <= 1.0
+    assert result["forget_quality"] == pytest.approx(1.0)  # the model is its own reference
+    assert "mc_acc_likelihood" in (tmp_path / "synthetic.md").read_text()
+    capsys.readouterr()
