@@ -678,35 +678,6 @@ def test_mllmu_broken_images_name_file_row_field(tmp_path, data, message):
     assert message in msg
 
 
-def test_fiubench_flat_hf_layout_and_retain5(tmp_path):
-    """The plain HF copy: full.json (JSON lines), split.json and SFHQ/ side by side, with
-    image paths still reading ./dataset/SFHQ/<id>.jpg; retain5 is the retain eval split."""
-    os.makedirs(tmp_path / "SFHQ")
-    people = []
-    for i in range(6):
-        Image.open(io.BytesIO(_png(i))).save(tmp_path / "SFHQ" / f"{i}.jpg")
-        person = _fiu_person(i)
-        person["image_path"] = f"./dataset/SFHQ/{i}.jpg"
-        qa = person["qa_list"][0]
-        qa["paraphrased_question"] = ["p1", "p2", "p3"]
-        qa["paraphrased_answer"] = f"para {i}"
-        people.append(person)
-    (tmp_path / "full.json").write_text("".join(json.dumps(p) + "\n" for p in people))
-    (tmp_path / "split.json").write_text(json.dumps({"forget5": [0], "retain5": [4, 5]}))
-    bench = load_dataset(tmp_path)
-    assert bench.eval_splits == ("forget", "retain5")
-    assert bench.train_splits == ("forget", "retain")
-    assert {s["person"] for s in bench.splits["retain5"]} == {"4", "5"}
-    assert {s["person"] for s in bench.splits["retain"]} == {"1", "2", "3", "4", "5"}
-    first = bench.splits["forget"][0]
-    assert first["image"].path == os.path.join(tmp_path, "SFHQ", "0.jpg")
-    assert first["paraphrased_questions"] == ["p1", "p2", "p3"]
-    assert first["paraphrased_answer"] == "para 0"
-
-
-# ---------------------------------------------------------------------- protocol runners
-
-
 def _fiubench_flat(root) -> str:
     """The flat HF FIUBench copy with every FIUBench field: forget5 = 0, 1; retain5 = 4, 5."""
     os.makedirs(root / "SFHQ")
@@ -724,6 +695,23 @@ def _fiubench_flat(root) -> str:
     (root / "full.json").write_text("".join(json.dumps(p) + "\n" for p in people))
     (root / "split.json").write_text(json.dumps({"forget5": [0, 1], "retain5": [4, 5]}))
     return str(root)
+
+
+def test_fiubench_flat_hf_layout_and_retain5(tmp_path):
+    """The plain HF copy: full.json (JSON lines), split.json and SFHQ/ side by side, with
+    image paths still reading ./dataset/SFHQ/<id>.jpg; retain5 is the retain eval split."""
+    bench = load_dataset(_fiubench_flat(tmp_path))
+    assert bench.eval_splits == ("forget", "retain5")
+    assert bench.train_splits == ("forget", "retain")
+    assert {s["person"] for s in bench.splits["retain5"]} == {"4", "5"}
+    assert {s["person"] for s in bench.splits["retain"]} == {"2", "3", "4", "5"}
+    first = bench.splits["forget"][0]
+    assert first["image"].path == os.path.join(tmp_path, "SFHQ", "0.jpg")
+    assert first["paraphrased_questions"] == ["What is the name of this person?", "Who is this?"]
+    assert first["paraphrased_answer"] == "n0" and first["keywords"] == ["n0"]
+
+
+# ---------------------------------------------------------------------- protocol runners
 
 
 def test_protocol_fiubench(model_dir, tmp_path, capsys):
