@@ -274,8 +274,9 @@ def _check_results(results: dict, models: set[str]) -> None:
     assert set(results["models"]) == models
     assert results["chance_mc_acc"] == 0.25
     for m in results["models"].values():
-        assert set(m) == {*syn.EVAL_SPLITS, "retain_kl", "trainable_params", "train_seconds",
-                          "peak_memory_mb", "base_weights_changed"}  # fmt: skip
+        assert set(m) == {*syn.EVAL_SPLITS, "forget_quality", "model_utility", "retain_kl",
+                          "trainable_params", "train_seconds", "peak_memory_mb",
+                          "base_weights_changed"}  # fmt: skip
         for split in syn.EVAL_SPLITS:
             assert set(m[split]) == set(METRICS)
             assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in m[split].values())
@@ -316,7 +317,11 @@ def test_demo_end_to_end(tmp_path):
     assert dominated[0]["ok"] == (dominating_baselines(results) == [])
     assert models["cagul"]["trainable_params"] < models["vanilla"]["trainable_params"]
     assert results["config"]["data"]["n_people"] == DemoConfig.tiny().data.n_people
-    for name in ("report.md", "accuracy.png", "tradeoff.png", "importance.png",
+    assert models["retain_only"]["forget_quality"] == pytest.approx(1.0)  # its own reference
+    for m in models.values():
+        assert 0.0 <= m["forget_quality"] <= 1.0 and 0.0 <= m["model_utility"] <= 1.0
+    for name in ("report.md", "accuracy.png", "tradeoff.png", "tradeoff_mc_acc.png",
+                 "importance.png",
                  "cagul/cagul_modules.safetensors"):  # fmt: skip
         assert (out / name).stat().st_size > 0
     assert "| vanilla" in (out / "report.md").read_text()
@@ -374,20 +379,22 @@ def test_trained_model_reloads_from_its_output(bench, tmp_path, name):
 
 
 def test_dominating_baselines():
-    def model(forget: float, retain: float) -> dict:
-        return {"forget": {"mc_acc": forget}, "retain": {"mc_acc": retain}}
+    def model(forget_quality, model_utility) -> dict:
+        return {"forget_quality": forget_quality, "model_utility": model_utility}
 
     results = {
         "models": {
             "cagul": model(0.30, 0.95),
-            "ga": model(0.20, 0.96),  # better on both: dominates
-            "kl": model(0.20, 0.90),  # forgets more, keeps less
-            "npo": model(0.30, 0.99),  # ties on forget
-            "idk": model(0.40, 0.97),
+            "ga": model(0.40, 0.96),  # better on both: dominates
+            "kl": model(0.50, 0.90),  # closer to retain-only, less utility
+            "npo": model(0.30, 0.99),  # ties on forget quality
+            "idk": model({"absent": "no retain-only model"}, 0.99),  # cannot dominate
         }
     }
     assert dominating_baselines(results) == ["ga"]
-    results["models"]["ga"] = model(0.31, 0.96)
+    results["models"]["ga"] = model(0.29, 0.96)
+    assert dominating_baselines(results) == []
+    results["models"]["cagul"] = model({"absent": "no retain-only model"}, 0.5)
     assert dominating_baselines(results) == []
 
 

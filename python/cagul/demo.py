@@ -39,6 +39,7 @@ from .data import VLMCollator
 from .data.synthetic import EVAL_SPLITS, Benchmark, SyntheticConfig, jitter
 from .data.synthetic import generate as generate_benchmark
 from .evaluate import evaluate_splits
+from .evaluation.synthetic import judge_models, judging_inputs
 from .model import CagulModel
 from .toy_vlm import ToyVLMConfig, load_or_train
 from .train import CagulMethod, CagulTrainer, seed_everything
@@ -409,16 +410,22 @@ def train_methods(
 
 
 def _evaluate(name: str, model, vanilla, processor, splits, config: DemoConfig, progress: bool):
-    """The metrics of one model (``retain_kl`` against ``vanilla`` for all but itself)."""
-    return evaluate_splits(
+    """The metrics of one model (``retain_kl`` against ``vanilla`` for all but itself) and,
+    under ``"judging"``, what its forget quality and model utility need."""
+    cagul_config = config.cagul_config()
+    found = evaluate_splits(
         model,
         splits,
         processor,
-        config.cagul_config(),
+        cagul_config,
         reference=None if name == "vanilla" else vanilla,
         progress=progress,
         desc=f"eval {name}",
     )
+    found["judging"] = judging_inputs(
+        model, splits, processor, cagul_config, max_new_tokens=cagul_config.max_new_tokens
+    )
+    return found
 
 
 def _evaluate_job(name: str, config: DemoConfig, cache_dir: str, output_dir: str, threads: int):
@@ -596,11 +603,13 @@ def run_demo(
             progress=progress,
         )
     results: dict[str, Any] = {"models": {}, "chance_mc_acc": bench.chance_mc_acc}
+    judged = judge_models({n: evaluated[n]["judging"] for n in models})
     for name, (_, weights, info) in models.items():
         metrics = evaluated[name]
         memory = info.get("peak_memory_mb")
         results["models"][name] = {
             **{s: metrics[s] for s in EVAL_SPLITS},
+            **judged[name],
             "retain_kl": 0.0 if name == "vanilla" else metrics["retain_kl"],
             "trainable_params": int(info["trainable_params"]),
             "train_seconds": round(float(info["train_seconds"]), 2),
