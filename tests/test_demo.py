@@ -493,3 +493,42 @@ def test_demo_cli_errors(tmp_path, capsys):
     assert "baselines must be" in fails("--set", "baselines=ga,sgd")
     assert "npo_beta must be > 0" in fails("--set", "baseline.npo_beta=0")
     assert not os.listdir(tmp_path)  # nothing ran
+
+
+def test_demo_seeds_and_sweep(tmp_path):
+    import statistics
+
+    from cagul.cli import main
+
+    cache = str(tmp_path / "cache")
+    common = ["demo", "--quick", "--jobs", "1", "--no-progress", "--cache", cache]
+    threads = torch.get_num_threads()
+    try:
+        seeds_dir = tmp_path / "seeds"
+        assert (
+            main([*common, "--output", str(seeds_dir), "--seeds", "2", "--set", "baselines="]) == 0
+        )
+        sweep_dir = tmp_path / "sweep"
+        assert main([*common, "--output", str(sweep_dir), "--sweep", "ratio=0.25,0.5"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    seeds = json.loads((seeds_dir / "seeds.json").read_text())
+    assert seeds["seeds"] == [0, 1] and set(seeds["models"]) == {"vanilla", "retain_only", "cagul"}
+    for name in ("seed_0", "seed_1"):
+        assert (seeds_dir / name / "results.json").is_file()
+    stat = seeds["models"]["cagul"]["forget.mc_acc"]
+    assert len(stat["values"]) == 2 and stat["mean"] == pytest.approx(
+        statistics.fmean(stat["values"])
+    )
+    assert stat["std"] == pytest.approx(statistics.stdev(stat["values"]))
+    assert "forget_quality" in seeds["models"]["cagul"]
+    sweep = json.loads((sweep_dir / "sweep.json").read_text())
+    assert sweep["key"] == "ratio" and [p["value"] for p in sweep["points"]] == [0.25, 0.5]
+    ratios = [
+        json.loads((sweep_dir / f"ratio={v}" / "results.json").read_text())["config"]["cagul"][
+            "ratio"
+        ]
+        for v in (0.25, 0.5)
+    ]
+    assert ratios == [0.25, 0.5]
+    assert (sweep_dir / "sweep.png").stat().st_size > 0

@@ -46,6 +46,13 @@ def _existing(kind: str):
     return check
 
 
+def _sweep(text: str) -> tuple[str, list[Any]]:
+    key, _, values = text.partition("=")
+    if not key or not values:
+        raise argparse.ArgumentTypeError(f"expected KEY=V1,V2,..., got {text!r}")
+    return key, [_assignment(f"{key}={v}")[1] for v in values.split(",")]
+
+
 def _assignment(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
@@ -165,6 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the retain-only model (the gold standard, trained without the forget set)",
     )
     demo.add_argument("--quick", action="store_true", help="a tiny configuration (seconds)")
+    demo.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="train CAGUL and the baselines N times (seeds seed..seed+N-1); seeds.json has "
+        "the mean and std of every metric",
+    )
+    demo.add_argument(
+        "--sweep",
+        type=_sweep,
+        help="KEY=V1,V2,...: CAGUL once per value of a CagulConfig field (e.g. "
+        "ratio=0.1,0.25,0.5,0.75 or layer=1,2); sweep.json + sweep.png",
+    )
     demo.add_argument(
         "--threads",
         type=int,
@@ -392,7 +412,7 @@ def _run_protocol(args, model, splits, processor, config, reference) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from .demo import DemoConfig, run_demo
+    from .demo import DemoConfig, run_demo, run_seeds, run_sweep
 
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
@@ -416,7 +436,15 @@ def _demo(args: argparse.Namespace) -> None:
         from transformers.utils import logging
 
         logging.disable_progress_bar()
-    run_demo(config, args.output, args.cache, progress=not args.no_progress, jobs=jobs)
+    options = {"progress": not args.no_progress, "jobs": jobs}
+    if args.sweep and args.seeds != 1:
+        raise ValueError("--sweep and --seeds cannot be combined")
+    if args.sweep:
+        run_sweep(config, *args.sweep, args.output, args.cache, **options)
+    elif args.seeds != 1:
+        run_seeds(config, args.seeds, args.output, args.cache, **options)
+    else:
+        run_demo(config, args.output, args.cache, **options)
 
 
 def _flatten(obj: dict, prefix: str = "") -> list[tuple[str, Any]]:

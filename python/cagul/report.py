@@ -274,6 +274,34 @@ def plot_tradeoff_mc_acc(results: dict[str, Any], path: str) -> None:
     _scatter_models(results, path, point, setup)
 
 
+def plot_sweep(sweep: dict[str, Any], path: str) -> None:
+    """CAGUL's forget quality (log scale, left) and model utility (right) against the swept
+    setting's values (``run_sweep``'s result)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [p for p in sweep["points"] if isinstance(p["forget_quality"], float)]
+    fig, ax = plt.subplots(figsize=(6.2, 4.2))
+    xs = [p["value"] for p in points]
+    ax.plot(xs, [max(p["forget_quality"], 1e-12) for p in points], "o-", color="tab:red")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"cagul {sweep['key']}")
+    ax.set_ylabel("forget quality (log)", color="tab:red")
+    right = ax.twinx()
+    utility = [
+        p["model_utility"] if isinstance(p["model_utility"], float) else None for p in points
+    ]
+    right.plot(xs, utility, "s--", color="tab:blue")
+    right.set_ylabel("model utility", color="tab:blue")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"CAGUL: forget quality and model utility vs {sweep['key']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 @torch.no_grad()
 def plot_importance(
     model: CagulModel, processor: Any, sample: dict, config: CagulConfig, path: str
