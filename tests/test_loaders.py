@@ -774,7 +774,7 @@ def test_protocol_synthetic(model_dir, tmp_path, capsys):
     from cagul.data.synthetic import ANSWER_SENTENCES, SyntheticConfig, write
 
     config = SyntheticConfig(
-        n_people=2, forget_fraction=0.5, n_strangers=0, train_poses=1, test_poses=1,
+        n_people=4, forget_fraction=0.25, n_strangers=0, train_poses=1, test_poses=1,
         templates=2, image_size=16,
     )  # fmt: skip
     data = write(config, tmp_path / "synthetic")
