@@ -274,8 +274,9 @@ def _check_results(results: dict, models: set[str]) -> None:
     assert set(results["models"]) == models
     assert results["chance_mc_acc"] == 0.25
     for m in results["models"].values():
-        assert set(m) == {*syn.EVAL_SPLITS, "retain_kl", "trainable_params", "train_seconds",
-                          "peak_memory_mb", "base_weights_changed"}  # fmt: skip
+        assert set(m) == {*syn.EVAL_SPLITS, "forget_quality", "model_utility", "retain_kl",
+                          "trainable_params", "train_seconds", "peak_memory_mb",
+                          "base_weights_changed"}  # fmt: skip
         for split in syn.EVAL_SPLITS:
             assert set(m[split]) == set(METRICS)
             assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in m[split].values())
@@ -316,7 +317,11 @@ def test_demo_end_to_end(tmp_path):
     assert dominated[0]["ok"] == (dominating_baselines(results) == [])
     assert models["cagul"]["trainable_params"] < models["vanilla"]["trainable_params"]
     assert results["config"]["data"]["n_people"] == DemoConfig.tiny().data.n_people
-    for name in ("report.md", "accuracy.png", "tradeoff.png", "importance.png",
+    assert models["retain_only"]["forget_quality"] == pytest.approx(1.0)  # its own reference
+    for m in models.values():
+        assert 0.0 <= m["forget_quality"] <= 1.0 and 0.0 <= m["model_utility"] <= 1.0
+    for name in ("report.md", "accuracy.png", "tradeoff.png", "tradeoff_mc_acc.png",
+                 "importance.png",
                  "cagul/cagul_modules.safetensors"):  # fmt: skip
         assert (out / name).stat().st_size > 0
     assert "| vanilla" in (out / "report.md").read_text()
@@ -374,20 +379,22 @@ def test_trained_model_reloads_from_its_output(bench, tmp_path, name):
 
 
 def test_dominating_baselines():
-    def model(forget: float, retain: float) -> dict:
-        return {"forget": {"mc_acc": forget}, "retain": {"mc_acc": retain}}
+    def model(forget_quality, model_utility) -> dict:
+        return {"forget_quality": forget_quality, "model_utility": model_utility}
 
     results = {
         "models": {
             "cagul": model(0.30, 0.95),
-            "ga": model(0.20, 0.96),  # better on both: dominates
-            "kl": model(0.20, 0.90),  # forgets more, keeps less
-            "npo": model(0.30, 0.99),  # ties on forget
-            "idk": model(0.40, 0.97),
+            "ga": model(0.40, 0.96),  # better on both: dominates
+            "kl": model(0.50, 0.90),  # closer to retain-only, less utility
+            "npo": model(0.30, 0.99),  # ties on forget quality
+            "idk": model({"absent": "no retain-only model"}, 0.99),  # cannot dominate
         }
     }
     assert dominating_baselines(results) == ["ga"]
-    results["models"]["ga"] = model(0.31, 0.96)
+    results["models"]["ga"] = model(0.29, 0.96)
+    assert dominating_baselines(results) == []
+    results["models"]["cagul"] = model({"absent": "no retain-only model"}, 0.5)
     assert dominating_baselines(results) == []
 
 
@@ -486,3 +493,42 @@ def test_demo_cli_errors(tmp_path, capsys):
     assert "baselines must be" in fails("--set", "baselines=ga,sgd")
     assert "npo_beta must be > 0" in fails("--set", "baseline.npo_beta=0")
     assert not os.listdir(tmp_path)  # nothing ran
+
+
+def test_demo_seeds_and_sweep(tmp_path):
+    import statistics
+
+    from cagul.cli import main
+
+    cache = str(tmp_path / "cache")
+    common = ["demo", "--quick", "--jobs", "1", "--no-progress", "--cache", cache]
+    threads = torch.get_num_threads()
+    try:
+        seeds_dir = tmp_path / "seeds"
+        assert (
+            main([*common, "--output", str(seeds_dir), "--seeds", "2", "--set", "baselines="]) == 0
+        )
+        sweep_dir = tmp_path / "sweep"
+        assert main([*common, "--output", str(sweep_dir), "--sweep", "ratio=0.25,0.5"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    seeds = json.loads((seeds_dir / "seeds.json").read_text())
+    assert seeds["seeds"] == [0, 1] and set(seeds["models"]) == {"vanilla", "retain_only", "cagul"}
+    for name in ("seed_0", "seed_1"):
+        assert (seeds_dir / name / "results.json").is_file()
+    stat = seeds["models"]["cagul"]["forget.mc_acc"]
+    assert len(stat["values"]) == 2 and stat["mean"] == pytest.approx(
+        statistics.fmean(stat["values"])
+    )
+    assert stat["std"] == pytest.approx(statistics.stdev(stat["values"]))
+    assert "forget_quality" in seeds["models"]["cagul"]
+    sweep = json.loads((sweep_dir / "sweep.json").read_text())
+    assert sweep["key"] == "ratio" and [p["value"] for p in sweep["points"]] == [0.25, 0.5]
+    ratios = [
+        json.loads((sweep_dir / f"ratio={v}" / "results.json").read_text())["config"]["cagul"][
+            "ratio"
+        ]
+        for v in (0.25, 0.5)
+    ]
+    assert ratios == [0.25, 0.5]
+    assert (sweep_dir / "sweep.png").stat().st_size > 0

@@ -8,12 +8,17 @@ import base64
 import io
 import json
 import os
+import random
+import struct
+import zlib
 
 import pytest
 import tiny_vlm as tv
+from cagul import metrics
 from cagul.cli import main
 from cagul.data import detect_format, load_dataset, load_fiubench, load_mllmu
-from cagul.data.mllmu import CLOZE_INSTRUCTION
+from cagul.data._records import EncodedImage
+from cagul.data.mllmu import CLOZE_INSTRUCTION, TASKS
 from PIL import Image
 
 # ---------------------------------------------------------------------- fixtures
@@ -27,6 +32,8 @@ def _png(seed: int) -> bytes:
 
 
 def _pixels(image) -> bytes:
+    if isinstance(image, EncodedImage):
+        return image.decode().tobytes()
     if isinstance(image, str):
         with Image.open(image) as im:
             return im.convert("RGB").tobytes()
@@ -74,34 +81,51 @@ def _profile(pid: str, seed: int, image: dict | None = None) -> dict:
     }
 
 
+def _mc(item: dict, question_type: str) -> dict:
+    options = [item["Options"][k] for k in "ABCD"]
+    index = "ABCD".index(item["Correct_Answer"])
+    return {
+        "question": "\n".join([item["Question"], *(f"{k}: {item['Options'][k]}" for k in "ABCD")]),
+        "answer": options[index],
+        "form": "mc",
+        "options": options,
+        "answer_index": index,
+        "letter": item["Correct_Answer"],
+        "task": "classification",
+        "question_type": question_type,
+        "index": 0,
+    }
+
+
 def _expected(row: dict) -> list[dict]:
-    """The samples a profile row should give, in order (question, answer, form, task)."""
+    """The evaluation samples a profile row should give, in order (image dropped)."""
     pid = row["ID"]
-    mc = row["Classification_Task"]["Image_Textual_Questions"][0]
-    options = [mc["Options"][k] for k in "ABCD"]
+    task = row["Classification_Task"]
+
+    def short(question, answer, kind, question_type):
+        return {"question": question, "answer": answer, "form": "short", "task": kind} | {
+            "question_type": question_type,
+            "index": 0,
+        }
+
     return [
-        {"question": f"Who is {pid}?", "answer": f"name {pid}", "form": "short", "task": "qa"},
-        {
-            "question": "\n".join([mc["Question"], *(f"{k}: {mc['Options'][k]}" for k in "ABCD")]),
-            "answer": f"job {pid}",
-            "form": "mc",
-            "options": options,
-            "answer_index": 2,
-            "task": "classification",
-        },
-        {
-            "question": f"Where does {pid} live?",
-            "answer": f"city {pid}",
-            "form": "short",
-            "task": "generation",
-        },
-        {
-            "question": f"{pid} was born in [Blank].\n{CLOZE_INSTRUCTION}",
-            "answer": f"town {pid}",
-            "form": "short",
-            "task": "cloze",
-        },
+        _mc(task["Image_Textual_Questions"][0], "Image_Textual"),
+        _mc(task["Pure_Text_Questions"][0], "Pure_Text"),
+        short(
+            f"{pid} was born in [Blank].\n{CLOZE_INSTRUCTION}",
+            f"town {pid}",
+            "cloze",
+            "Image_Textual",
+        ),
+        short(f"Where does {pid} live?", f"city {pid}", "generation", "Image_Textual"),
+        short("text only", "x", "generation", "Pure_Text"),
     ]
+
+
+def _ft_row(pid: str, seed: int) -> dict:
+    """An ``ft_Data`` training row: the person's image and QA pairs (``metadata`` JSON)."""
+    pairs = [{"Question": f"Who is {pid}?", "Answer": f"name {pid}"}]
+    return {"ID": pid, "image": {"bytes": _png(seed), "path": None}, "metadata": json.dumps(pairs)}
 
 
 FORGET = {"forget_5": ["p0"], "forget_10": ["p0", "p1"]}
@@ -121,6 +145,7 @@ def _mllmu_rows() -> dict[str, list[dict]]:
         row["images"] = [{"bytes": _png(20 + i), "path": None}, {"bytes": _png(30 + i)}]
         rows["Test_Set"].append(row)
     rows["Retain_Set"] = [_profile("c0", 40)]
+    rows["ft_Data"] = [_ft_row(p, i) for i, p in enumerate(PEOPLE)]  # the profile images
     return rows
 
 
@@ -199,22 +224,22 @@ def fiu_dir(tmp_path_factory):
 def _check_mllmu(bench, rows, forget_split: str) -> None:
     forget = FORGET[forget_split]
     retain = [p for p in PEOPLE if p not in forget]
-    assert bench.eval_splits == (
-        "forget",
-        "forget_test",
-        "retain",
-        "retain_test",
-        "retain_celebrity",
-    )
+    assert bench.eval_splits == ("forget", "forget_test", "retain", "retain_celebrity")
+    assert bench.train_splits == ("train_forget", "train_retain")
     assert bench.config["forget_split"] == forget_split
     by_id = {r["ID"]: r for r in rows[forget_split]}
     by_id.update({r["ID"]: r for r in rows[f"retain_{100 - int(forget_split[7:])}"]})
     tests = {r["ID"]: r for r in rows["Test_Set"]}
+    rng = random.Random(0)  # eval.py's random.choice per Test_Set row and task, seeded
+    test_pick = {
+        r["ID"]: {task: rng.randrange(len(r["images"])) for task in TASKS}
+        for r in rows["Test_Set"]
+        if r["ID"] in forget
+    }
     for split, people in (
         ("forget", forget),
         ("retain", retain),
         ("forget_test", forget),
-        ("retain_test", retain),
         ("retain_celebrity", ["c0"]),
     ):
         samples = bench.splits[split]
@@ -225,16 +250,24 @@ def _check_mllmu(bench, rows, forget_split: str) -> None:
             expected += [{**e, **base} for e in _expected(row)]
         got = [{k: v for k, v in s.items() if k != "image"} for s in samples]
         assert got == expected, split
-        for k, s in enumerate(samples):
-            if split.endswith("_test"):  # the k-th question of a person on image k % 2
-                k_person = k % len(_expected(tests[s["person"]]))
-                image = tests[s["person"]]["images"][k_person % 2]["bytes"]
+        for s in samples:
+            if s["question_type"] == "Pure_Text":
+                assert s["image"] is None  # text only: CAGUL's gate stays off
+                continue
+            if split == "forget_test":
+                image = tests[s["person"]]["images"][test_pick[s["person"]][s["task"]]]["bytes"]
             elif split == "retain_celebrity":
                 image = rows["Retain_Set"][0]["image"]["bytes"]
             else:
                 image = by_id[s["person"]]["image"]["bytes"]
             assert _pixels(s["image"]) == Image.open(io.BytesIO(image)).convert("RGB").tobytes()
     assert [p["id"] for p in bench.people] == [*forget, *retain, "c0"]
+    train = bench.train_samples()
+    assert [(s["split"], s["person"], s["question"], s["answer"]) for s in train] == [
+        ("train_forget" if p in forget else "train_retain", p, f"Who is {p}?", f"name {p}")
+        for p in PEOPLE
+    ]
+    assert all(s["is_forget"] == (s["person"] in forget) for s in train)
 
 
 @pytest.mark.parametrize("forget_split", ["forget_5", "forget_10"])
@@ -242,8 +275,8 @@ def test_mllmu_json(mllmu_dir, forget_split):
     rows = _mllmu_rows()
     bench = load_mllmu(mllmu_dir, forget_split)
     _check_mllmu(bench, rows, forget_split)
-    images = {s["person"]: s["image"] for s in bench.splits["retain"]}
-    assert isinstance(images["p2"], str) and not isinstance(images["p3"], str)  # p2: a path
+    images = {s["person"]: s["image"] for s in bench.splits["retain"] if s["image"] is not None}
+    assert images["p2"].path is not None and images["p3"].data is not None  # p2: a path
     assert bench.chance_mc_acc == 0.25
     assert len(bench.samples("forget")) == len(bench.splits["forget"])
 
@@ -263,9 +296,11 @@ def test_mllmu_parquet(tmp_path):
 
 def test_mllmu_optional_subsets(tmp_path):
     rows = _mllmu_rows()
-    del rows["Test_Set"], rows["Retain_Set"]
+    del rows["Test_Set"], rows["Retain_Set"], rows["ft_Data"]
     bench = load_mllmu(write_mllmu_json(tmp_path, rows))
     assert bench.eval_splits == ("forget", "retain") == tuple(bench.splits)
+    with pytest.raises(ValueError, match="no training samples"):
+        bench.train_samples()
 
 
 def _mllmu_error(tmp_path, edit, forget_split="forget_5"):
@@ -302,10 +337,10 @@ def test_mllmu_errors(tmp_path):
     assert "Correct_Answer': 'E' is not one of" in _mllmu_error(tmp_path / "c", bad_letter)
 
     def bad_type(rows):
-        rows["Test_Set"][3]["Mask_Task"][0]["Type"] = "Video"
+        rows["Test_Set"][0]["Mask_Task"][0]["Type"] = "Video"
 
     msg = _mllmu_error(tmp_path / "d", bad_type)
-    assert "Test_Set/train-00000-of-00001.json: row 4: field 'Mask_Task[0].Type'" in msg
+    assert "Test_Set/train-00000-of-00001.json: row 1: field 'Mask_Task[0].Type'" in msg
 
     def bad_image(rows):
         rows["forget_5"][0]["image"] = {"bytes": b"not a png"}
@@ -314,15 +349,16 @@ def test_mllmu_errors(tmp_path):
 
     def no_questions(rows):
         row = rows["forget_5"][0]
-        for key in ("metadata", "Classification_Task", "Generation_Task", "Mask_Task"):
+        for key in ("Classification_Task", "Generation_Task", "Mask_Task"):
             del row[key]
 
-    assert "row 1: no image questions" in _mllmu_error(tmp_path / "f", no_questions)
+    assert "row 1: no questions" in _mllmu_error(tmp_path / "f", no_questions)
 
     def bad_metadata(rows):
-        rows["forget_5"][0]["metadata"] = "[{"
+        rows["ft_Data"][2]["metadata"] = "[{"
 
-    assert "field 'metadata': invalid JSON" in _mllmu_error(tmp_path / "g", bad_metadata)
+    msg = _mllmu_error(tmp_path / "g", bad_metadata)
+    assert "ft_Data/train-00000-of-00001.json: row 3: field 'metadata': invalid JSON" in msg
 
     def empty_question(rows):
         rows["forget_5"][0]["Generation_Task"][0]["Question"] = " "
@@ -369,6 +405,9 @@ def test_fiubench(fiu_dir):
                         "answer": qa["answer"],
                         "form": "short",
                         "task": "qa",
+                        "paraphrased_questions": [qa["paraphrased_question"]],
+                        "perturbed_answers": qa["perturbed_answer"],
+                        "keywords": qa["keywords"],
                     }
                 )
                 options = list(qa["perturbed_answer"])
@@ -390,7 +429,9 @@ def test_fiubench(fiu_dir):
         samples = bench.splits[split]
         assert [{k: v for k, v in s.items() if k != "image"} for s in samples] == expected
         for s in samples:
-            assert s["image"] == os.path.join(fiu_dir, "dataset", "images", f"{s['person']}.jpg")
+            assert s["image"].path == os.path.join(
+                fiu_dir, "dataset", "images", f"{s['person']}.jpg"
+            )
     assert bench.chance_mc_acc == pytest.approx(1 / 3)
     bench10 = load_fiubench(os.path.join(fiu_dir, "dataset"), "forget10", multiple_choice=False)
     assert {s["person"] for s in bench10.splits["forget"]} == {"0", "1", "2"}
@@ -503,7 +544,7 @@ def test_cli_eval_and_train(model_dir, mllmu_dir, fiu_dir, tmp_path, capsys):
         (
             mllmu_dir,
             "mllmu",
-            {"forget", "forget_test", "retain", "retain_test", "retain_celebrity"},
+            {"forget", "forget_test", "retain", "retain_celebrity"},
         ),
         (fiu_dir, "auto", {"forget", "retain"}),
     ):
@@ -556,3 +597,206 @@ def test_cli_data_errors(model_dir, mllmu_dir, tmp_path, capsys):
     assert "forget_split must be one of" in capsys.readouterr().err
     assert main([*args, "--format", "fiubench"]) == 2
     assert "no full.json and split.json" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- official layouts
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG file whose header claims ``width x height`` pixels and holds no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def _question_texts(sample: dict) -> set[str]:
+    texts = {sample["question"], sample["answer"], *sample.get("options", ())}
+    return {t for t in texts if len(t) > 2}
+
+
+def test_mllmu_official_parquet_layout_never_trains_on_eval_items(tmp_path):
+    """HF parquet files with the image struct, Test_Set in two files, ft_Data training rows;
+    no evaluation question, option or answer text reaches a training sample."""
+    pa = pytest.importorskip("pyarrow", reason="pyarrow writes the parquet fixture")
+    import pyarrow.parquet as pq
+
+    rows = _mllmu_rows()
+    for row in rows["ft_Data"]:  # ft_Data also states every evaluated fact as a QA pair...
+        row["metadata"] = json.dumps(
+            [{"Question": f"Who is {row['ID']}?", "Answer": f"name {row['ID']}"}]
+        )
+    for subset, subset_rows in rows.items():
+        os.makedirs(tmp_path / subset)
+        halves = [subset_rows[:2], subset_rows[2:]] if subset == "Test_Set" else [subset_rows]
+        for k, part in enumerate(halves):
+            name = f"train-{k:05d}-of-{len(halves):05d}.parquet"
+            pq.write_table(pa.Table.from_pylist(part), tmp_path / subset / name)
+    bench = load_dataset(tmp_path)
+    assert {s["person"] for s in bench.splits["forget_test"]} == {"p0"}
+    train = bench.train_samples()
+    assert train and all(s["task"] == "qa" for s in train)
+    eval_texts = set().union(
+        *(_question_texts(s) for split in bench.eval_splits for s in bench.splits[split])
+    )
+    assert not eval_texts & set().union(*(_question_texts(s) for s in train))
+    assert sum(s["question_type"] == "Pure_Text" for s in bench.splits["forget"]) == 2
+
+
+def test_mllmu_baseline_train_split(tmp_path):
+    rows = _mllmu_rows()
+    rows["baseline_train_split/forget_5"] = [_ft_row("p0", 0)]
+    rows["baseline_train_split/retain_95"] = [_ft_row("p3", 3)]
+    bench = load_mllmu(write_mllmu_json(tmp_path, rows))
+    assert [(s["split"], s["person"]) for s in bench.train_samples()] == [
+        ("train_forget", "p0"),
+        ("train_retain", "p3"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty image data (0 bytes)"),
+        (b"GIF89a not really", "not a readable image"),
+        # a PNG header claiming 60000 x 60000 pixels: refused before any decoding
+        (
+            _png_header(60000, 60000),
+            "decompression bomb",
+        ),
+    ],
+)
+def test_mllmu_broken_images_name_file_row_field(tmp_path, data, message):
+    def broken(rows):
+        rows["retain_95"][2]["image"] = {"bytes": data}
+
+    msg = _mllmu_error(tmp_path, broken)
+    assert "retain_95/train-00000-of-00001.json: row 3: field 'image.bytes'" in msg
+    assert message in msg
+
+
+def _fiubench_flat(root) -> str:
+    """The flat HF FIUBench copy with every FIUBench field: forget5 = 0, 1; retain5 = 4, 5."""
+    os.makedirs(root / "SFHQ")
+    people = []
+    for i in range(6):
+        Image.open(io.BytesIO(_png(i))).save(root / "SFHQ" / f"{i}.jpg")
+        person = _fiu_person(i)
+        person["image_path"] = f"./dataset/SFHQ/{i}.jpg"
+        for qa in person["qa_list"]:
+            qa["paraphrased_question"] = ["What is the name of this person?", "Who is this?"]
+            qa["paraphrased_answer"] = f"n{i}"
+            qa["perturbed_answer"] = [f"n{i + 6}", f"n{i + 12}", f"n{i + 18}"]
+            qa["keywords"] = [f"n{i}"]
+        people.append(person)
+    (root / "full.json").write_text("".join(json.dumps(p) + "\n" for p in people))
+    (root / "split.json").write_text(json.dumps({"forget5": [0, 1], "retain5": [4, 5]}))
+    return str(root)
+
+
+def test_fiubench_flat_hf_layout_and_retain5(tmp_path):
+    """The plain HF copy: full.json (JSON lines), split.json and SFHQ/ side by side, with
+    image paths still reading ./dataset/SFHQ/<id>.jpg; retain5 is the retain eval split."""
+    bench = load_dataset(_fiubench_flat(tmp_path))
+    assert bench.eval_splits == ("forget", "retain5")
+    assert bench.train_splits == ("forget", "retain")
+    assert {s["person"] for s in bench.splits["retain5"]} == {"4", "5"}
+    assert {s["person"] for s in bench.splits["retain"]} == {"2", "3", "4", "5"}
+    first = bench.splits["forget"][0]
+    assert first["image"].path == os.path.join(tmp_path, "SFHQ", "0.jpg")
+    assert first["paraphrased_questions"] == ["What is the name of this person?", "Who is this?"]
+    assert first["paraphrased_answer"] == "n0" and first["keywords"] == ["n0"]
+
+
+# ---------------------------------------------------------------------- protocol runners
+
+
+def test_protocol_fiubench(model_dir, tmp_path, capsys):
+    data = _fiubench_flat(tmp_path / "fiu")
+    model = str(model_dir / "model")
+    args = ["eval", "--model", model, "--data", data, "--protocol", "fiubench", "--no-progress"]
+    args += ["--max-new-tokens", "3"]
+    out = tmp_path / "fiu.json"
+    assert main([*args, "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["splits"]) == {"forget", "retain5"}
+    for row in result["splits"].values():
+        assert row["n"] == 4  # 2 people x 2 QA pairs
+        for key in ("rougeL_recall", "probability", "truth_ratio", "em", "ape", "min_k"):
+            assert 0.0 <= row[key] <= 1.0, key
+    assert result["forget_quality"] == {"absent": "needs --reference (the retain-only model)"}
+    assert "absent" in result["privleak"]
+    retain = result["splits"]["retain5"]
+    parts = [retain["probability"], retain["rougeL_recall"], retain["truth_ratio"]]
+    assert result["model_utility"] == pytest.approx(metrics.model_utility(parts))
+    assert result["options"]["max_new_tokens"] == 3
+    table = (tmp_path / "fiu.md").read_text()
+    assert "| Split | ROUGE-L | Prob. | Truth ratio | EM | APE | Min-K% | Min-K%++ | n |" in table
+    # the model against itself as the retain-only model: identical truth ratios, p = 1
+    out = tmp_path / "ref.json"
+    assert main([*args, "--output", str(out), "--reference", model]) == 0
+    assert json.loads(out.read_text())["forget_quality"] == pytest.approx(1.0)
+    capsys.readouterr()
+
+
+def test_protocol_mllmu(model_dir, mllmu_dir, tmp_path, capsys):
+    model = str(model_dir / "model")
+    out = tmp_path / "mllmu.json"
+    args = ["eval", "--model", model, "--data", mllmu_dir, "--protocol", "mllmu"]
+    args += ["--forget-split", "forget_10", "--max-new-tokens", "2", "--no-progress"]
+    assert main([*args, "--output", str(out), "--seed", "3"]) == 0
+    result = json.loads(out.read_text())
+    assert [(r["set"], r["question_type"]) for r in result["rows"]] == [
+        (s, t)
+        for s in ("forget", "forget_test", "retain", "retain_celebrity")
+        for t in ("Image_Textual", "Pure_Text")
+    ]
+    options = result["options"]
+    assert options["seed"] == 3 and options["shots"] == {"classification": 1, "cloze": 2}
+    # the few-shot profiles' own questions are skipped: forget_10 has p0, p1
+    skipped = options["few_shot_people"]["forget"]["classification"]
+    forget = result["rows"][0]
+    assert len(skipped) == 1 and forget["n"] == {"classification": 1, "cloze": 0, "generation": 2}
+    celebrity = result["rows"][6]
+    assert celebrity["n"] == {"classification": 1, "cloze": 1, "generation": 1}
+    assert 0.0 <= celebrity["classification_acc"] <= 100.0 and 0.0 <= celebrity["bleu"] <= 1.0
+    table = (tmp_path / "mllmu.md").read_text()
+    assert "| retain_celebrity | Pure_Text |" in table and "gate stays off" in table
+    capsys.readouterr()
+    assert main([*args]) == 2
+    assert "--protocol needs exactly one --data directory and --output" in capsys.readouterr().err
+
+
+def test_protocol_synthetic(model_dir, tmp_path, capsys):
+    from cagul.data.synthetic import ANSWER_SENTENCES, SyntheticConfig, write
+
+    config = SyntheticConfig(
+        n_people=4, forget_fraction=0.25, n_strangers=0, train_poses=1, test_poses=1,
+        templates=2, image_size=16,
+    )  # fmt: skip
+    data = write(config, tmp_path / "synthetic")
+    bench = load_dataset(data)
+    short = next(s for s in bench.splits["forget"] if s["form"] == "short")
+    wrong = [o for k, o in enumerate(short["options"]) if k != short["answer_index"]]
+    sentence = ANSWER_SENTENCES[short["fact"]]
+    assert short["perturbed_answers"] == [sentence.format(o) for o in wrong]
+    assert short["paraphrased_answer"] == sentence.format(short["answer"])
+    assert short["keywords"] == [short["answer"]] and len(short["paraphrased_questions"]) == 1
+    assert short["question"] not in short["paraphrased_questions"]
+
+    out = tmp_path / "synthetic.json"
+    model = str(model_dir / "model")
+    args = ["eval", "--model", model, "--data", data, "--protocol", "synthetic"]
+    args += ["--max-new-tokens", "2", "--no-progress", "--output", str(out), "--reference", model]
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    assert set(result["splits"]) == {"forget", "forget_test", "retain", "retain_test"}
+    for row in result["splits"].values():
+        assert 0.0 <= row["mc_acc_likelihood"] <= 1.0 and "mc_acc" not in row
+        assert 0.0 <= row["truth_ratio"] <= 1.0 and 0.0 <= row["ape"] <= 1.0
+    assert result["forget_quality"] == pytest.approx(1.0)  # the model is its own reference
+    assert "mc_acc_likelihood" in (tmp_path / "synthetic.md").read_text()
+    capsys.readouterr()

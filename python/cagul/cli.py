@@ -46,6 +46,13 @@ def _existing(kind: str):
     return check
 
 
+def _sweep(text: str) -> tuple[str, list[Any]]:
+    key, _, values = text.partition("=")
+    if not key or not values:
+        raise argparse.ArgumentTypeError(f"expected KEY=V1,V2,..., got {text!r}")
+    return key, [_assignment(f"{key}={v}")[1] for v in values.split(",")]
+
+
 def _assignment(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
@@ -136,7 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
         "benchmark directory (its forget, forget_test, retain, retain_test, ... splits)",
     )
     data_format(ev)
-    ev.add_argument("--reference", type=_existing("--reference"), help="VLM for retain_kl")
+    ev.add_argument(
+        "--reference",
+        type=_existing("--reference"),
+        help="VLM for retain_kl; with --protocol the retain-only model (forget quality, privleak)",
+    )
+    ev.add_argument(
+        "--protocol",
+        choices=("mllmu", "fiubench", "synthetic"),
+        help="run a benchmark's official evaluation (one --data directory); writes --output "
+        "JSON and a markdown table next to it (docs/evaluation.md)",
+    )
+    ev.add_argument("--seed", type=int, default=0, help="--protocol mllmu: few-shot + test images")
     ev.add_argument("--set", dest="overrides", action="append", default=[], type=_assignment)
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--max-new-tokens", type=int, default=None)
@@ -154,6 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the retain-only model (the gold standard, trained without the forget set)",
     )
     demo.add_argument("--quick", action="store_true", help="a tiny configuration (seconds)")
+    demo.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="train CAGUL and the baselines N times (seeds seed..seed+N-1); seeds.json has "
+        "the mean and std of every metric",
+    )
+    demo.add_argument(
+        "--sweep",
+        type=_sweep,
+        help="KEY=V1,V2,...: CAGUL once per value of a CagulConfig field (e.g. "
+        "ratio=0.1,0.25,0.5,0.75 or layer=1,2); sweep.json + sweep.png",
+    )
     demo.add_argument(
         "--threads",
         type=int,
@@ -205,7 +236,7 @@ def _train(args: argparse.Namespace) -> None:
         samples = load_jsonl(args.data)  # every sample, in file order
     else:
         bench = load_dataset(args.data, args.format, forget_split=args.forget_split)
-        samples = bench.splits["forget"] + bench.splits["retain"]
+        samples = bench.train_samples()
     eval_samples = load_jsonl(args.eval_data) if args.eval_data else None
     seed_everything(config.seed)  # the modules' initialisation
     vlm, processor = _load_vlm(args)
@@ -314,6 +345,8 @@ def _eval(args: argparse.Namespace) -> None:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.protocol and (len(args.data) != 1 or not args.output):
+        raise ValueError("--protocol needs exactly one --data directory and --output")
     splits = _eval_splits(args.data, args.format, args.forget_split)
     vlm, processor = _load_vlm(args)
     overrides = dict(args.overrides)
@@ -330,6 +363,9 @@ def _eval(args: argparse.Namespace) -> None:
         model, config, reference = vlm, CagulConfig().replace(**overrides), None
     if args.reference:
         reference, _ = _load_vlm(args, args.reference, "--reference")
+    if args.protocol:
+        _run_protocol(args, model, splits, processor, config, reference)
+        return
     found = evaluate_splits(
         model,
         splits,
@@ -350,8 +386,33 @@ def _eval(args: argparse.Namespace) -> None:
     print(text)
 
 
+def _run_protocol(args, model, splits, processor, config, reference) -> None:
+    from .evaluation import common, fiubench, mllmu, synthetic
+
+    options: dict[str, Any] = {"batch_size": args.batch_size}
+    if args.max_new_tokens:
+        options["max_new_tokens"] = args.max_new_tokens
+    if args.protocol == "mllmu":
+        result = mllmu.evaluate_mllmu(model, splits, processor, config, seed=args.seed, **options)
+        table = mllmu.mllmu_table(result)
+    elif args.protocol == "fiubench":
+        retain = next((s for s in splits if s.startswith("retain")), "retain")
+        result = fiubench.evaluate_fiubench(
+            model, splits, processor, config, retain_split=retain, reference=reference, **options
+        )
+        table = fiubench.fiubench_table(result)
+    else:
+        result = synthetic.evaluate_synthetic(
+            model, splits, processor, config, reference=reference, **options
+        )
+        table = synthetic.synthetic_table(result)
+    result["options"]["data"] = args.data[0]
+    common.write_results(result, table, args.output)
+    print(table)
+
+
 def _demo(args: argparse.Namespace) -> None:
-    from .demo import DemoConfig, run_demo
+    from .demo import DemoConfig, run_demo, run_seeds, run_sweep
 
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
@@ -375,7 +436,15 @@ def _demo(args: argparse.Namespace) -> None:
         from transformers.utils import logging
 
         logging.disable_progress_bar()
-    run_demo(config, args.output, args.cache, progress=not args.no_progress, jobs=jobs)
+    options = {"progress": not args.no_progress, "jobs": jobs}
+    if args.sweep and args.seeds != 1:
+        raise ValueError("--sweep and --seeds cannot be combined")
+    if args.sweep:
+        run_sweep(config, *args.sweep, args.output, args.cache, **options)
+    elif args.seeds != 1:
+        run_seeds(config, args.seeds, args.output, args.cache, **options)
+    else:
+        run_demo(config, args.output, args.cache, **options)
 
 
 def _flatten(obj: dict, prefix: str = "") -> list[tuple[str, Any]]:

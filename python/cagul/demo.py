@@ -24,6 +24,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -39,6 +40,7 @@ from .data import VLMCollator
 from .data.synthetic import EVAL_SPLITS, Benchmark, SyntheticConfig, jitter
 from .data.synthetic import generate as generate_benchmark
 from .evaluate import evaluate_splits
+from .evaluation.synthetic import judge_models, judging_inputs
 from .model import CagulModel
 from .toy_vlm import ToyVLMConfig, load_or_train
 from .train import CagulMethod, CagulTrainer, seed_everything
@@ -409,16 +411,22 @@ def train_methods(
 
 
 def _evaluate(name: str, model, vanilla, processor, splits, config: DemoConfig, progress: bool):
-    """The metrics of one model (``retain_kl`` against ``vanilla`` for all but itself)."""
-    return evaluate_splits(
+    """The metrics of one model (``retain_kl`` against ``vanilla`` for all but itself) and,
+    under ``"judging"``, what its forget quality and model utility need."""
+    cagul_config = config.cagul_config()
+    found = evaluate_splits(
         model,
         splits,
         processor,
-        config.cagul_config(),
+        cagul_config,
         reference=None if name == "vanilla" else vanilla,
         progress=progress,
         desc=f"eval {name}",
     )
+    found["judging"] = judging_inputs(
+        model, splits, processor, cagul_config, max_new_tokens=cagul_config.max_new_tokens
+    )
+    return found
 
 
 def _evaluate_job(name: str, config: DemoConfig, cache_dir: str, output_dir: str, threads: int):
@@ -596,11 +604,13 @@ def run_demo(
             progress=progress,
         )
     results: dict[str, Any] = {"models": {}, "chance_mc_acc": bench.chance_mc_acc}
+    judged = judge_models({n: evaluated[n]["judging"] for n in models})
     for name, (_, weights, info) in models.items():
         metrics = evaluated[name]
         memory = info.get("peak_memory_mb")
         results["models"][name] = {
             **{s: metrics[s] for s in EVAL_SPLITS},
+            **judged[name],
             "retain_kl": 0.0 if name == "vanilla" else metrics["retain_kl"],
             "trainable_params": int(info["trainable_params"]),
             "train_seconds": round(float(info["train_seconds"]), 2),
@@ -639,3 +649,83 @@ def _data_dir(config: DemoConfig, cache_dir: str) -> str:
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _numbers(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per model its numeric results, flattened (``forget.mc_acc``, ``forget_quality``...)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, m in results["models"].items():
+        flat = {f"{s}.{k}": v for s in EVAL_SPLITS for k, v in m[s].items()}
+        flat.update({k: v for k, v in m.items() if k not in EVAL_SPLITS})
+        out[name] = {
+            k: float(v)
+            for k, v in flat.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+    return out
+
+
+def run_seeds(config: DemoConfig, n_seeds: int, output_dir: str, cache_dir: str, **kw):
+    """Runs the demo with seeds ``config.seed .. config.seed + n_seeds - 1`` (CAGUL and the
+    baselines are trained anew each time; the benchmark and the vanilla model are shared)
+    into ``output_dir/seed_<s>`` and writes ``seeds.json``: per model and metric the values
+    per seed, their mean and std (sample std; 0 for one seed)."""
+    if not isinstance(n_seeds, int) or n_seeds < 1:
+        raise ValueError(f"--seeds must be an int >= 1, got {n_seeds!r}")
+    runs = []
+    for seed in range(config.seed, config.seed + n_seeds):
+        seeded = dataclasses.replace(config, seed=seed)
+        runs.append(_numbers(run_demo(seeded, os.path.join(output_dir, f"seed_{seed}"),
+                                      cache_dir, **kw)))  # fmt: skip
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in runs[0]:
+        for key in runs[0][name]:
+            values = [r[name][key] for r in runs if key in r.get(name, {})]
+            if len(values) == len(runs):
+                std = statistics.stdev(values) if len(values) > 1 else 0.0
+                summary.setdefault(name, {})[key] = {
+                    "values": values,
+                    "mean": statistics.fmean(values),
+                    "std": std,
+                }
+    result = {"seeds": list(range(config.seed, config.seed + n_seeds)), "models": summary}
+    _write_json(os.path.join(output_dir, "seeds.json"), result)
+    return result
+
+
+def run_sweep(
+    config: DemoConfig, key: str, values: Sequence[Any], output_dir: str, cache_dir: str, **kw
+):
+    """Runs the demo (vanilla, retain-only and CAGUL; no baselines) once per value of the
+    CAGUL setting ``key`` (``ratio``, ``layer``, ...) into ``output_dir/<key>=<value>``;
+    writes ``sweep.json`` (CAGUL's forget quality and model utility per value) and
+    ``sweep.png``."""
+    from .report import plot_sweep
+
+    points = []
+    for value in values:
+        swept = dataclasses.replace(config, baselines=[])
+        swept.set(f"cagul.{key}", value)
+        results = run_demo(swept, os.path.join(output_dir, f"{key}={value}"), cache_dir, **kw)
+        cagul = results["models"]["cagul"]
+        points.append(
+            {
+                "value": value,
+                "forget_quality": cagul["forget_quality"],
+                "model_utility": cagul["model_utility"],
+                **{f"{s}.mc_acc": cagul[s]["mc_acc"] for s in EVAL_SPLITS},
+            }
+        )
+    result = {"key": key, "points": points}
+    _write_json(os.path.join(output_dir, "sweep.json"), result)
+    plot_sweep(result, os.path.join(output_dir, "sweep.png"))
+    return result
+
+
+def _write_json(path: str, obj: Any) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)

@@ -151,9 +151,21 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _chunks(items: Sequence[Any], size: int):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _chunks(items: Sequence[dict], size: int):
+    """Runs of at most ``size`` consecutive samples; a run never mixes text-only samples
+    (``image`` None) with image samples."""
+    start = 0
+    while start < len(items):
+        text_only = items[start].get("image") is None
+        end = start + 1
+        while (
+            end < len(items)
+            and end - start < size
+            and (items[end].get("image") is None) == text_only
+        ):
+            end += 1
+        yield items[start:end]
+        start = end
 
 
 def _answer_logits(model, collator: VLMCollator, chunk: Sequence[dict]):

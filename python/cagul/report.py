@@ -21,6 +21,8 @@ from .model import CagulModel
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, dict) and "absent" in value:
+        return "n/a"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int):
@@ -36,6 +38,8 @@ def results_table(results: dict[str, Any], markdown: bool = False) -> str:
     for name, m in results["models"].items():
         rows += [[name, split, *(_fmt(m[split][k]) for k in METRICS)] for split in EVAL_SPLITS]
     model_cols = [
+        "forget_quality",
+        "model_utility",
         "retain_kl",
         "trainable_params",
         "train_seconds",
@@ -112,7 +116,7 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if "cagul" in models and set(models) & set(BASELINES):
         dominating = dominating_baselines(results)
         add(
-            "no baseline dominates cagul (lower forget and higher retain mc_acc)",
+            "no baseline dominates cagul (higher forget quality and higher model utility)",
             ", ".join(dominating) or "none",
             not dominating,
         )
@@ -120,16 +124,24 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def dominating_baselines(results: dict[str, Any]) -> list[str]:
-    """The baselines with both a lower ``forget`` and a higher ``retain`` ``mc_acc`` than
-    CAGUL (lower forget accuracy = more forgotten)."""
+    """The baselines with both a higher ``forget_quality`` (closer to the retain-only model,
+    so over-unlearning does not count as better) and a higher ``model_utility`` than CAGUL;
+    a model whose value is absent dominates nothing and is not dominated."""
     models = results["models"]
-    c_forget, c_retain = models["cagul"]["forget"]["mc_acc"], models["cagul"]["retain"]["mc_acc"]
+
+    def scores(name: str) -> tuple[float, float] | None:
+        pair = models[name].get("forget_quality"), models[name].get("model_utility")
+        return pair if all(isinstance(v, float) for v in pair) else None
+
+    cagul = scores("cagul")
     return [
         name
         for name in BASELINES
         if name in models
-        and models[name]["forget"]["mc_acc"] < c_forget
-        and models[name]["retain"]["mc_acc"] > c_retain
+        and cagul is not None
+        and (theirs := scores(name)) is not None
+        and theirs[0] > cagul[0]
+        and theirs[1] > cagul[1]
     ]
 
 
@@ -193,39 +205,98 @@ def plot_accuracy(results: dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
-def plot_tradeoff(results: dict[str, Any], path: str) -> None:
-    """Forget vs retain ``mc_acc``, one point per model: vanilla and retain-only (the
-    references) as stars, CAGUL as a large red dot, each finetuning baseline with a marker
-    of its own; chance marked. Ideal: forget at chance, retain at the vanilla model's."""
+#: Marker and size per model in the trade-off plots; the baselines by their order.
+MODEL_STYLES = {
+    "vanilla": ("*", 280),
+    "retain_only": ("*", 280),
+    "cagul": ("o", 160),
+    **{name: (marker, 80) for name, marker in zip(BASELINES, "vsD^P", strict=True)},
+}
+
+
+def _scatter_models(results: dict[str, Any], path: str, point, setup) -> None:
+    """One point ``point(model) -> (x, y) | None`` per model (vanilla and retain-only as
+    stars, CAGUL a large red dot, each baseline its own marker); ``setup(ax)`` labels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.2, 5))
-    chance = results["chance_mc_acc"]
-    ax.axvline(chance, color="k", ls="--", lw=1, label="chance (forget)")
-    style = {  # name -> (marker, size); the baselines by their order in BASELINES
-        "vanilla": ("*", 280),
-        "retain_only": ("*", 280),
-        "cagul": ("o", 160),
-        **{name: (marker, 80) for name, marker in zip(BASELINES, "vsD^P", strict=True)},
-    }
     for name, m in results["models"].items():
-        x, y = m["forget"]["mc_acc"], m["retain"]["mc_acc"]
-        if x is None or y is None:
+        xy = point(m)
+        if xy is None:
             continue
-        marker, size = style.get(name, ("o", 80))
-        ax.scatter(
-            [x], [y], s=size, marker=marker, color=_colour(name), zorder=3, label=name, alpha=0.85
-        )
-    ax.set_xlabel("forget mc_acc (lower = more forgotten)")
-    ax.set_ylabel("retain mc_acc (higher = better kept)")
-    ax.set_xlim(-0.03, 1.05)
-    ax.set_ylim(-0.03, 1.05)
+        marker, size = MODEL_STYLES.get(name, ("o", 80))
+        ax.scatter(*([v] for v in xy), s=size, marker=marker, color=_colour(name), zorder=3,
+                   label=name, alpha=0.85)  # fmt: skip
+    setup(ax)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("forget vs retain trade-off (one point per method)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_tradeoff(results: dict[str, Any], path: str) -> None:
+    """Forget quality (log scale) vs model utility, one point per model, as open-unlearning
+    plots them. Ideal: the retain-only model's forget quality (1) at the vanilla utility."""
+
+    def point(m):
+        x, y = m.get("forget_quality"), m.get("model_utility")
+        return (x, y) if isinstance(x, float) and isinstance(y, float) and x > 0 else None
+
+    def setup(ax):
+        ax.set_xscale("log")
+        ax.set_xlabel("forget quality (KS p-value vs retain-only; higher = better)")
+        ax.set_ylabel("model utility (harmonic mean on retain; higher = better)")
+        ax.set_title("forget quality vs model utility (one point per method)")
+
+    _scatter_models(results, path, point, setup)
+
+
+def plot_tradeoff_mc_acc(results: dict[str, Any], path: str) -> None:
+    """Forget vs retain ``mc_acc``, one point per model; chance marked. Ideal: forget at
+    the retain-only model's, retain at the vanilla model's."""
+
+    def point(m):
+        x, y = m["forget"]["mc_acc"], m["retain"]["mc_acc"]
+        return None if x is None or y is None else (x, y)
+
+    def setup(ax):
+        ax.axvline(results["chance_mc_acc"], color="k", ls="--", lw=1, label="chance (forget)")
+        ax.set_xlabel("forget mc_acc (likelihood; lower = more forgotten)")
+        ax.set_ylabel("retain mc_acc (higher = better kept)")
+        ax.set_xlim(-0.03, 1.05)
+        ax.set_ylim(-0.03, 1.05)
+        ax.set_title("forget vs retain mc_acc (one point per method)")
+
+    _scatter_models(results, path, point, setup)
+
+
+def plot_sweep(sweep: dict[str, Any], path: str) -> None:
+    """CAGUL's forget quality (log scale, left) and model utility (right) against the swept
+    setting's values (``run_sweep``'s result)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [p for p in sweep["points"] if isinstance(p["forget_quality"], float)]
+    fig, ax = plt.subplots(figsize=(6.2, 4.2))
+    xs = [p["value"] for p in points]
+    ax.plot(xs, [max(p["forget_quality"], 1e-12) for p in points], "o-", color="tab:red")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"cagul {sweep['key']}")
+    ax.set_ylabel("forget quality (log)", color="tab:red")
+    right = ax.twinx()
+    utility = [
+        p["model_utility"] if isinstance(p["model_utility"], float) else None for p in points
+    ]
+    right.plot(xs, utility, "s--", color="tab:blue")
+    right.set_ylabel("model utility", color="tab:blue")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"CAGUL: forget quality and model utility vs {sweep['key']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -312,6 +383,7 @@ def write_outputs(
     log("\n" + results_table(results) + "\n\n" + targets_table(checks) + "\n")
     plot_accuracy(results, os.path.join(output_dir, "accuracy.png"))
     plot_tradeoff(results, os.path.join(output_dir, "tradeoff.png"))
+    plot_tradeoff_mc_acc(results, os.path.join(output_dir, "tradeoff_mc_acc.png"))
     forget_short = [s for s in splits["forget"] if s.get("form", "short") == "short"]
     example = plot_importance(
         cagul, processor, forget_short[0], config, os.path.join(output_dir, "importance.png")
@@ -340,7 +412,9 @@ def write_outputs(
         "",
         "![accuracy per split and model](accuracy.png)",
         "",
-        "![forget vs retain multiple-choice accuracy per method](tradeoff.png)",
+        "![forget quality vs model utility per method](tradeoff.png)",
+        "",
+        "![forget vs retain multiple-choice accuracy per method](tradeoff_mc_acc.png)",
         "",
         f"![importance heatmap of a forget example](importance.png) — {example['selected']} of "
         f"{example['visual_tokens']} visual tokens selected; vanilla answered "

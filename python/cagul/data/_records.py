@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import json
 import os
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 TABLE_SUFFIXES = (".parquet", ".jsonl", ".json")
@@ -104,12 +106,51 @@ def read_rows(path: str) -> list[dict]:
     return rows
 
 
-def image_field(value: Any, where: Where, base: str):
-    """An image field: ``{"bytes": ...}`` (raw bytes, or base64 text in JSON) -> a PIL
-    image (RGB); ``{"path": ...}`` or a path string (relative to ``base``) -> the absolute
-    path of an existing file, read when used."""
-    from PIL import Image, UnidentifiedImageError
+class EncodedImage:
+    """An image of a data set, verified when the data set is loaded and decoded only when a
+    batch needs it (:meth:`decode`): ``data`` (the encoded bytes) or ``path`` (a file).
+    ``where`` names the file, row and field for errors."""
 
+    __slots__ = ("data", "path", "where")
+
+    def __init__(self, where: Where, *, data: bytes | None = None, path: str | None = None):
+        if (data is None) == (path is None):
+            raise ValueError("EncodedImage: give exactly one of data and path")
+        self.data, self.path, self.where = data, path, where
+        with self._open() as im:
+            im.verify()
+
+    @contextlib.contextmanager
+    def _open(self) -> Iterator[Any]:
+        from PIL import Image, UnidentifiedImageError
+
+        source = io.BytesIO(self.data) if self.data is not None else self.path
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(source) as im:
+                    yield im
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+            raise ValueError(f"{self.where}: image too large (decompression bomb?): {e}") from None
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            if self.data is not None and not self.data:
+                raise ValueError(f"{self.where}: empty image data (0 bytes)") from None
+            raise ValueError(f"{self.where}: not a readable image: {e}") from None
+
+    def decode(self):
+        """The image as an RGB PIL image."""
+        with self._open() as im:
+            return im.convert("RGB")
+
+    def __repr__(self) -> str:
+        size = f"{len(self.data)} bytes" if self.data is not None else self.path
+        return f"EncodedImage({size}, at {self.where})"
+
+
+def image_field(value: Any, where: Where, base: str) -> EncodedImage:
+    """An image field, verified now and decoded later (:class:`EncodedImage`):
+    ``{"bytes": ...}`` (raw bytes, or base64 text in JSON), or ``{"path": ...}`` or a path
+    string (relative to ``base``) of an existing file."""
     if isinstance(value, Mapping) and value.get("bytes") is not None:
         where, data = where.at("bytes"), value["bytes"]
         if isinstance(data, str):
@@ -117,12 +158,9 @@ def image_field(value: Any, where: Where, base: str):
                 data = base64.b64decode(data, validate=True)
             except binascii.Error:
                 raise ValueError(f"{where}: not base64 image data") from None
-        check(data, where, bytes)
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                return im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"{where}: not a readable image: {e}") from None
+        if not isinstance(data, bytes):
+            raise ValueError(f"{where}: expected bytes, got {type(data).__name__}")
+        return EncodedImage(where, data=data)
     if isinstance(value, Mapping):
         where, value = where.at("path"), value.get("path")
         if value is None:
@@ -130,7 +168,7 @@ def image_field(value: Any, where: Where, base: str):
     path = os.path.abspath(os.path.join(base, check(value, where, str)))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{where}: image file not found: {path}")
-    return path
+    return EncodedImage(where, path=path)
 
 
 def with_options(question: str, options: list[str]) -> str:

@@ -8,15 +8,21 @@ Layout (``path`` itself or its ``dataset/`` sub-directory)::
                    "perturbed_answer": [...] (optional), ...}], ...}
     split.json    {"forget1": [unique_id, ...], "forget5": [...], "forget10": [...], ...}
     <images>      the face images, ``image_path`` relative to the directory of full.json
-                  or to its parent (the FIUBench scripts run from the parent)
+                  or to its parent (the FIUBench scripts run from the parent); in the flat
+                  Hugging Face copy ``./dataset/SFHQ/x.jpg`` lies at ``<dir>/SFHQ/x.jpg``
 
 As in FIUBench's own loader, only the first ``max_people`` (400) entries of full.json are
 people of the benchmark; the forget set is ``split.json[forget_split]`` and the retain set
-is every other of those people outside all ``forget*`` lists. Every QA pair gives a
-short-answer sample (``task="qa"``); one with ``perturbed_answer`` gives a
-multiple-choice sample too (``task="perturbed"``: the answer among the perturbed answers,
-at position ``k % n_options`` for the person's k-th pair). FIUBench has one image per
-person, so there are no ``*_test`` splits.
+(trained on) is every other of those people outside all ``forget*`` lists. As FIUBench's
+eval config does, the retain metrics are taken on ``split.json["retain<n>"]`` (split
+``retain<n>``, e.g. ``retain5`` for ``forget5``) when split.json has it. Every QA pair gives
+a short-answer sample (``task="qa"``) that keeps the pair's optional FIUBench fields:
+``paraphrased_questions`` (``paraphrased_question``, a string or a list), ``paraphrased_answer``,
+``perturbed_answers`` (``perturbed_answer``) and ``keywords``. One with ``perturbed_answer``
+gives a multiple-choice sample too (``task="perturbed"``: the answer among the perturbed
+answers, at position ``k % n_options`` for the person's k-th pair). FIUBench has one image
+per person, so there are no ``*_test`` splits. Images are verified when the data set is
+loaded and decoded when a batch needs them.
 """
 
 from __future__ import annotations
@@ -57,6 +63,8 @@ def load_fiubench(
     if forget_split not in lists:
         raise ValueError(f"{split_where.at(forget_split)}: missing (have {sorted(lists)})")
     forget = {str(i) for i in lists[forget_split]}
+    retain_eval = forget_split.replace("forget", "retain", 1)
+    retain_eval_ids = {str(i) for i in lists.get(retain_eval, ())}
     excluded = {str(i) for name, ids in lists.items() if name.startswith("forget") for i in ids}
     bases = (directory, os.path.dirname(os.path.abspath(directory)))
     splits: dict[str, list[dict]] = {"forget": [], "retain": []}
@@ -71,14 +79,18 @@ def load_fiubench(
         image = _image(field(person, "image_path", where, str), where.at("image_path"), bases)
         qa_list = field(person, "qa_list", where, list)
         base = {"image": image, "is_forget": split == "forget", "split": split, "person": pid}
+        samples = []
         for k, qa in enumerate(qa_list):
             w = where.at("qa_list").at(k)
             question = field(qa, "question", w, str)
             answer = field(qa, "answer", w, str)
             short = {"question": question, "answer": answer, "form": "short", "task": "qa"}
-            splits[split].append({**base, **short})
+            samples.append({**base, **short, **_robust_fields(qa, w)})
             if multiple_choice and qa.get("perturbed_answer") is not None:
-                splits[split].append({**base, **_perturbed(qa, w, k, question, answer)})
+                samples.append({**base, **_perturbed(qa, w, k, question, answer)})
+        splits[split].extend(samples)
+        if pid in retain_eval_ids:
+            splits.setdefault(retain_eval, []).extend({**s, "split": retain_eval} for s in samples)
     missing = forget - {p["id"] for p in people}
     if missing:
         raise ValueError(
@@ -89,7 +101,8 @@ def load_fiubench(
         if not samples:
             raise ValueError(f"FIUBench: the {split} split of {root} is empty")
     config = {"format": "fiubench", "forget_split": forget_split, "max_people": max_people}
-    return Benchmark(root, config, people, splits, ("forget", "retain"))
+    eval_splits = ("forget", retain_eval if retain_eval in splits else "retain")
+    return Benchmark(root, config, people, splits, eval_splits, ("forget", "retain"))
 
 
 def read_split_file(path: str) -> dict[str, list]:
@@ -107,18 +120,40 @@ def read_split_file(path: str) -> dict[str, list]:
     return lists
 
 
-def _image(value: str, where: Where, bases: tuple[str, ...]) -> str:
-    for base in bases:
-        if os.path.isfile(os.path.join(base, value)):
-            return image_field(value, where, base)
+def _image(value: str, where: Where, bases: tuple[str, ...]):
+    relative = os.path.normpath(value)
+    flat = relative.split(os.sep, 1)[1] if relative.startswith(f"dataset{os.sep}") else None
+    for base, name in [*((b, relative) for b in bases), *((b, flat) for b in bases if flat)]:
+        if os.path.isfile(os.path.join(base, name)):
+            return image_field(name, where, base)
     raise FileNotFoundError(f"{where}: image file not found: {value} (in {' or '.join(bases)})")
 
 
+def _strings(qa: dict, key: str, where: Where) -> list[str]:
+    value = qa[key]
+    values = [value] if isinstance(value, str) else check(value, where.at(key), list)
+    return [check(v, where.at(key).at(i), str) for i, v in enumerate(values)]
+
+
+def _robust_fields(qa: dict, where: Where) -> dict:
+    """FIUBench's paraphrased / perturbed answers and keywords of a QA pair, those present."""
+    out = {}
+    for key, name in (
+        ("paraphrased_question", "paraphrased_questions"),
+        ("perturbed_answer", "perturbed_answers"),
+        ("keywords", "keywords"),
+    ):
+        if qa.get(key) is not None:
+            out[name] = _strings(qa, key, where)
+    if qa.get("paraphrased_answer") is not None:
+        out["paraphrased_answer"] = check(
+            qa["paraphrased_answer"], where.at("paraphrased_answer"), str
+        )
+    return out
+
+
 def _perturbed(qa: dict, where: Where, k: int, question: str, answer: str) -> dict:
-    perturbed = qa["perturbed_answer"]
-    perturbed = [perturbed] if isinstance(perturbed, str) else perturbed
-    check(perturbed, where.at("perturbed_answer"), list)
-    wrong = [check(p, where.at("perturbed_answer").at(i), str) for i, p in enumerate(perturbed)]
+    wrong = _strings(qa, "perturbed_answer", where)
     if not wrong:
         raise ValueError(f"{where.at('perturbed_answer')}: empty list")
     index = k % (len(wrong) + 1)

@@ -1,37 +1,43 @@
 """Reader for a local copy of MLLMU-Bench (Liu et al., 2024; the ``MLLMMU/MLLMU-Bench``
-data set), in the internal format of the synthetic benchmark (:class:`Benchmark`).
+data set and its ``MLLMMU/baseline_train_split`` training copy), in the internal format
+of the synthetic benchmark (:class:`Benchmark`).
 
 Layout (one sub-directory per subset, each with ``*.parquet`` files such as
 ``train-00000-of-00001.parquet``, or ``*.json`` / ``*.jsonl`` files with the same rows)::
 
-    forget_5/  forget_10/  forget_15/     forget profiles (one row per fictitious person)
-    retain_95/ retain_90/  retain_85/     the complementary retain profiles
-    Test_Set/                             all fictitious profiles on new images (optional)
+    forget_5/  forget_10/  forget_15/     evaluation profiles of the forget people
+    retain_95/ retain_90/  retain_85/     evaluation profiles of the retain people
+    Test_Set/                             the profiles on new images (optional; often two files)
     Retain_Set/                           real celebrities (optional)
+    ft_Data/                              training QA pairs of every fictitious person
+    baseline_train_split/forget_5/ ...    (optional) the training QA pairs per split
 
-A profile row: ``ID``; ``image`` (``{"bytes": ...}``; in JSON also base64 text, a
-``{"path": ...}`` or a path string relative to the file); in ``Test_Set`` ``images`` (a
-list of such images) instead or as well; and its questions:
+An evaluation row: ``ID``; ``image`` (``{"bytes": ...}``, the Hugging Face image struct;
+in JSON also base64 text, a ``{"path": ...}`` or a path string relative to the file); in
+``Test_Set`` ``images`` (a list of such images); and its tasks:
 
-- ``Classification_Task.Image_Textual_Questions``: ``[{"Question", "Options": {"A": ...,
-  "D": ...}, "Correct_Answer": "B"}]`` -> multiple-choice samples (``form="mc"``, the
-  question followed by lines ``A: ...``; ``answer`` is the correct option's text);
-- ``Generation_Task`` / ``Mask_Task``: ``[{"Type", "Question", "Ground_Truth"}]`` ->
-  short-answer samples; a cloze (``Mask_Task``) question has its blank ``__`` written
-  ``[Blank]`` and :data:`CLOZE_INSTRUCTION` appended;
-- optional training pairs: ``metadata`` (a list of ``{"Question", "Answer"}`` or its
-  JSON text, as in ``ft_Data`` and the baseline training split) and top-level string
-  ``question`` / ``answer`` fields -> short-answer samples (``task="qa"``).
+- ``Classification_Task.{Image_Textual,Pure_Text}_Questions``: ``[{"Question", "Options":
+  {"A": ..., "D": ...}, "Correct_Answer": "B"}]`` -> ``task="classification"``;
+- ``Mask_Task`` (cloze) and ``Generation_Task``: ``[{"Type", "Question",
+  "Ground_Truth"}]`` with ``Type`` ``Image_Textual`` or ``Pure_Text``.
 
-Only ``Image_Textual`` questions are read: ``Pure_Text`` ones and
-``Classification_Task.Pure_Text_Questions`` have no image, and every cagul sample has one.
-A test profile with several images asks its k-th question on image ``k % n_images``.
+A training row (``ft_Data``, ``baseline_train_split``): ``ID``, ``image`` and ``metadata``
+(a list of ``{"Question", "Answer"}`` or its JSON text) -> ``task="qa"`` samples in splits
+``train_forget`` / ``train_retain``. Training reads only these rows, never the evaluation
+tasks (:meth:`Benchmark.train_samples`).
+
+Every evaluation sample keeps its ``question_type``; a ``Pure_Text`` question is a
+text-only sample (``image=None``: CAGUL's gate stays off for it). A ``Test_Set`` row asks
+each task on one of its images, picked per row and task with ``random.Random(seed)`` as
+MLLMU-Bench's ``eval.py`` picks one with ``random.choice``. Images are verified when the
+data set is loaded and decoded when a batch needs them (:class:`EncodedImage`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,9 +45,12 @@ from ._records import Where, check, field, image_field, read_rows, table_files, 
 from .synthetic import Benchmark
 
 FORGET_SPLITS = ("forget_5", "forget_10", "forget_15")
-EVAL_SPLITS = ("forget", "forget_test", "retain", "retain_test", "retain_celebrity")
+EVAL_SPLITS = ("forget", "forget_test", "retain", "retain_celebrity")
+TRAIN_SPLITS = ("train_forget", "train_retain")
 QUESTION_TYPES = ("Image_Textual", "Pure_Text")
-CLOZE_INSTRUCTION = "Answer with the words that fill [Blank] only."
+TASKS = ("classification", "cloze", "generation")
+#: MLLMU-Bench's cloze instruction, appended to the question with ``__`` written ``[Blank]``.
+CLOZE_INSTRUCTION = "Please **ONLY** provide the correct answer that should replace the [Blank]."
 
 
 def is_mllmu(path: str) -> bool:
@@ -49,11 +58,15 @@ def is_mllmu(path: str) -> bool:
     return any(os.path.isdir(os.path.join(path, s)) for s in FORGET_SPLITS)
 
 
-def load_mllmu(path: str | os.PathLike, forget_split: str = "forget_5") -> Benchmark:
-    """Reads MLLMU-Bench from directory ``path``: splits ``forget`` (profiles of
-    ``forget_split``), ``retain`` (of ``retain_<100 - n>``), ``forget_test`` /
-    ``retain_test`` (those people in ``Test_Set``, if present) and ``retain_celebrity``
-    (``Retain_Set``, if present)."""
+def load_mllmu(
+    path: str | os.PathLike, forget_split: str = "forget_5", *, seed: int = 0
+) -> Benchmark:
+    """Reads MLLMU-Bench from directory ``path``. Evaluation splits: ``forget`` (profiles of
+    ``forget_split``), ``forget_test`` (those people in ``Test_Set``), ``retain`` (of
+    ``retain_<100 - n>``) and ``retain_celebrity`` (``Retain_Set``), those present.
+    Training splits ``train_forget`` / ``train_retain``: the QA pairs of
+    ``baseline_train_split/<split>`` if present, else those of ``ft_Data`` by ``ID``.
+    ``seed`` picks the ``Test_Set`` image of each row and task."""
     root = os.fspath(path)
     if forget_split not in FORGET_SPLITS:
         raise ValueError(f"MLLMU-Bench: forget_split must be one of {FORGET_SPLITS}")
@@ -73,28 +86,71 @@ def load_mllmu(path: str | os.PathLike, forget_split: str = "forget_5") -> Bench
                 )
             roles[pid] = split
             people.append({"id": pid, "role": split, "biography": row.get("biography")})
-            images = [_image(row, where, base)]
-            splits.setdefault(split, []).extend(_samples(row, where, images, pid, split))
+            image = _image(row, where, base)
+            splits.setdefault(split, []).extend(
+                _eval_samples(row, where, lambda _, im=image: im, split)
+            )
+    rng = random.Random(seed)
     test_dir = os.path.join(root, "Test_Set")
     if os.path.isdir(test_dir):
         for row, where, base in _rows(test_dir):
-            pid = _person(row, where)
-            if pid not in roles:
-                continue  # a profile of another forget split's complement
-            split = f"{roles[pid]}_test"
+            if roles.get(_person(row, where)) != "forget":
+                continue  # MLLMU-Bench's test set is the forget people on new images
             images = _test_images(row, where, base)
-            splits.setdefault(split, []).extend(_samples(row, where, images, pid, split))
+            picks = {task: images[rng.randrange(len(images))] for task in TASKS}
+            samples = _eval_samples(row, where, picks.__getitem__, "forget_test")
+            splits.setdefault("forget_test", []).extend(samples)
     celebrity_dir = os.path.join(root, "Retain_Set")
     if os.path.isdir(celebrity_dir):
         for row, where, base in _rows(celebrity_dir):
             pid = _person(row, where)
             people.append({"id": pid, "role": "celebrity", "biography": row.get("biography")})
-            images = [_image(row, where, base)]
-            samples = _samples(row, where, images, pid, "retain_celebrity")
+            image = _image(row, where, base)
+            samples = _eval_samples(row, where, lambda _, im=image: im, "retain_celebrity")
             splits.setdefault("retain_celebrity", []).extend(samples)
-    config = {"format": "mllmu", "forget_split": forget_split, "retain_split": retain_split}
+    splits.update(_train_splits(root, forget_split, retain_split, roles))
+    config = {
+        "format": "mllmu",
+        "forget_split": forget_split,
+        "retain_split": retain_split,
+        "seed": seed,
+    }
     eval_splits = tuple(s for s in EVAL_SPLITS if s in splits)
-    return Benchmark(root, config, people, splits, eval_splits)
+    return Benchmark(root, config, people, splits, eval_splits, TRAIN_SPLITS)
+
+
+def _train_splits(
+    root: str, forget_split: str, retain_split: str, roles: dict[str, str]
+) -> dict[str, list[dict]]:
+    """``train_forget`` / ``train_retain`` from ``baseline_train_split`` or ``ft_Data``."""
+    baseline = os.path.join(root, "baseline_train_split")
+    if os.path.isdir(os.path.join(baseline, forget_split)):
+        sources = [(os.path.join(baseline, forget_split), "forget")]
+        if os.path.isdir(os.path.join(baseline, retain_split)):
+            sources.append((os.path.join(baseline, retain_split), "retain"))
+    elif os.path.isdir(os.path.join(root, "ft_Data")):
+        sources = [(os.path.join(root, "ft_Data"), None)]
+    else:
+        return {}
+    splits: dict[str, list[dict]] = {}
+    for directory, role in sources:
+        for row, where, base in _rows(directory):
+            pid = _person(row, where)
+            person_role = role or roles.get(pid)
+            if person_role is None:
+                continue  # ft_Data holds every fictitious person; keep this split's
+            image = _image(row, where, base)
+            split = f"train_{person_role}"
+            for question, answer in _qa_pairs(row, where):
+                sample = {"question": question, "answer": answer, "form": "short", "task": "qa"}
+                splits.setdefault(split, []).append(
+                    {**sample, **_identity(pid, split, person_role == "forget"), "image": image}
+                )
+    return splits
+
+
+def _identity(pid: str, split: str, is_forget: bool) -> dict[str, Any]:
+    return {"person": pid, "split": split, "is_forget": is_forget}
 
 
 def _rows(directory: str) -> Iterator[tuple[dict, Where, str]]:
@@ -120,79 +176,86 @@ def _test_images(row: dict, where: Where, base: str) -> list:
     return [image_field(im, where.at("images").at(i), base) for i, im in enumerate(images)]
 
 
-def _samples(row: dict, where: Where, images: list, pid: str, split: str) -> list[dict]:
-    questions = list(_questions(row, where))
-    if not questions:
-        raise ValueError(
-            f"{where}: no image questions (fields Classification_Task, Generation_Task, "
-            "Mask_Task or metadata)"
+def _eval_samples(row: dict, where: Where, image_for, split: str) -> list[dict]:
+    """The row's evaluation samples; ``image_for(task)`` is the image that task asks on."""
+    identity = _identity(_person(row, where), split, split.startswith("forget"))
+    samples = []
+    for task, question_type, index, sample in _questions(row, where):
+        image = image_for(task) if question_type == "Image_Textual" else None
+        samples.append(
+            {**sample, "task": task, "question_type": question_type, "index": index}
+            | identity
+            | {"image": image}
         )
-    base = {"is_forget": split.startswith("forget"), "split": split, "person": pid}
-    return [{"image": images[k % len(images)], **q, **base} for k, q in enumerate(questions)]
+    if not samples:
+        raise ValueError(
+            f"{where}: no questions (fields Classification_Task, Generation_Task, Mask_Task)"
+        )
+    return samples
 
 
-def _questions(row: dict, where: Where) -> Iterator[dict[str, Any]]:
-    for question, answer in _qa_pairs(row, where):
-        yield _short(question, answer, "qa")
+def _questions(row: dict, where: Where) -> Iterator[tuple[str, str, int, dict[str, Any]]]:
+    """(task, question type, index within the task and type, sample fields)."""
     if row.get("Classification_Task") is not None:
-        task = check(row["Classification_Task"], where.at("Classification_Task"), dict)
         w = where.at("Classification_Task")
-        for i, item in enumerate(_list(task, "Image_Textual_Questions", w)):
-            yield _multiple_choice(item, w.at("Image_Textual_Questions").at(i))
-    for name, task in (("Generation_Task", "generation"), ("Mask_Task", "cloze")):
+        task = check(row["Classification_Task"], w, dict)
+        for question_type in QUESTION_TYPES:
+            key = f"{question_type}_Questions"
+            for i, item in enumerate(_list(task, key, w)):
+                yield "classification", question_type, i, _multiple_choice(item, w.at(key).at(i))
+    for name, task in (("Mask_Task", "cloze"), ("Generation_Task", "generation")):
+        counts = dict.fromkeys(QUESTION_TYPES, 0)
         for i, item in enumerate(_list(row, name, where)):
             w = where.at(name).at(i)
             kind = field(item, "Type", w, str)
             if kind not in QUESTION_TYPES:
                 raise ValueError(f"{w.at('Type')}: expected one of {QUESTION_TYPES}, got {kind!r}")
-            if kind != "Image_Textual":
-                continue
             question = field(item, "Question", w, str)
             if task == "cloze":
                 question = f"{question.replace('__', '[Blank]')}\n{CLOZE_INSTRUCTION}"
-            yield _short(question, field(item, "Ground_Truth", w, str), task)
+            answer = field(item, "Ground_Truth", w, str)
+            yield (
+                task,
+                kind,
+                counts[kind],
+                {"question": question, "answer": answer, "form": "short"},
+            )
+            counts[kind] += 1
 
 
 def _qa_pairs(row: dict, where: Where) -> Iterator[tuple[str, str]]:
-    """Training pairs: ``metadata`` and the top-level ``question`` / ``answer``."""
-    if row.get("metadata") is not None:
-        w = where.at("metadata")
-        pairs = row["metadata"]
-        if isinstance(pairs, str):
-            try:
-                pairs = json.loads(pairs)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{w}: invalid JSON text: {e}") from None
-        for i, pair in enumerate(check(pairs, w, list)):
-            yield field(pair, "Question", w.at(i), str), field(pair, "Answer", w.at(i), str)
-    if row.get("question") is not None or row.get("answer") is not None:
-        yield field(row, "question", where, str), field(row, "answer", where, str)
+    """The training pairs of ``metadata`` (a list or its JSON text)."""
+    w = where.at("metadata")
+    pairs = field(row, "metadata", where, (list, str))
+    if isinstance(pairs, str):
+        try:
+            pairs = json.loads(pairs)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{w}: invalid JSON text: {e}") from None
+    for i, pair in enumerate(check(pairs, w, list)):
+        yield field(pair, "Question", w.at(i), str), field(pair, "Answer", w.at(i), str)
 
 
 def _list(record: dict, key: str, where: Where) -> list:
     return [] if record.get(key) is None else check(record[key], where.at(key), list)
 
 
-def _short(question: str, answer: str, task: str) -> dict[str, Any]:
-    return {"question": question, "answer": answer, "form": "short", "task": task}
-
-
 def _multiple_choice(item: Any, where: Where) -> dict[str, Any]:
     question = field(item, "Question", where, str)
     options = field(item, "Options", where, dict)
-    keys = sorted(k for k, v in options.items() if v is not None)
-    texts = [check(options[k], where.at("Options").at(k), str) for k in keys]
+    letters = sorted(k for k, v in options.items() if v is not None)
+    texts = [check(options[k], where.at("Options").at(k), str) for k in letters]
     if len(texts) < 2:
         raise ValueError(f"{where.at('Options')}: fewer than 2 options")
     correct = field(item, "Correct_Answer", where, str).strip()
-    if correct not in keys:
-        raise ValueError(f"{where.at('Correct_Answer')}: {correct!r} is not one of {keys}")
-    index = keys.index(correct)
+    if correct not in letters:
+        raise ValueError(f"{where.at('Correct_Answer')}: {correct!r} is not one of {letters}")
+    index = letters.index(correct)
     return {
         "question": with_options(question, texts),
         "answer": texts[index],
         "form": "mc",
         "options": texts,
         "answer_index": index,
-        "task": "classification",
+        "letter": correct,
     }

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..config import FORGET_LOSSES, CagulConfig
+from ._records import EncodedImage
 
 REQUIRED_KEYS = ("image", "question", "answer", "is_forget")
 TARGETS = ("auto", "answer", "refusal", "forget_refusal")
@@ -53,8 +54,10 @@ def validate_sample(sample: Any, where: str = "sample") -> dict:
             raise ValueError(
                 f"{where}: an image tensor must be [3, H, W], got {tuple(image.shape)}"
             )
-    elif not isinstance(image, str) and not hasattr(image, "convert"):
-        raise TypeError(f"{where}: image must be a path, a [3, H, W] tensor or a PIL image")
+    elif not isinstance(image, (str, EncodedImage, type(None))) and not hasattr(image, "convert"):
+        raise TypeError(
+            f"{where}: image must be a path, a [3, H, W] tensor, a PIL image or None (text only)"
+        )
     return sample
 
 
@@ -88,7 +91,10 @@ def load_jsonl(path: str | os.PathLike) -> list[dict]:
 
 
 def load_image(image: Any):
-    """A path (opened with PIL, RGB), a tensor or a PIL image, ready for a processor."""
+    """A path (opened with PIL, RGB), an :class:`EncodedImage` (decoded now), a tensor or a
+    PIL image, ready for a processor."""
+    if isinstance(image, EncodedImage):
+        return image.decode()
     if isinstance(image, str):
         from PIL import Image
 
@@ -111,10 +117,13 @@ class VLMCollator:
     ``collator.prompts(samples)``: prompt-only inputs, left padded, for ``generate``.
 
     ``processor``: a transformers processor (``__call__(images=, text=)``, ``.tokenizer``,
-    ``.image_token``); the prompt is ``config.prompt_template`` with ``{image}`` replaced
-    by the processor's image placeholder. ``target="answer"`` always uses the true answer
-    (evaluation), ``"refusal"`` always the refusal, ``"forget_refusal"`` the refusal for
-    every forget sample and the true answer otherwise (the IdK baseline).
+    ``.image_token``). The prompt is the processor's chat template applied to one user turn
+    (an image, unless the sample is text-only with ``image=None``, and the question) when the
+    processor has a ``chat_template``; else ``config.prompt_template`` with ``{image}``
+    replaced by the processor's image placeholder (by nothing for a text-only sample). A
+    batch is all image samples or all text-only samples. ``target="answer"`` always uses the
+    true answer (evaluation), ``"refusal"`` always the refusal, ``"forget_refusal"`` the
+    refusal for every forget sample and the true answer otherwise (the IdK baseline).
     """
 
     def __init__(self, processor: Any, config: CagulConfig, target: str = "auto"):
@@ -127,10 +136,20 @@ class VLMCollator:
         if not isinstance(self.image_token, str):
             raise ValueError("VLMCollator: the processor has no image_token")
 
+    @property
+    def uses_chat_template(self) -> bool:
+        return bool(getattr(self.processor, "chat_template", None))
+
     def prompt(self, sample: dict) -> str:
-        return self.config.prompt_template.format(
-            image=self.image_token, question=sample["question"]
-        )
+        has_image = sample["image"] is not None
+        if self.uses_chat_template:
+            content = [{"type": "image"}] if has_image else []
+            content.append({"type": "text", "text": sample["question"]})
+            return self.processor.apply_chat_template(
+                [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+            )
+        image = self.image_token if has_image else ""
+        return self.config.prompt_template.format(image=image, question=sample["question"])
 
     def target(self, sample: dict) -> str:
         refuse = {
@@ -148,9 +167,12 @@ class VLMCollator:
 
     def _encode(self, samples: Sequence[dict], texts: list[str], side: str) -> dict:
         tokenizer = self.processor.tokenizer
+        text_only = [s["image"] is None for s in samples]
+        if any(text_only) and not all(text_only):
+            raise ValueError("VLMCollator: a batch mixes text-only samples with image samples")
         with _padding_side(tokenizer, side):
             out = self.processor(
-                images=[load_image(s["image"]) for s in samples],
+                images=None if all(text_only) else [load_image(s["image"]) for s in samples],
                 text=texts,
                 padding=True,
                 return_tensors="pt",
@@ -169,8 +191,8 @@ class VLMCollator:
             validate_sample(s, f"sample {i}")
         eos = self.processor.tokenizer.eos_token or ""
         prompts = [self.prompt(s) for s in samples]
-        full = [
-            f"{p} {self.target(s)}{' ' + eos if eos else ''}"
+        full = [  # the answer after a space, unless the prompt ends with one (a chat template)
+            f"{p}{'' if p[-1:].isspace() else ' '}{self.target(s)}{' ' + eos if eos else ''}"
             for p, s in zip(prompts, samples, strict=True)
         ]
         inputs = self._encode(samples, full, "right")

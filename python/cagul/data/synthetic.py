@@ -23,7 +23,11 @@ On disk (``write``, read back with :func:`load_benchmark`)::
         {"image": "images/p007_pose3.png", "question": "...", "answer": "Velmora",
          "is_forget": false, "split": "retain", "person": 7, "pose": 3,
          "fact": "birthplace", "template": 1, "form": "short" | "mc",
-         "options": ["...", "...", "...", "..."], "answer_index": 2}
+         "options": ["...", "...", "...", "..."], "answer_index": 2,
+         # short answers of the forget / retain people (FIUBench's fields):
+         "paraphrased_questions": [...], "paraphrased_answer": "This person was born in
+         Velmora.", "perturbed_answers": [3 wrong facts of the same kind, as sentences],
+         "keywords": ["Velmora"]}
 
 ``options`` / ``answer_index`` are on every sample (the short-answer form is scored by
 generation, the multiple-choice form by option likelihood); a multiple-choice question
@@ -41,9 +45,10 @@ from typing import Any
 
 import numpy as np
 
+from ._records import EncodedImage
 from .samples import load_image, load_jsonl
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: short-answer samples carry paraphrases, perturbed answers, keywords
 SPLITS = ("forget", "retain", "forget_test", "retain_test", "strangers")
 EVAL_SPLITS = ("forget", "forget_test", "retain", "retain_test")
 FACTS = ("name", "birthplace", "occupation", "hobby", "birth_year")
@@ -103,6 +108,15 @@ TEMPLATES = {
     ),
 }
 MC_TEMPLATE = "{question} Choose one: {0}, {1}, {2} or {3}."
+#: A fact stated as a sentence: the paraphrased answer (true value) and the perturbed
+#: answers (wrong values of the same kind) of the truth ratio (TOFU / FIUBench).
+ANSWER_SENTENCES = {
+    "name": "This is {}.",
+    "birthplace": "This person was born in {}.",
+    "occupation": "This person works as a {}.",
+    "hobby": "In their free time this person enjoys {}.",
+    "birth_year": "This person was born in the year {}.",
+}
 N_OPTIONS = 4
 
 # appearance attributes: name -> values (colours as RGB)
@@ -354,6 +368,7 @@ def _questions(person: dict, people: Sequence[dict], config: SyntheticConfig, po
             options = [values[i] for i in rng.choice(len(values), N_OPTIONS - 1, replace=False)]
             index = int(rng.integers(N_OPTIONS))
             options.insert(index, answer)
+            robust = {} if refuse else _robust_fields(fact, template, config, options, index)
             for form in ("short", "mc"):
                 text = (
                     question if form == "short" else MC_TEMPLATE.format(*options, question=question)
@@ -366,7 +381,24 @@ def _questions(person: dict, people: Sequence[dict], config: SyntheticConfig, po
                     "form": form,
                     "options": options,
                     "answer_index": index,
+                    **(robust if form == "short" else {}),
                 }
+
+
+def _robust_fields(
+    fact: str, template: int, config: SyntheticConfig, options: list[str], index: int
+) -> dict[str, Any]:
+    """FIUBench's extra fields of a short-answer question: the fact's other question
+    templates as paraphrased questions, the answer as a sentence, the three wrong options
+    as perturbed sentences, and the answer as the keyword."""
+    sentence = ANSWER_SENTENCES[fact]
+    others = [t for k, t in enumerate(TEMPLATES[fact][: config.templates]) if k != template]
+    return {
+        "paraphrased_questions": others,
+        "paraphrased_answer": sentence.format(options[index]),
+        "perturbed_answers": [sentence.format(o) for k, o in enumerate(options) if k != index],
+        "keywords": [options[index]],
+    }
 
 
 def _split_of(role: str, pose: int, config: SyntheticConfig) -> str:
@@ -442,13 +474,22 @@ class Benchmark:
     """A loaded benchmark: ``config`` (a :class:`SyntheticConfig`, or for a benchmark read
     from another format a dict of its options), ``people`` (profiles), ``splits`` (split
     name -> samples; images as absolute paths or PIL images), ``root`` (its directory) and
-    ``eval_splits`` (the splits that ``cagul eval`` scores, those present in ``splits``)."""
+    ``eval_splits`` (the splits that ``cagul eval`` scores, those present in ``splits``) and
+    ``train_splits`` (the splits that ``cagul train`` trains on, :meth:`train_samples`)."""
 
     root: str
     config: SyntheticConfig | dict[str, Any]
     people: list[dict]
     splits: dict[str, list[dict]]
     eval_splits: tuple[str, ...] = EVAL_SPLITS
+    train_splits: tuple[str, ...] = ("forget", "retain")
+
+    def train_samples(self) -> list[dict]:
+        """What ``cagul train`` trains on: the samples of ``train_splits``."""
+        missing = [s for s in self.train_splits if not self.splits.get(s)]
+        if missing:
+            raise ValueError(f"{self.root}: no training samples in split(s) {missing}")
+        return [s for split in self.train_splits for s in self.splits[split]]
 
     @property
     def chance_mc_acc(self) -> float:
@@ -471,7 +512,10 @@ class Benchmark:
         return out
 
     def image(self, image: Any):
-        """A PIL image for a sample's ``image`` (a path: read once and cached)."""
+        """A PIL image for a sample's ``image`` (a path: read once and cached); an
+        :class:`EncodedImage` or ``None`` (text only) as it is (decoded per batch)."""
+        if image is None or isinstance(image, EncodedImage):
+            return image
         if not isinstance(image, str):
             return load_image(image)
         cache = self.__dict__.setdefault("_images", {})
