@@ -11,6 +11,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from ..files import read_text
+from .paths import resolve_image_path
+
 TABLE_SUFFIXES = (".parquet", ".jsonl", ".json")
 
 
@@ -81,15 +84,14 @@ def read_rows(path: str) -> list[dict]:
             return pq.read_table(path).to_pylist()
         except Exception as e:  # pyarrow raises its own error types for bad files
             raise ValueError(f"{path}: not a readable parquet file: {e}") from None
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = read_text(path)
     try:
         rows = json.loads(text) if path.endswith(".json") else None
     except json.JSONDecodeError:
         rows = None  # a .json file may hold JSON lines too
     if rows is None:
         rows = []
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(text.split("\n"), 1):
             if not line.strip():
                 continue
             try:
@@ -104,10 +106,11 @@ def read_rows(path: str) -> list[dict]:
     return rows
 
 
-def image_field(value: Any, where: Where, base: str):
+def image_field(value: Any, where: Where, base: str, confine: str | None = None):
     """An image field: ``{"bytes": ...}`` (raw bytes, or base64 text in JSON) -> a PIL
     image (RGB); ``{"path": ...}`` or a path string (relative to ``base``) -> the absolute
-    path of an existing file, read when used."""
+    path of an existing file, read when used; ``confine``: see
+    :func:`~cagul.data.paths.resolve_image_path`."""
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(value, Mapping) and value.get("bytes") is not None:
@@ -127,10 +130,7 @@ def image_field(value: Any, where: Where, base: str):
         where, value = where.at("path"), value.get("path")
         if value is None:
             raise ValueError(f"{where}: missing (an image needs bytes or a path)")
-    path = os.path.abspath(os.path.join(base, check(value, where, str)))
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{where}: image file not found: {path}")
-    return path
+    return resolve_image_path(check(value, where, str), base, where, confine)
 
 
 def with_options(question: str, options: list[str]) -> str:

@@ -45,9 +45,12 @@ def load_fiubench(
     *,
     max_people: int = MAX_PEOPLE,
     multiple_choice: bool = True,
+    strict_paths: bool = False,
 ) -> Benchmark:
-    """Reads FIUBench from directory ``path``: splits ``forget`` and ``retain``."""
+    """Reads FIUBench from directory ``path``: splits ``forget`` and ``retain``.
+    ``strict_paths``: image files must lie inside ``path``."""
     root = os.fspath(path)
+    confine = root if strict_paths else None
     directory = fiubench_dir(root)
     if directory is None:
         raise FileNotFoundError(f"FIUBench: no {DATA_FILE} and {SPLIT_FILE} in {root}[/dataset]")
@@ -68,7 +71,8 @@ def load_fiubench(
         if split is None:
             continue
         people.append({"id": pid, "role": split})
-        image = _image(field(person, "image_path", where, str), where.at("image_path"), bases)
+        value = field(person, "image_path", where, str)
+        image = _image(value, where.at("image_path"), bases, confine)
         qa_list = field(person, "qa_list", where, list)
         base = {"image": image, "is_forget": split == "forget", "split": split, "person": pid}
         for k, qa in enumerate(qa_list):
@@ -107,10 +111,10 @@ def read_split_file(path: str) -> dict[str, list]:
     return lists
 
 
-def _image(value: str, where: Where, bases: tuple[str, ...]) -> str:
+def _image(value: str, where: Where, bases: tuple[str, ...], confine: str | None) -> str:
     for base in bases:
         if os.path.isfile(os.path.join(base, value)):
-            return image_field(value, where, base)
+            return image_field(value, where, base, confine)
     raise FileNotFoundError(f"{where}: image file not found: {value} (in {' or '.join(bases)})")
 
 

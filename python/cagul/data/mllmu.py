@@ -49,12 +49,15 @@ def is_mllmu(path: str) -> bool:
     return any(os.path.isdir(os.path.join(path, s)) for s in FORGET_SPLITS)
 
 
-def load_mllmu(path: str | os.PathLike, forget_split: str = "forget_5") -> Benchmark:
+def load_mllmu(
+    path: str | os.PathLike, forget_split: str = "forget_5", *, strict_paths: bool = False
+) -> Benchmark:
     """Reads MLLMU-Bench from directory ``path``: splits ``forget`` (profiles of
     ``forget_split``), ``retain`` (of ``retain_<100 - n>``), ``forget_test`` /
     ``retain_test`` (those people in ``Test_Set``, if present) and ``retain_celebrity``
-    (``Retain_Set``, if present)."""
+    (``Retain_Set``, if present). ``strict_paths``: image files must lie inside ``path``."""
     root = os.fspath(path)
+    confine = root if strict_paths else None
     if forget_split not in FORGET_SPLITS:
         raise ValueError(f"MLLMU-Bench: forget_split must be one of {FORGET_SPLITS}")
     if not os.path.isdir(root):
@@ -73,7 +76,7 @@ def load_mllmu(path: str | os.PathLike, forget_split: str = "forget_5") -> Bench
                 )
             roles[pid] = split
             people.append({"id": pid, "role": split, "biography": row.get("biography")})
-            images = [_image(row, where, base)]
+            images = [_image(row, where, base, confine)]
             splits.setdefault(split, []).extend(_samples(row, where, images, pid, split))
     test_dir = os.path.join(root, "Test_Set")
     if os.path.isdir(test_dir):
@@ -82,14 +85,14 @@ def load_mllmu(path: str | os.PathLike, forget_split: str = "forget_5") -> Bench
             if pid not in roles:
                 continue  # a profile of another forget split's complement
             split = f"{roles[pid]}_test"
-            images = _test_images(row, where, base)
+            images = _test_images(row, where, base, confine)
             splits.setdefault(split, []).extend(_samples(row, where, images, pid, split))
     celebrity_dir = os.path.join(root, "Retain_Set")
     if os.path.isdir(celebrity_dir):
         for row, where, base in _rows(celebrity_dir):
             pid = _person(row, where)
             people.append({"id": pid, "role": "celebrity", "biography": row.get("biography")})
-            images = [_image(row, where, base)]
+            images = [_image(row, where, base, confine)]
             samples = _samples(row, where, images, pid, "retain_celebrity")
             splits.setdefault("retain_celebrity", []).extend(samples)
     config = {"format": "mllmu", "forget_split": forget_split, "retain_split": retain_split}
@@ -107,17 +110,18 @@ def _person(row: dict, where: Where) -> str:
     return str(field(row, "ID", where, (str, int)))
 
 
-def _image(row: dict, where: Where, base: str):
-    return image_field(field(row, "image", where), where.at("image"), base)
+def _image(row: dict, where: Where, base: str, confine: str | None):
+    return image_field(field(row, "image", where), where.at("image"), base, confine)
 
 
-def _test_images(row: dict, where: Where, base: str) -> list:
+def _test_images(row: dict, where: Where, base: str, confine: str | None) -> list:
     if row.get("images") is None:
-        return [_image(row, where, base)]
+        return [_image(row, where, base, confine)]
     images = check(row["images"], where.at("images"), list)
     if not images:
         raise ValueError(f"{where.at('images')}: empty list")
-    return [image_field(im, where.at("images").at(i), base) for i, im in enumerate(images)]
+    where = where.at("images")
+    return [image_field(im, where.at(i), base, confine) for i, im in enumerate(images)]
 
 
 def _samples(row: dict, where: Where, images: list, pid: str, split: str) -> list[dict]:
