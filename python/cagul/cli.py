@@ -302,17 +302,17 @@ def _generate(args: argparse.Namespace) -> None:
         vlm, processor = _load_vlm(args)
         if args.adapter and is_lora_adapter(args.adapter):  # a baseline: a plain VLM
             model, config = load_finetuned(vlm, args.adapter)
-        elif args.adapter:
-            model = CagulModel.from_pretrained(vlm, args.adapter)
         else:
-            model = CagulModel(vlm, CagulConfig())
+            model = (
+                CagulModel.from_pretrained(vlm, args.adapter)
+                if args.adapter
+                else CagulModel(vlm, CagulConfig())
+            )
+            config = model.config
     sample = {"image": image, "question": args.question, "answer": "-", "is_forget": False}
-    if not isinstance(model, CagulModel):  # a baseline
-        inputs = to_device(VLMCollator(processor, config).prompts([sample]), vlm.device)
-        prob, transformed, extra = None, None, {}
-    else:
-        config = model.config
-        inputs = to_device(VLMCollator(processor, config).prompts([sample]), vlm.device)
+    inputs = to_device(VLMCollator(processor, config).prompts([sample]), vlm.device)
+    prob, transformed, extra = None, None, {}
+    if isinstance(model, CagulModel):
         prob = float(model.forget_probability(**inputs)[0])
         gate = None if args.gate == "auto" else torch.tensor([args.gate == "on"])
         transformed = prob >= config.gate_threshold if gate is None else bool(gate[0])

@@ -35,16 +35,20 @@ def cut_in_half(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
-def truncated_copies(source: Path, tmp: Path, suffixes=(".json", ".safetensors", ".pt")):
-    """``(copy of directory source, file in it cut in half)`` for each file of ``source``
-    (recursively) with one of ``suffixes``, each in its own copy."""
-    files = sorted(p.relative_to(source) for p in source.rglob("*") if p.suffix in suffixes)
+def truncated_copies(source: Path, tmp: Path, files: list[Path]):
+    """``(copy of directory source, the file of it cut in half)`` for each of ``files``
+    (paths relative to ``source``), each in a copy of its own."""
     assert files, f"no files to truncate in {source}"
-    for i, name in enumerate(files):
+    for i, name in enumerate(sorted(files)):
         copy = tmp / f"copy{i}"
         shutil.copytree(source, copy)
         cut_in_half(copy / name)
         yield copy, copy / name
+
+
+def saved_files(directory: Path) -> list[Path]:
+    """The JSON and safetensors files directly in ``directory`` (relative paths)."""
+    return [Path(p.name) for p in directory.iterdir() if p.suffix in (".json", ".safetensors")]
 
 
 # ------------------------------------------------------------------------ cases
@@ -86,42 +90,26 @@ def device_cases(w: CliWorld, tmp: Path) -> dict[str, list[Case]]:
 
 
 def truncated_file_cases(w: CliWorld, tmp: Path) -> dict[str, list[Case]]:
-    adapter = [
-        Case(w.generate("--adapter", str(copy)), (str(cut),))
-        for copy, cut in truncated_copies(w.adapter, tmp / "adapter", (".json", ".safetensors"))
-        if cut.parent == copy  # the adapter's own files (checkpoints: below)
-    ]
-    lora = [
-        Case(w.generate("--adapter", str(copy)), (str(cut),))
-        for copy, cut in truncated_copies(w.lora, tmp / "lora")
-    ]
-    checkpoint = [
-        Case(w.train("--resume", output=copy.parent.parent), (str(cut),))
-        for copy, cut in _checkpoint_copies(w, tmp / "checkpoint")
-    ]
-    model = [
-        Case(w.generate(model=copy), (str(cut),))
-        for copy, cut in truncated_copies(w.model, tmp / "model", (".json",))
-        if cut.name == "config.json"
-    ]
+    run = w.checkpoint.parent.parent  # the training run: adapter + checkpoints/
+    checkpoint_files = [p.relative_to(run) for p in w.checkpoint.iterdir()]
     return {
-        "adapter-file-truncated": adapter,
-        "lora-adapter-file-truncated": lora,
-        "checkpoint-file-truncated": checkpoint,
-        "model-config-truncated": model,
+        "adapter-file-truncated": [
+            Case(w.generate("--adapter", str(copy)), (str(cut),))
+            for copy, cut in truncated_copies(w.adapter, tmp / "a", saved_files(w.adapter))
+        ],
+        "lora-adapter-file-truncated": [
+            Case(w.generate("--adapter", str(copy)), (str(cut),))
+            for copy, cut in truncated_copies(w.lora, tmp / "l", saved_files(w.lora))
+        ],
+        "checkpoint-file-truncated": [
+            Case(w.train("--resume", output=copy), (str(cut),))
+            for copy, cut in truncated_copies(run, tmp / "c", checkpoint_files)
+        ],
+        "model-config-truncated": [
+            Case(w.generate(model=copy), (str(cut),))
+            for copy, cut in truncated_copies(w.model, tmp / "m", [Path("config.json")])
+        ],
     }
-
-
-def _checkpoint_copies(w: CliWorld, tmp: Path):
-    """Copies of the training run with one file of its checkpoint cut in half."""
-    run = w.checkpoint.parent.parent
-    names = sorted(p.name for p in w.checkpoint.iterdir())
-    for i, name in enumerate(names):
-        copy = tmp / f"copy{i}" / "run"
-        shutil.copytree(run, copy)
-        checkpoint = copy / w.checkpoint.relative_to(run)
-        cut_in_half(checkpoint / name)
-        yield checkpoint, checkpoint / name
 
 
 def text_cases(w: CliWorld, tmp: Path) -> dict[str, list[Case]]:
