@@ -149,7 +149,16 @@ def test_flags_are_checked_before_any_work(tmp_path, monkeypatch, capsys):
         "expected a file path\n"  # fmt: skip
 
 
-def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
+@pytest.fixture
+def eval_without_a_model(tmp_path, monkeypatch):
+    """``cagul eval`` arguments on a JSONL data set, with the VLM loader stubbed out (the
+    tests below replace the evaluation itself)."""
+    monkeypatch.setattr(cli, "_load_vlm", lambda args, *rest: (object(), object()))
+    data = write_jsonl_data(tmp_path / "data")
+    return ["eval", "--model", str(tmp_path), "--data", str(data), "--no-progress"]
+
+
+def test_a_bug_keeps_its_traceback(eval_without_a_model, monkeypatch):
     """Only input errors are reported in one line: a ValueError raised by the work itself
     (here: a stand-in for a bug in the evaluation) propagates."""
     import cagul.evaluate
@@ -157,8 +166,22 @@ def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
     def bug(*args, **kwargs):
         raise ValueError("a bug in the evaluation")
 
-    monkeypatch.setattr(cli, "_load_vlm", lambda args, *rest: (object(), object()))
     monkeypatch.setattr(cagul.evaluate, "evaluate_splits", bug)
-    data = write_jsonl_data(tmp_path / "data")
     with pytest.raises(ValueError, match="a bug in the evaluation"):
-        cli.main(["eval", "--model", str(tmp_path), "--data", str(data), "--no-progress"])
+        cli.main(eval_without_a_model)
+
+
+def test_eval_prints_its_metrics_before_writing_them(
+    eval_without_a_model, tmp_path, monkeypatch, capsys
+):
+    import cagul.evaluate
+
+    def fail(path, text):
+        raise OSError("disk full")
+
+    scores = {"forget": {"mc_acc": 0.25}, "retain": {"mc_acc": 0.75}}
+    monkeypatch.setattr(cagul.evaluate, "evaluate_splits", lambda *args, **kwargs: scores)
+    monkeypatch.setattr(cli, "write_text_atomic", fail)
+    with pytest.raises(OSError, match="disk full"):
+        cli.main([*eval_without_a_model, "--output", str(tmp_path / "metrics.json")])
+    assert json.loads(capsys.readouterr().out) == {"splits": scores}
