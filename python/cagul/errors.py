@@ -14,3 +14,8 @@ class UsageError(Exception):
 class InputError(UsageError, ValueError):
     """A bad input file or value. A ``ValueError`` for library callers, a
     :class:`UsageError` for the command."""
+
+
+class MissingInputError(UsageError, FileNotFoundError):
+    """A file an input needs is missing (e.g. part of a checkpoint). A
+    ``FileNotFoundError`` for library callers, a :class:`UsageError` for the command."""

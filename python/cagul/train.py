@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from cagul_kernels.memory import PeakMemory
 
 from .config import FORGET_LOSSES, CagulConfig
-from .errors import InputError
+from .errors import InputError, MissingInputError
 from .files import read_json, read_safetensors
 from .losses import (
     answer_log_probs,
@@ -474,7 +474,7 @@ class CagulTrainer:
         files = [os.path.join(path, n) for n in _CHECKPOINT_FILES]
         missing = [f for f in files if not os.path.isfile(f)]
         if missing:
-            raise FileNotFoundError(f"CagulTrainer: incomplete checkpoint, missing {missing}")
+            raise MissingInputError(f"CagulTrainer: incomplete checkpoint, missing {missing}")
         weights, training, position = files
         device = str(self.device)
         self.method.load_trainable_state_dict(read_safetensors(weights, device))
