@@ -38,6 +38,7 @@ from torch import nn
 
 from .config import CagulConfig
 from .data import VLMCollator
+from .files import read_json
 from .losses import (
     answer_log_probs,
     masked_mean,
@@ -203,8 +204,7 @@ def load_finetuned(vlm: nn.Module, path: str) -> tuple[nn.Module, CagulConfig]:
     info_path = os.path.join(path, BASELINE_CONFIG_NAME)
     if not os.path.isfile(info_path):
         raise FileNotFoundError(f"load_finetuned: no {BASELINE_CONFIG_NAME} in {path}")
-    with open(info_path) as f:
-        info = json.load(f)
+    info = read_json(info_path)
     if not isinstance(info, dict) or "config" not in info:
         raise ValueError(f"load_finetuned: {info_path} has no 'config' field")
     config = CagulConfig.from_dict(info["config"])

@@ -20,7 +20,11 @@ data and schedule: ``--output`` then holds the finetuned VLM + processor (a mode
 ``--model``), or with ``--lora-rank`` a peft adapter (``--adapter`` of ``eval`` /
 ``generate`` merges it). Training under
 ``torchrun --nproc_per_node N -m cagul.cli train ...`` runs DDP (one process per GPU, or
-gloo on CPU). Errors (missing paths, bad configs, bad data) exit with status 2.
+gloo on CPU). ``--strict-paths`` confines the images a data set names to its directory.
+
+User errors (bad flags, paths, configs, data, model or adapter files) are found before
+any training or evaluation step and exit with status 2 and one line,
+``cagul: error: <message>``; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -34,7 +38,24 @@ from typing import Any
 import torch
 
 from .baselines import BASELINES
+from .cli_checks import (
+    check_adapter_files,
+    check_device,
+    check_output_dir,
+    check_output_file,
+    one_line,
+    reading_inputs,
+)
 from .config import CagulConfig
+from .errors import UsageError
+from .files import read_json, write_text_atomic
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``cagul train: error: ...``, no usage text)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
 
 def _existing(kind: str):
@@ -64,7 +85,7 @@ def _assignment(text: str) -> tuple[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cagul", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="cagul", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -85,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
             "--forget-split",
             help="the forget set: forget_5 / forget_10 / forget_15 (mllmu), a split.json key "
             "such as forget5 (fiubench)",
+        )
+        p.add_argument(
+            "--strict-paths",
+            action="store_true",
+            help="image paths in the data must stay inside its directory (no ../, absolute "
+            "paths or symlinks leading out): for data sets from untrusted sources",
         )
 
     train = sub.add_parser("train", help="train the discriminator and the encoder")
@@ -211,7 +238,7 @@ def _load_vlm(args: argparse.Namespace, path: str | None = None, flag: str = "--
     path = path or args.model
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise FileNotFoundError(f"{flag} {path} has no config.json")
-    device = torch.device(args.device) if args.device else distributed_context()[2]
+    device = args.device or distributed_context()[2]
     vlm = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, args.dtype))
     processor = AutoProcessor.from_pretrained(path)
     return vlm.to(device).eval(), processor
@@ -227,44 +254,46 @@ def _train(args: argparse.Namespace) -> None:
     from .train import CagulMethod, CagulTrainer, seed_everything
 
     if args.lora_rank < 0:
-        raise ValueError(f"--lora-rank must be >= 0, got {args.lora_rank}")
+        raise UsageError(f"--lora-rank must be >= 0, got {args.lora_rank}")
     if args.method == "cagul" and (args.lora_rank or args.lora_alpha is not None):
-        raise ValueError("--lora-rank / --lora-alpha apply to the baselines, not --method cagul")
-    config = CagulConfig.load(args.config) if args.config else CagulConfig()
-    config = config.replace(**dict(args.overrides))
-    if os.path.isfile(args.data) and args.format in ("auto", "jsonl") and not args.forget_split:
-        samples = load_jsonl(args.data)  # every sample, in file order
-    else:
-        bench = load_dataset(args.data, args.format, forget_split=args.forget_split)
-        samples = bench.train_samples()
-    eval_samples = load_jsonl(args.eval_data) if args.eval_data else None
-    seed_everything(config.seed)  # the modules' initialisation
-    vlm, processor = _load_vlm(args)
-    eval_fn = None
-    if args.method == "cagul":
-        model = CagulModel(vlm, config)
-        method, collator = CagulMethod(model), VLMCollator(processor, model.config)
-        if eval_samples is not None:
-            eval_fn = lambda method, step: evaluate(method.model, eval_samples, processor)
-    else:
-        lora = lora_config(args.lora_rank, args.lora_alpha) if args.lora_rank else None
-        method = UnlearningBaseline(vlm, args.method, config, lora)
-        collator = method.collator(processor)
-        if eval_samples is not None:
-            eval_fn = lambda method, step: _baseline_eval(method, eval_samples, processor)
-    trainer = CagulTrainer(
-        method,
-        samples,
-        collator,
-        config,
-        output_dir=args.output,
-        eval_fn=eval_fn,
-        progress=not args.no_progress,
-    )
+        raise UsageError("--lora-rank / --lora-alpha apply to the baselines, not --method cagul")
+    with reading_inputs():
+        config = CagulConfig.load(args.config) if args.config else CagulConfig()
+        config = config.replace(**dict(args.overrides))
+        strict = args.strict_paths
+        if os.path.isfile(args.data) and args.format in ("auto", "jsonl") and not args.forget_split:
+            samples = load_jsonl(args.data, strict_paths=strict)  # every sample, in file order
+        else:
+            bench = load_dataset(
+                args.data, args.format, forget_split=args.forget_split, strict_paths=strict
+            )
+            samples = bench.train_samples()
+        eval_samples = load_jsonl(args.eval_data, strict_paths=strict) if args.eval_data else None
+        seed_everything(config.seed)  # the modules' initialisation
+        vlm, processor = _load_vlm(args)
+        eval_fn = None
+        if args.method == "cagul":
+            model = CagulModel(vlm, config)
+            method, collator = CagulMethod(model), VLMCollator(processor, model.config)
+            if eval_samples is not None:
+                eval_fn = lambda method, step: evaluate(method.model, eval_samples, processor)
+        else:
+            lora = lora_config(args.lora_rank, args.lora_alpha) if args.lora_rank else None
+            method = UnlearningBaseline(vlm, args.method, config, lora)
+            collator = method.collator(processor)
+            if eval_samples is not None:
+                eval_fn = lambda method, step: _baseline_eval(method, eval_samples, processor)
+        trainer = CagulTrainer(
+            method,
+            samples,
+            collator,
+            config,
+            output_dir=args.output,
+            eval_fn=eval_fn,
+            progress=not args.no_progress,
+        )
     trainer.train(resume=args.resume)
     if trainer.rank == 0:
-        if args.method != "cagul" and not args.lora_rank:
-            processor.save_pretrained(args.output)  # the output is a loadable VLM
         summary = {
             "output": args.output,
             "method": args.method,
@@ -272,7 +301,9 @@ def _train(args: argparse.Namespace) -> None:
             "peak_memory_mb": mib(trainer.peak_memory_bytes),
             **trainer.history[-1],
         }
-        print(json.dumps(summary))
+        print(json.dumps(summary), flush=True)
+        if args.method != "cagul" and not args.lora_rank:
+            processor.save_pretrained(args.output)  # the output is a loadable VLM
 
 
 def _baseline_eval(method, samples: list[dict], processor) -> dict[str, float]:
@@ -293,24 +324,26 @@ def _baseline_eval(method, samples: list[dict], processor) -> dict[str, float]:
 
 def _generate(args: argparse.Namespace) -> None:
     from .baselines import is_lora_adapter, load_finetuned
-    from .data import VLMCollator
+    from .data import VLMCollator, load_image
     from .model import CagulModel
     from .train import to_device
 
-    vlm, processor = _load_vlm(args)
-    sample = {"image": args.image, "question": args.question, "answer": "-", "is_forget": False}
-    if args.adapter and is_lora_adapter(args.adapter):  # a baseline: a plain VLM
-        model, config = load_finetuned(vlm, args.adapter)
-        inputs = to_device(VLMCollator(processor, config).prompts([sample]), vlm.device)
-        prob, transformed, extra = None, None, {}
-    else:
-        model = (
-            CagulModel.from_pretrained(vlm, args.adapter)
-            if args.adapter
-            else CagulModel(vlm, CagulConfig())
-        )
-        config = model.config
-        inputs = to_device(VLMCollator(processor, config).prompts([sample]), vlm.device)
+    with reading_inputs():
+        image = load_image(args.image)  # a bad image file fails before the model loads
+        vlm, processor = _load_vlm(args)
+        if args.adapter and is_lora_adapter(args.adapter):  # a baseline: a plain VLM
+            model, config = load_finetuned(vlm, args.adapter)
+        else:
+            model = (
+                CagulModel.from_pretrained(vlm, args.adapter)
+                if args.adapter
+                else CagulModel(vlm, CagulConfig())
+            )
+            config = model.config
+    sample = {"image": image, "question": args.question, "answer": "-", "is_forget": False}
+    inputs = to_device(VLMCollator(processor, config).prompts([sample]), vlm.device)
+    prob, transformed, extra = None, None, {}
+    if isinstance(model, CagulModel):
         prob = float(model.forget_probability(**inputs)[0])
         gate = None if args.gate == "auto" else torch.tensor([args.gate == "on"])
         transformed = prob >= config.gate_threshold if gate is None else bool(gate[0])
@@ -324,7 +357,10 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _eval_splits(
-    paths: list[str], format: str = "auto", forget_split: str | None = None
+    paths: list[str],
+    format: str = "auto",
+    forget_split: str | None = None,
+    strict_paths: bool = False,
 ) -> dict[str, list[dict]]:
     """Samples per split (the benchmarks' ``eval_splits``) from JSONL files and / or
     benchmark directories."""
@@ -332,7 +368,7 @@ def _eval_splits(
 
     splits: dict[str, list[dict]] = {}
     for path in paths:
-        bench = load_dataset(path, format, forget_split=forget_split)
+        bench = load_dataset(path, format, forget_split=forget_split, strict_paths=strict_paths)
         for split in bench.eval_splits:
             splits.setdefault(split, []).extend(bench.splits[split])
     return splits
@@ -344,28 +380,30 @@ def _eval(args: argparse.Namespace) -> None:
     from .model import CagulModel
 
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.protocol and (len(args.data) != 1 or not args.output):
-        raise ValueError("--protocol needs exactly one --data directory and --output")
-    splits = _eval_splits(args.data, args.format, args.forget_split)
-    vlm, processor = _load_vlm(args)
-    overrides = dict(args.overrides)
-    metrics: dict[str, Any] = {}
-    if args.adapter and is_lora_adapter(args.adapter):  # a baseline: evaluated as a VLM
-        model, config = load_finetuned(vlm, args.adapter)
-        config, reference = config.replace(**overrides), None
-    elif args.adapter:
-        model = CagulModel.from_pretrained(vlm, args.adapter, **overrides)
-        config, reference = model.config, vlm
-        samples = [s for group in splits.values() for s in group]
-        metrics.update(evaluate(model, samples, processor, batch_size=args.batch_size))
-    else:
-        model, config, reference = vlm, CagulConfig().replace(**overrides), None
-    if args.reference:
-        reference, _ = _load_vlm(args, args.reference, "--reference")
+        raise UsageError("--protocol needs exactly one --data directory and --output")
+    with reading_inputs():
+        splits = _eval_splits(args.data, args.format, args.forget_split, args.strict_paths)
+        vlm, processor = _load_vlm(args)
+        overrides = dict(args.overrides)
+        if args.adapter and is_lora_adapter(args.adapter):  # a baseline: evaluated as a VLM
+            model, config = load_finetuned(vlm, args.adapter)
+            config, reference = config.replace(**overrides), None
+        elif args.adapter:
+            model = CagulModel.from_pretrained(vlm, args.adapter, **overrides)
+            config, reference = model.config, vlm
+        else:
+            model, config, reference = vlm, CagulConfig().replace(**overrides), None
+        if args.reference:
+            reference, _ = _load_vlm(args, args.reference, "--reference")
     if args.protocol:
         _run_protocol(args, model, splits, processor, config, reference)
         return
+    metrics: dict[str, Any] = {}
+    if isinstance(model, CagulModel):
+        samples = [s for group in splits.values() for s in group]
+        metrics.update(evaluate(model, samples, processor, batch_size=args.batch_size))
     found = evaluate_splits(
         model,
         splits,
@@ -380,10 +418,9 @@ def _eval(args: argparse.Namespace) -> None:
     if "retain_kl" in found:
         metrics["retain_kl"] = found["retain_kl"]
     text = json.dumps(metrics, indent=2)
+    print(text, flush=True)  # printed first: the metrics survive a failing write
     if args.output:
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
-    print(text)
+        write_text_atomic(args.output, text + "\n")
 
 
 def _run_protocol(args, model, splits, processor, config, reference) -> None:
@@ -407,38 +444,34 @@ def _run_protocol(args, model, splits, processor, config, reference) -> None:
         )
         table = synthetic.synthetic_table(result)
     result["options"]["data"] = args.data[0]
+    print(table, flush=True)  # printed first: the table survives a failing write
     common.write_results(result, table, args.output)
-    print(table)
 
 
 def _demo(args: argparse.Namespace) -> None:
     from .demo import DemoConfig, run_demo, run_seeds, run_sweep
 
     if args.threads < 0:
-        raise ValueError(f"--threads must be >= 0, got {args.threads}")
+        raise UsageError(f"--threads must be >= 0, got {args.threads}")
+    if args.jobs < 0:
+        raise UsageError(f"--jobs must be >= 0, got {args.jobs}")
     if args.threads:
         torch.set_num_threads(args.threads)
     config = DemoConfig.tiny() if args.quick else DemoConfig()
-    if args.config:
-        with open(args.config) as f:
-            for key, value in _flatten(json.load(f)):
+    with reading_inputs():
+        if args.config:
+            for key, value in _flatten(read_json(args.config)):
                 config.set(key, value)
-    for key, value in args.overrides:
-        config.set(key, value)
+        for key, value in args.overrides:
+            config.set(key, value)
     if args.no_retain_only:
         config.retain_only = False
-    if args.jobs < 0:
-        raise ValueError(f"--jobs must be >= 0, got {args.jobs}")
     affinity = getattr(os, "sched_getaffinity", None)  # the CPUs this process may use
     cpus = len(affinity(0)) if affinity else (os.cpu_count() or 1)
     jobs = args.jobs or max(1, cpus // torch.get_num_threads())
-    if args.no_progress:
-        from transformers.utils import logging
-
-        logging.disable_progress_bar()
     options = {"progress": not args.no_progress, "jobs": jobs}
     if args.sweep and args.seeds != 1:
-        raise ValueError("--sweep and --seeds cannot be combined")
+        raise UsageError("--sweep and --seeds cannot be combined")
     if args.sweep:
         run_sweep(config, *args.sweep, args.output, args.cache, **options)
     elif args.seeds != 1:
@@ -451,7 +484,7 @@ def _flatten(obj: dict, prefix: str = "") -> list[tuple[str, Any]]:
     """``{"data": {"n_people": 30}}`` -> ``[("data.n_people", 30)]`` (``cagul`` is kept
     as one level: its values are ``CagulConfig`` fields)."""
     if not isinstance(obj, dict):
-        raise ValueError("--config: expected a JSON object")
+        raise UsageError("--config: expected a JSON object")
     items = []
     for key, value in obj.items():
         if isinstance(value, dict):
@@ -461,14 +494,35 @@ def _flatten(obj: dict, prefix: str = "") -> list[tuple[str, Any]]:
     return items
 
 
+def _check_flags(args: argparse.Namespace) -> None:
+    """The checks that need no data or model, before any work: ``--device`` (replaced by
+    its ``torch.device``), the adapter's files and the output paths."""
+    if getattr(args, "device", None) is not None:
+        args.device = check_device("--device", args.device)
+    if getattr(args, "adapter", None) is not None:
+        check_adapter_files("--adapter", args.adapter)
+    if args.command == "train":
+        check_output_dir("--output", args.output)
+    elif args.command == "eval" and args.output:
+        check_output_file("--output", args.output)
+    elif args.command == "demo":
+        check_output_dir("--output", args.output)
+        check_output_dir("--cache", args.cache)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = {"train": _train, "generate": _generate, "eval": _eval, "demo": _demo}[args.command]
+    if getattr(args, "no_progress", False):
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()  # transformers' bars too (loading weights)
     try:
+        _check_flags(args)
         handler(args)
-    except (FileNotFoundError, ValueError, TypeError, NotImplementedError, ImportError) as e:
-        print(f"cagul {args.command}: error: {e}", file=sys.stderr)
+    except UsageError as e:
+        print(f"{parser.prog}: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     return 0
 

@@ -11,6 +11,8 @@ from typing import Any
 from cagul_kernels.integrations.transformers import QUERY_POLICIES
 from cagul_kernels.ops.transform_scatter import ACTIVATIONS
 
+from .files import read_json
+
 MODES = ("input", "inline")
 FORGET_LOSSES = ("idk", "ga", "npo")
 AUTOCAST = ("auto", "bf16", "fp16", "none")
@@ -194,8 +196,7 @@ class CagulConfig:
             path = os.path.join(path, CONFIG_NAME)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"CagulConfig: no config file at {path}")
-        with open(path) as f:
-            return cls.from_json(f.read())
+        return cls.from_dict(read_json(path))
 
     def replace(self, **changes: Any) -> CagulConfig:
         """A validated copy with ``changes`` applied."""

@@ -29,13 +29,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 import cagul_kernels
 from cagul_kernels.integrations import transformers as ct
 
 from .config import CONFIG_NAME, CagulConfig
+from .files import read_safetensors
 from .modules import ForgetDiscriminator, VisualTokenEncoder
 
 WEIGHTS_NAME = "cagul_modules.safetensors"
@@ -278,7 +279,7 @@ class CagulModel(nn.Module):
         if bad:
             raise ValueError(f"CagulModel.from_pretrained: cannot override {bad} of saved modules")
         model = cls(vlm, config.replace(**overrides))
-        model.load_trainable_state_dict(load_file(weights, device=str(model.encoder.w1.device)))
+        model.load_trainable_state_dict(read_safetensors(weights, str(model.encoder.w1.device)))
         return model
 
     # ------------------------------------------------------------------ internals

@@ -16,6 +16,7 @@ import glob
 import json
 import math
 import os
+import pickle
 import random
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
@@ -32,6 +33,8 @@ from tqdm.auto import tqdm
 from cagul_kernels.memory import PeakMemory
 
 from .config import FORGET_LOSSES, CagulConfig
+from .errors import InputError, MissingInputError
+from .files import read_json, read_safetensors
 from .losses import (
     answer_log_probs,
     masked_mean,
@@ -471,19 +474,21 @@ class CagulTrainer:
         files = [os.path.join(path, n) for n in _CHECKPOINT_FILES]
         missing = [f for f in files if not os.path.isfile(f)]
         if missing:
-            raise FileNotFoundError(f"CagulTrainer: incomplete checkpoint, missing {missing}")
+            raise MissingInputError(f"CagulTrainer: incomplete checkpoint, missing {missing}")
         weights, training, position = files
         device = str(self.device)
-        self.method.load_trainable_state_dict(load_file(weights, device=device))
-        state = torch.load(training, map_location=device, weights_only=False)
+        self.method.load_trainable_state_dict(read_safetensors(weights, device))
+        try:
+            state = torch.load(training, map_location=device, weights_only=False)
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+            raise InputError(f"{training}: not a readable checkpoint file ({e})") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
-        with open(position) as f:
-            pos = json.load(f)
+        pos = read_json(position)
         self.step, self.epoch, self.batch_in_epoch = pos["step"], pos["epoch"], pos["batch"]
 
 

@@ -13,6 +13,9 @@ import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from ..files import read_text
+from .paths import resolve_image_path
+
 TABLE_SUFFIXES = (".parquet", ".jsonl", ".json")
 
 
@@ -83,15 +86,14 @@ def read_rows(path: str) -> list[dict]:
             return pq.read_table(path).to_pylist()
         except Exception as e:  # pyarrow raises its own error types for bad files
             raise ValueError(f"{path}: not a readable parquet file: {e}") from None
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = read_text(path)
     try:
         rows = json.loads(text) if path.endswith(".json") else None
     except json.JSONDecodeError:
         rows = None  # a .json file may hold JSON lines too
     if rows is None:
         rows = []
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(text.split("\n"), 1):
             if not line.strip():
                 continue
             try:
@@ -147,10 +149,11 @@ class EncodedImage:
         return f"EncodedImage({size}, at {self.where})"
 
 
-def image_field(value: Any, where: Where, base: str) -> EncodedImage:
+def image_field(value: Any, where: Where, base: str, confine: str | None = None) -> EncodedImage:
     """An image field, verified now and decoded later (:class:`EncodedImage`):
     ``{"bytes": ...}`` (raw bytes, or base64 text in JSON), or ``{"path": ...}`` or a path
-    string (relative to ``base``) of an existing file."""
+    string (relative to ``base``) of an existing file; ``confine``: see
+    :func:`~cagul.data.paths.resolve_image_path`."""
     if isinstance(value, Mapping) and value.get("bytes") is not None:
         where, data = where.at("bytes"), value["bytes"]
         if isinstance(data, str):
@@ -165,10 +168,7 @@ def image_field(value: Any, where: Where, base: str) -> EncodedImage:
         where, value = where.at("path"), value.get("path")
         if value is None:
             raise ValueError(f"{where}: missing (an image needs bytes or a path)")
-    path = os.path.abspath(os.path.join(base, check(value, where, str)))
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{where}: image file not found: {path}")
-    return EncodedImage(where, path=path)
+    return EncodedImage(where, path=resolve_image_path(check(value, where, str), base, where, confine))
 
 
 def with_options(question: str, options: list[str]) -> str:

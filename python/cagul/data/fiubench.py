@@ -51,9 +51,12 @@ def load_fiubench(
     *,
     max_people: int = MAX_PEOPLE,
     multiple_choice: bool = True,
+    strict_paths: bool = False,
 ) -> Benchmark:
-    """Reads FIUBench from directory ``path``: splits ``forget`` and ``retain``."""
+    """Reads FIUBench from directory ``path``: splits ``forget`` and ``retain``.
+    ``strict_paths``: image files must lie inside ``path``."""
     root = os.fspath(path)
+    confine = root if strict_paths else None
     directory = fiubench_dir(root)
     if directory is None:
         raise FileNotFoundError(f"FIUBench: no {DATA_FILE} and {SPLIT_FILE} in {root}[/dataset]")
@@ -76,7 +79,8 @@ def load_fiubench(
         if split is None:
             continue
         people.append({"id": pid, "role": split})
-        image = _image(field(person, "image_path", where, str), where.at("image_path"), bases)
+        value = field(person, "image_path", where, str)
+        image = _image(value, where.at("image_path"), bases, confine)
         qa_list = field(person, "qa_list", where, list)
         base = {"image": image, "is_forget": split == "forget", "split": split, "person": pid}
         samples = []
@@ -120,12 +124,12 @@ def read_split_file(path: str) -> dict[str, list]:
     return lists
 
 
-def _image(value: str, where: Where, bases: tuple[str, ...]):
+def _image(value: str, where: Where, bases: tuple[str, ...], confine: str | None):
     relative = os.path.normpath(value)
     flat = relative.split(os.sep, 1)[1] if relative.startswith(f"dataset{os.sep}") else None
     for base, name in [*((b, relative) for b in bases), *((b, flat) for b in bases if flat)]:
         if os.path.isfile(os.path.join(base, name)):
-            return image_field(name, where, base)
+            return image_field(name, where, base, confine)
     raise FileNotFoundError(f"{where}: image file not found: {value} (in {' or '.join(bases)})")
 
 

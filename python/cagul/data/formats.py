@@ -44,12 +44,18 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 def load_dataset(
-    path: str | os.PathLike, format: str = "auto", *, forget_split: str | None = None
+    path: str | os.PathLike,
+    format: str = "auto",
+    *,
+    forget_split: str | None = None,
+    strict_paths: bool = False,
 ) -> Benchmark:
     """The benchmark at ``path`` in ``format`` (one of :data:`FORMATS`). ``forget_split``
     picks the forget set: ``forget_5`` / ``forget_10`` / ``forget_15`` for MLLMU-Bench
     (default ``forget_5``), a key of split.json for FIUBench (default ``forget5``). A JSONL
-    file's samples are grouped by their ``split`` field, else ``forget`` / ``retain``."""
+    file's samples are grouped by their ``split`` field, else ``forget`` / ``retain``.
+    ``strict_paths``: image files must lie inside the data directory (``path``, or a JSONL
+    file's directory); by default a data set may name images anywhere."""
     path = os.fspath(path)
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
@@ -57,15 +63,17 @@ def load_dataset(
         format = detect_format(path)
     if forget_split is not None and format not in ("mllmu", "fiubench"):
         raise ValueError(f"forget_split applies to mllmu and fiubench data, not {format}")
-    options: dict[str, Any] = {} if forget_split is None else {"forget_split": forget_split}
+    options: dict[str, Any] = {"strict_paths": strict_paths}
+    if forget_split is not None:
+        options["forget_split"] = forget_split
     if format == "mllmu":
         return load_mllmu(path, **options)
     if format == "fiubench":
         return load_fiubench(path, **options)
     if format == "synthetic":
-        return load_benchmark(path)
+        return load_benchmark(path, strict_paths=strict_paths)
     splits: dict[str, list[dict]] = {}
-    for sample in load_jsonl(path):
+    for sample in load_jsonl(path, strict_paths=strict_paths):
         split = sample.get("split") or ("forget" if sample["is_forget"] else "retain")
         splits.setdefault(split, []).append(sample)
     root = os.path.dirname(os.path.abspath(path))

@@ -59,15 +59,21 @@ def is_mllmu(path: str) -> bool:
 
 
 def load_mllmu(
-    path: str | os.PathLike, forget_split: str = "forget_5", *, seed: int = 0
+    path: str | os.PathLike,
+    forget_split: str = "forget_5",
+    *,
+    seed: int = 0,
+    strict_paths: bool = False,
 ) -> Benchmark:
     """Reads MLLMU-Bench from directory ``path``. Evaluation splits: ``forget`` (profiles of
     ``forget_split``), ``forget_test`` (those people in ``Test_Set``), ``retain`` (of
     ``retain_<100 - n>``) and ``retain_celebrity`` (``Retain_Set``), those present.
     Training splits ``train_forget`` / ``train_retain``: the QA pairs of
     ``baseline_train_split/<split>`` if present, else those of ``ft_Data`` by ``ID``.
-    ``seed`` picks the ``Test_Set`` image of each row and task."""
+    ``seed`` picks the ``Test_Set`` image of each row and task. ``strict_paths``: image
+    files must lie inside ``path``."""
     root = os.fspath(path)
+    confine = root if strict_paths else None
     if forget_split not in FORGET_SPLITS:
         raise ValueError(f"MLLMU-Bench: forget_split must be one of {FORGET_SPLITS}")
     if not os.path.isdir(root):
@@ -86,7 +92,7 @@ def load_mllmu(
                 )
             roles[pid] = split
             people.append({"id": pid, "role": split, "biography": row.get("biography")})
-            image = _image(row, where, base)
+            image = _image(row, where, base, confine)
             splits.setdefault(split, []).extend(
                 _eval_samples(row, where, lambda _, im=image: im, split)
             )
@@ -96,7 +102,7 @@ def load_mllmu(
         for row, where, base in _rows(test_dir):
             if roles.get(_person(row, where)) != "forget":
                 continue  # MLLMU-Bench's test set is the forget people on new images
-            images = _test_images(row, where, base)
+            images = _test_images(row, where, base, confine)
             picks = {task: images[rng.randrange(len(images))] for task in TASKS}
             samples = _eval_samples(row, where, picks.__getitem__, "forget_test")
             splits.setdefault("forget_test", []).extend(samples)
@@ -105,10 +111,10 @@ def load_mllmu(
         for row, where, base in _rows(celebrity_dir):
             pid = _person(row, where)
             people.append({"id": pid, "role": "celebrity", "biography": row.get("biography")})
-            image = _image(row, where, base)
+            image = _image(row, where, base, confine)
             samples = _eval_samples(row, where, lambda _, im=image: im, "retain_celebrity")
             splits.setdefault("retain_celebrity", []).extend(samples)
-    splits.update(_train_splits(root, forget_split, retain_split, roles))
+    splits.update(_train_splits(root, forget_split, retain_split, roles, confine))
     config = {
         "format": "mllmu",
         "forget_split": forget_split,
@@ -120,7 +126,7 @@ def load_mllmu(
 
 
 def _train_splits(
-    root: str, forget_split: str, retain_split: str, roles: dict[str, str]
+    root: str, forget_split: str, retain_split: str, roles: dict[str, str], confine: str | None
 ) -> dict[str, list[dict]]:
     """``train_forget`` / ``train_retain`` from ``baseline_train_split`` or ``ft_Data``."""
     baseline = os.path.join(root, "baseline_train_split")
@@ -139,7 +145,7 @@ def _train_splits(
             person_role = role or roles.get(pid)
             if person_role is None:
                 continue  # ft_Data holds every fictitious person; keep this split's
-            image = _image(row, where, base)
+            image = _image(row, where, base, confine)
             split = f"train_{person_role}"
             for question, answer in _qa_pairs(row, where):
                 sample = {"question": question, "answer": answer, "form": "short", "task": "qa"}
@@ -163,17 +169,18 @@ def _person(row: dict, where: Where) -> str:
     return str(field(row, "ID", where, (str, int)))
 
 
-def _image(row: dict, where: Where, base: str):
-    return image_field(field(row, "image", where), where.at("image"), base)
+def _image(row: dict, where: Where, base: str, confine: str | None):
+    return image_field(field(row, "image", where), where.at("image"), base, confine)
 
 
-def _test_images(row: dict, where: Where, base: str) -> list:
+def _test_images(row: dict, where: Where, base: str, confine: str | None) -> list:
     if row.get("images") is None:
-        return [_image(row, where, base)]
+        return [_image(row, where, base, confine)]
     images = check(row["images"], where.at("images"), list)
     if not images:
         raise ValueError(f"{where.at('images')}: empty list")
-    return [image_field(im, where.at("images").at(i), base) for i, im in enumerate(images)]
+    where = where.at("images")
+    return [image_field(im, where.at(i), base, confine) for i, im in enumerate(images)]
 
 
 def _eval_samples(row: dict, where: Where, image_for, split: str) -> list[dict]:

@@ -25,6 +25,9 @@ import torch
 
 from ..config import FORGET_LOSSES, CagulConfig
 from ._records import EncodedImage
+from ..errors import InputError
+from ..files import read_text
+from .paths import resolve_image_path
 
 REQUIRED_KEYS = ("image", "question", "answer", "is_forget")
 TARGETS = ("auto", "answer", "refusal", "forget_refusal")
@@ -61,30 +64,29 @@ def validate_sample(sample: Any, where: str = "sample") -> dict:
     return sample
 
 
-def load_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Reads samples from a JSONL file; relative image paths are resolved against the
-    file's directory and must exist."""
+def load_jsonl(path: str | os.PathLike, *, strict_paths: bool = False) -> list[dict]:
+    """Reads samples from a UTF-8 JSONL file; relative image paths are resolved against
+    the file's directory and must exist. ``strict_paths``: image files must lie inside that
+    directory (:func:`~cagul.data.paths.resolve_image_path`)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load_jsonl: no such file: {path}")
     base = os.path.dirname(os.path.abspath(path))
     samples = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                sample = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: invalid JSON: {e}") from None
-            validate_sample(sample, where)
-            if not isinstance(sample["image"], str):
-                raise ValueError(f"{where}: image must be a path string in a JSONL file")
-            image = os.path.join(base, sample["image"])
-            if not os.path.isfile(image):
-                raise FileNotFoundError(f"{where}: image file not found: {image}")
-            samples.append({**sample, "image": image, "is_forget": bool(sample["is_forget"])})
+    for n, line in enumerate(read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            sample = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: invalid JSON: {e}") from None
+        validate_sample(sample, where)
+        if not isinstance(sample["image"], str):
+            raise ValueError(f"{where}: image must be a path string in a JSONL file")
+        confine = base if strict_paths else None
+        image = resolve_image_path(sample["image"], base, f"{where}: field 'image'", confine)
+        samples.append({**sample, "image": image, "is_forget": bool(sample["is_forget"])})
     if not samples:
         raise ValueError(f"load_jsonl: {path} has no samples")
     return samples
@@ -92,7 +94,9 @@ def load_jsonl(path: str | os.PathLike) -> list[dict]:
 
 def load_image(image: Any):
     """A path (opened with PIL, RGB), an :class:`EncodedImage` (decoded now), a tensor or a
-    PIL image, ready for a processor."""
+    PIL image, ready for a processor. A file that is not a readable image (empty, another
+    format, cut short, a decompression bomb) raises :class:`~cagul.errors.InputError`
+    naming it."""
     if isinstance(image, EncodedImage):
         return image.decode()
     if isinstance(image, str):
@@ -100,8 +104,12 @@ def load_image(image: Any):
 
         if not os.path.isfile(image):
             raise FileNotFoundError(f"image file not found: {image}")
-        with Image.open(image) as im:
-            return im.convert("RGB")
+        try:
+            with Image.open(image) as im:
+                return im.convert("RGB")
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            reason = str(e).replace(repr(image), "").replace(image, "").strip(" :")
+            raise InputError(f"{image}: not a readable image ({reason})") from None
     return image
 
 

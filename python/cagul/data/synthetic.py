@@ -45,7 +45,8 @@ from typing import Any
 
 import numpy as np
 
-from ._records import EncodedImage
+from ..files import read_json
+from ._records import EncodedImage, read_rows
 from .samples import load_image, load_jsonl
 
 FORMAT_VERSION = 2  # 2: short-answer samples carry paraphrases, perturbed answers, keywords
@@ -524,22 +525,22 @@ class Benchmark:
         return cache[image]
 
 
-def load_benchmark(path: str | os.PathLike) -> Benchmark:
-    """Reads a benchmark written by :func:`write` (every split file is validated)."""
+def load_benchmark(path: str | os.PathLike, *, strict_paths: bool = False) -> Benchmark:
+    """Reads a benchmark written by :func:`write` (every split file is validated;
+    ``strict_paths``: image files must lie inside ``path``)."""
     path = os.fspath(path)
     meta_path = os.path.join(path, "meta.json")
     if not os.path.isfile(meta_path):
         raise FileNotFoundError(f"load_benchmark: no meta.json in {path}")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    if meta.get("format") != FORMAT_VERSION:
-        raise ValueError(f"load_benchmark: unsupported format {meta.get('format')!r} in {path}")
+    meta = read_json(meta_path)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+        raise ValueError(f"load_benchmark: {meta_path} is not a format {FORMAT_VERSION} meta.json")
     config = SyntheticConfig(**meta["config"])
-    with open(os.path.join(path, "people.jsonl")) as f:
-        people = [json.loads(line) for line in f if line.strip()]
+    people = read_rows(os.path.join(path, "people.jsonl"))
     splits = {}
     for split, n in meta["splits"].items():
-        samples = load_jsonl(os.path.join(path, f"{split}.jsonl")) if n else []
+        split_path = os.path.join(path, f"{split}.jsonl")
+        samples = load_jsonl(split_path, strict_paths=strict_paths) if n else []
         if len(samples) != n:
             raise ValueError(
                 f"load_benchmark: {split}.jsonl has {len(samples)} samples, expected {n}"
