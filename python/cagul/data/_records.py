@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from ..errors import InputError
 from ..files import read_text
 from .paths import resolve_image_path
 
@@ -133,11 +134,11 @@ class EncodedImage:
                 with Image.open(source) as im:
                     yield im
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-            raise ValueError(f"{self.where}: image too large (decompression bomb?): {e}") from None
+            raise InputError(f"{self.where}: image too large (decompression bomb?): {e}") from None
         except (UnidentifiedImageError, OSError, SyntaxError) as e:
             if self.data is not None and not self.data:
-                raise ValueError(f"{self.where}: empty image data (0 bytes)") from None
-            raise ValueError(f"{self.where}: not a readable image: {e}") from None
+                raise InputError(f"{self.where}: empty image data (0 bytes)") from None
+            raise InputError(f"{self.where}: not a readable image: {e}") from None
 
     def decode(self):
         """The image as an RGB PIL image."""
@@ -168,7 +169,8 @@ def image_field(value: Any, where: Where, base: str, confine: str | None = None)
         where, value = where.at("path"), value.get("path")
         if value is None:
             raise ValueError(f"{where}: missing (an image needs bytes or a path)")
-    return EncodedImage(where, path=resolve_image_path(check(value, where, str), base, where, confine))
+    path = resolve_image_path(check(value, where, str), base, where, confine)
+    return EncodedImage(where, path=path)
 
 
 def with_options(question: str, options: list[str]) -> str:

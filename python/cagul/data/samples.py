@@ -24,9 +24,9 @@ from typing import Any
 import torch
 
 from ..config import FORGET_LOSSES, CagulConfig
-from ._records import EncodedImage
 from ..errors import InputError
 from ..files import read_text
+from ._records import EncodedImage
 from .paths import resolve_image_path
 
 REQUIRED_KEYS = ("image", "question", "answer", "is_forget")
