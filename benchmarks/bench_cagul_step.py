@@ -18,9 +18,10 @@ Training step (forward, backward, AdamW step) on one batch of 1 forget + 1 retai
 (image + 64-token question and answer, the last 16 tokens being the answer):
 ``cagul_input`` / ``cagul_inline`` (``CagulMethod``, layer ``L = min(2, layers - 1)``,
 ratio 0.25), ``lora_graddiff`` (LoRA r=16 on every linear layer of the language model)
-and ``full_graddiff`` (every language-model weight). Median time per step, peak memory of
-building the provider and running its steps (above the frozen VLM), trainable parameters,
-optimizer-state bytes.
+and ``full_graddiff`` (every language-model weight). Median time per step, trainable
+parameters, optimizer-state bytes. Peak memory: what building the provider adds plus the peak of its
+first step (which creates the optimizer state), above the frozen VLM; inference: the peak
+of one call.
 
 Inference (``generate``, greedy): prefill (1 new token) and prefill + 32 new tokens at the
 given batch sizes and visual-token counts: ``vanilla`` (the VLM), ``gate_off`` (CagulModel,
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import dataclasses
 import gc
 import json
@@ -56,6 +58,7 @@ from cagul_kernels.memory import PeakMemory, mib
 
 PREFIX, QUESTION, ANSWER = 5, 48, 16  # text tokens: before the image, question, answer
 NEW_TOKENS = 32
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,19 +293,37 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
 # ---------------------------------------------------------------------- measurement
 
 
+@contextlib.contextmanager
+def exact_cpu_peak(device: torch.device):
+    """On CPU, glibc maps every block of 1 MiB or more on its own and unmaps it on free, so
+    the resident-set peak that :class:`PeakMemory` reads is the block's true peak rather
+    than hidden by heap memory freed earlier (by another provider) and reused. Restores
+    glibc's largest default threshold (32 MiB) afterwards, for the timed runs."""
+    libc = None
+    if device.type == "cpu":
+        with contextlib.suppress(OSError):
+            libc = ctypes.CDLL("libc.so.6")
+    if libc is not None:
+        libc.mallopt(M_MMAP_THRESHOLD, 2**20)
+    try:
+        yield
+    finally:
+        if libc is not None:
+            libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
+
+
 def timed(fn, device: torch.device, repeats: int) -> tuple[float, int | None]:
-    """``(median seconds, peak extra bytes)`` over ``repeats`` calls; the first call is
-    included (one-time costs such as the optimizer state are part of a step's peak)."""
-    times, peak = [], None
+    """``(median seconds over repeats calls, peak extra bytes of a first, untimed call)``.
+    The first call also warms up (and creates the optimizer state of a training step)."""
+    with exact_cpu_peak(device), PeakMemory(device) as memory:
+        fn()
+    times = []
     for _ in range(repeats):
-        with PeakMemory(device) as memory:
-            start = time.perf_counter()
-            fn()
-            common.sync(device)
-            times.append(time.perf_counter() - start)
-        if memory.bytes is not None:
-            peak = max(peak or 0, memory.bytes)
-    return statistics.median(times), peak
+        start = time.perf_counter()
+        fn()
+        common.sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), memory.bytes
 
 
 def measure_training(vlm, geo, layers, layer, args, autocast) -> tuple[list[dict], object]:
@@ -310,15 +331,15 @@ def measure_training(vlm, geo, layers, layer, args, autocast) -> tuple[list[dict
     rows = []
     for name, build in training_providers(layer).items():
         gc.collect()
-        with PeakMemory(vlm.device) as memory:
+        with exact_cpu_peak(vlm.device), PeakMemory(vlm.device) as memory:
             method, restore = build(vlm)
             method.train()
             optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=1e-5)
-            seconds, _ = timed(
-                lambda m=method, o=optimizer: train_step(m, o, batch, autocast),
-                vlm.device,
-                args.repeats,
-            )
+        seconds, step_peak = timed(
+            lambda m=method, o=optimizer: train_step(m, o, batch, autocast),
+            vlm.device,
+            args.repeats,
+        )
         trainable = sum(p.numel() for p in _parameters(method.trainable_parameters()))
         rows.append(
             {
@@ -327,7 +348,7 @@ def measure_training(vlm, geo, layers, layer, args, autocast) -> tuple[list[dict
                 "provider": name,
                 "visual_tokens": geo.train_visual,
                 "step_s": seconds,
-                "peak_mib": mib(memory.bytes),
+                "peak_mib": mib(_add(memory.bytes, step_peak)),
                 "trainable_params": trainable,
                 "optimizer_state_bytes": optimizer_state_bytes(optimizer),
             }
@@ -336,6 +357,10 @@ def measure_training(vlm, geo, layers, layer, args, autocast) -> tuple[list[dict
         del method, optimizer
         vlm = restore()
     return rows, vlm
+
+
+def _add(a: int | None, b: int | None) -> int | None:
+    return None if a is None or b is None else a + b
 
 
 def _parameters(groups) -> list[torch.nn.Parameter]:
