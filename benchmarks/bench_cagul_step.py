@@ -43,6 +43,7 @@ import json
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -312,55 +313,64 @@ def exact_cpu_peak(device: torch.device):
             libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
 
 
-def timed(fn, device: torch.device, repeats: int) -> tuple[float, int | None]:
-    """``(median seconds over repeats calls, peak extra bytes of a first, untimed call)``.
-    The first call also warms up (and creates the optimizer state of a training step)."""
-    with exact_cpu_peak(device), PeakMemory(device) as memory:
-        fn()
-    times = []
+def interleaved(fns: dict, device: torch.device, repeats: int) -> dict:
+    """``name -> (median seconds, peak extra bytes)`` of each ``fns[name]()``: a first,
+    untimed round measures the peaks (and warms up), then ``repeats`` rounds call every
+    function in turn, so that load from other jobs on a shared machine hits all alike."""
+    peaks, times = {}, {name: [] for name in fns}
+    for name, fn in fns.items():
+        with exact_cpu_peak(device), PeakMemory(device) as memory:
+            fn()
+        peaks[name] = memory.bytes
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        common.sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), memory.bytes
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            common.sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(times[name]), peaks[name]) for name in fns}
 
 
 def measure_training(vlm, geo, layers, layer, args, autocast) -> tuple[list[dict], object]:
-    batch = training_batch(vlm, geo)
-    rows = []
-    for name, build in training_providers(layer).items():
-        gc.collect()
-        with exact_cpu_peak(vlm.device), PeakMemory(vlm.device) as memory:
-            method, restore = build(vlm)
-            method.train()
-            optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=1e-5)
-        seconds, step_peak = timed(
-            lambda m=method, o=optimizer: train_step(m, o, batch, autocast),
-            vlm.device,
-            args.repeats,
-        )
-        trainable = sum(p.numel() for p in _parameters(method.trainable_parameters()))
-        rows.append(
-            {
-                "geometry": geo.family,
-                "layers": layers,
-                "provider": name,
-                "visual_tokens": geo.train_visual,
-                "step_s": seconds,
-                "peak_mib": mib(_add(memory.bytes, step_peak)),
-                "trainable_params": trainable,
-                "optimizer_state_bytes": optimizer_state_bytes(optimizer),
-            }
-        )
-        print(rows[-1], flush=True)
-        del method, optimizer
-        vlm = restore()
-    return rows, vlm
-
-
-def _add(a: int | None, b: int | None) -> int | None:
-    return None if a is None or b is None else a + b
+    """Round robin over the providers (so that machine load hits all alike): each round
+    builds every provider on ``vlm``, runs one step with a fresh AdamW and removes it. The
+    first round measures the peak memory of building plus the step (above the frozen VLM);
+    the median of the next ``repeats`` rounds is the step time (which includes creating
+    the AdamW state, a few ms)."""
+    device, batch = vlm.device, training_batch(vlm, geo)
+    providers = training_providers(layer)
+    times, rows = {name: [] for name in providers}, {}
+    for round_ in range(args.repeats + 1):
+        for name, build in providers.items():
+            gc.collect()
+            peak_block = exact_cpu_peak(device) if round_ == 0 else contextlib.nullcontext()
+            with peak_block, PeakMemory(device) as memory:
+                method, restore = build(vlm)
+                method.train()
+                optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=1e-5)
+                start = time.perf_counter()
+                train_step(method, optimizer, batch, autocast)
+                common.sync(device)
+                times[name].append(time.perf_counter() - start)
+            if round_ == 0:
+                times[name].clear()
+                rows[name] = {
+                    "geometry": geo.family,
+                    "layers": layers,
+                    "provider": name,
+                    "visual_tokens": geo.train_visual,
+                    "peak_mib": mib(memory.bytes),
+                    "trainable_params": sum(
+                        p.numel() for p in _parameters(method.trainable_parameters())
+                    ),
+                    "optimizer_state_bytes": optimizer_state_bytes(optimizer),
+                }
+            del method, optimizer
+            vlm = restore()
+    for name, row in rows.items():
+        row["step_s"] = statistics.median(times[name])
+        print(row, flush=True)
+    return list(rows.values()), vlm
 
 
 def _parameters(groups) -> list[torch.nn.Parameter]:
@@ -374,6 +384,14 @@ def measure_inference(vlm, geo, layers, layer, args, autocast) -> list[dict]:
         "gate_on_input": cagul_model(vlm, "input", layer, gate=True),
         "gate_on_inline": cagul_model(vlm, "inline", layer, gate=True),
     }
+
+    def generate(model, inputs: dict, new: int) -> None:
+        with torch.no_grad(), autocast():
+            out = model.generate(
+                **inputs, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0
+            )
+        assert out.shape[1] == inputs["input_ids"].shape[1] + new
+
     rows = []
     for batch in args.batches:
         for visual in geo.visual:
@@ -382,20 +400,10 @@ def measure_inference(vlm, geo, layers, layer, args, autocast) -> list[dict]:
                 continue
             inputs = make_inputs(vlm, geo, batch, visual, with_answer=False)
             for phase, new in (("prefill", 1), ("prefill+32", args.new_tokens)):
-                for name, model in variants.items():
-
-                    def run(model=model, new=new, inputs=inputs):
-                        with torch.no_grad(), autocast():
-                            out = model.generate(
-                                **inputs,
-                                max_new_tokens=new,
-                                min_new_tokens=new,
-                                do_sample=False,
-                                pad_token_id=0,
-                            )
-                        assert out.shape[1] == inputs["input_ids"].shape[1] + new
-
-                    seconds, peak = timed(run, vlm.device, args.repeats)
+                fns = {
+                    name: partial(generate, model, inputs, new) for name, model in variants.items()
+                }
+                for name, (seconds, peak) in interleaved(fns, vlm.device, args.repeats).items():
                     rows.append(
                         {
                             "geometry": geo.family,
@@ -453,7 +461,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
-    parser.add_argument("--skip", nargs="*", choices=["train", "inference"], default=[])
+    for part in ("train", "inference"):
+        parser.add_argument(
+            f"--{part}-geometry",
+            nargs="*",
+            choices=list(GEOMETRIES),
+            help=f"geometries measured in the {part} part (default: --geometry)",
+        )
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     parser.add_argument("--out", type=Path, default=common.RESULTS)
     args = parser.parse_args(argv)
@@ -469,15 +483,17 @@ def main(argv: list[str] | None = None) -> dict:
         return torch.autocast(device.type, dtype=dtype)
 
     train, infer, geometries = [], [], {}
-    for family in args.geometry:
+    train_on = args.geometry if args.train_geometry is None else args.train_geometry
+    infer_on = args.geometry if args.inference_geometry is None else args.inference_geometry
+    for family in dict.fromkeys(train_on + infer_on):
         geo = (QUICK if args.quick else GEOMETRIES)[family]
         geo = geo if args.quick else geo.scaled(args.width_div)
         geometries[family] = dataclasses.asdict(geo)
         torch.manual_seed(0)
         vlm = build_vlm(geo, args.layers, device, dtype)
-        if "inference" not in args.skip:
+        if family in infer_on:
             infer += measure_inference(vlm, geo, args.layers, layer, args, autocast)
-        if "train" not in args.skip:
+        if family in train_on:
             rows, vlm = measure_training(vlm, geo, args.layers, layer, args, autocast)
             train += rows
         del vlm
