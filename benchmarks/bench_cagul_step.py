@@ -27,7 +27,8 @@ Inference (``generate``, greedy): prefill (1 new token) and prefill + 32 new tok
 given batch sizes and visual-token counts: ``vanilla`` (the VLM), ``gate_off`` (CagulModel,
 the discriminator says no), ``gate_on_input`` and ``gate_on_inline`` (it says yes).
 
-    python benchmarks/bench_cagul_step.py --width-div 8       # this CPU -> results/
+    python benchmarks/bench_cagul_step.py --width-div 8 --threads 1 --batches 1 8 \
+        --max-prefill-visual 4608 --train-geometry llava      # this CPU -> results/
     python benchmarks/bench_cagul_step.py --device cuda --dtype bf16 --layers 32
     python benchmarks/bench_cagul_step.py --quick --out /tmp/x  # tiny smoke run
 """
@@ -411,7 +412,7 @@ def measure_inference(vlm, geo, layers, layer, args, autocast) -> list[dict]:
                             "variant": name,
                             "phase": phase,
                             "batch": batch,
-                            "setting": f"{phase} batch {batch}",
+                            "setting": f"{geo.family} {phase} batch {batch}",
                             "visual_tokens": visual,
                             "latency_s": seconds,
                             "peak_mib": mib(peak),
@@ -460,6 +461,12 @@ def main(argv: list[str] | None = None) -> dict:
         help="skip inference settings with batch x visual tokens above this",
     )
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (on a CPU shared with other jobs, 1 keeps small ops from "
+        "stalling on descheduled OpenMP threads)",
+    )
     parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
     for part in ("train", "inference"):
         parser.add_argument(
@@ -473,6 +480,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.quick:
         args.batches, args.repeats, args.new_tokens = [1, 2], 1, 4
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     layer = min(2, args.layers - 1)
@@ -514,6 +523,9 @@ def write_outputs(args, device, train, infer, summary, geometries, layer) -> Non
         "width_div": args.width_div,
         "dtype": args.dtype,
         "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+        "batches": args.batches,
+        "max_prefill_visual": args.max_prefill_visual,
         "new_tokens": args.new_tokens,
         "quick": args.quick,
         "geometries": geometries,
