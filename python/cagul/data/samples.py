@@ -204,13 +204,16 @@ class VLMCollator:
             for p, s in zip(prompts, samples, strict=True)
         ]
         inputs = self._encode(samples, full, "right")
-        prompt_only = self._encode(samples, prompts, "right")
-        prompt_ids, prompt_mask = prompt_only["input_ids"], prompt_only["attention_mask"]
+        # The prompts alone go through the tokenizer only: the processor (and its image
+        # processing) runs once per batch.
+        prompt_ids = self.processor.tokenizer(prompts)["input_ids"]
+        image_id = self.processor.tokenizer.convert_tokens_to_ids(self.image_token)
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         labels = torch.full_like(ids, -100)
         for b in range(ids.shape[0]):
-            n = int(prompt_mask[b].sum())
-            if not torch.equal(ids[b, :n], prompt_ids[b, :n]):
+            prompt = _expand_image_placeholders(prompt_ids[b], ids[b], image_id)
+            n = 0 if prompt is None else prompt.numel()
+            if prompt is None or not torch.equal(ids[b, :n], prompt):
                 raise ValueError(
                     f"VLMCollator: sample {b}: the tokenised prompt is not a prefix of the "
                     "tokenised prompt + answer; end prompt_template with a separator token"
@@ -232,3 +235,23 @@ def _padding_side(tokenizer: Any, side: str) -> Iterator[None]:
         yield
     finally:
         tokenizer.padding_side = saved
+
+
+def _expand_image_placeholders(
+    prompt_ids: list[int], row: torch.Tensor, image_id: int
+) -> torch.Tensor | None:
+    """The prompt's token ids as the processor encodes them: each run of image placeholder
+    tokens in ``prompt_ids`` (tokenizer output) replaced by the matching run of image tokens
+    in ``row`` (``[S]``, the processor's encoding of prompt + answer, in order). ``None``
+    when ``row`` has fewer image-token runs than the prompt has placeholder runs."""
+    values, counts = torch.unique_consecutive(
+        torch.tensor(prompt_ids, dtype=row.dtype), return_counts=True
+    )
+    row_values, row_counts = torch.unique_consecutive(row, return_counts=True)
+    placeholders = values == image_id
+    runs = row_counts[row_values == image_id]
+    n_runs = int(placeholders.sum())
+    if runs.numel() < n_runs:
+        return None
+    counts[placeholders] = runs[:n_runs]
+    return values.repeat_interleave(counts)

@@ -1,0 +1,551 @@
+"""What CAGUL costs a user: one training step against LoRA and full finetuning, and the
+inference overhead of the unlearned model, at real VLM geometry (random weights).
+
+Geometries (``--geometry``; ``--width-div N`` divides every width, the head counts and the
+vocabulary by N, keeping the head dimension, for machines where the full width is out of
+reach):
+
+- ``llava``: LLaVA-1.5-7B: Llama decoder, hidden 4096, 32 heads (MHA), MLP 11008, vocab
+  32064, CLIP-L/336 tower config; 576 visual tokens per image.
+- ``qwen2_vl``: Qwen2-VL-7B: hidden 3584, 28 query / 4 key-value heads (GQA), MLP 18944,
+  vocab 152064, M-RoPE; one high-resolution image of 2,880 visual tokens.
+
+Only ``--layers`` decoder layers are built. The projected visual tokens are fed as
+``mm_encoder_outputs`` (precomputed image features): the vision tower, the same for every
+provider, is not in the timed region, which makes the ratios below conservative.
+
+Training step (forward, backward, AdamW step) on one batch of 1 forget + 1 retain sample
+(image + 64-token question and answer, the last 16 tokens being the answer):
+``cagul_input`` / ``cagul_inline`` (``CagulMethod``, layer ``L = min(2, layers - 1)``,
+ratio 0.25), ``lora_graddiff`` (LoRA r=16 on every linear layer of the language model)
+and ``full_graddiff`` (every language-model weight). Median time per step, trainable
+parameters, optimizer-state bytes. Peak memory: what building the provider adds plus the peak of its
+first step (which creates the optimizer state), above the frozen VLM; inference: the peak
+of one call.
+
+Inference (``generate``, greedy): prefill (1 new token) and prefill + 32 new tokens at the
+given batch sizes and visual-token counts: ``vanilla`` (the VLM), ``gate_off`` (CagulModel,
+the discriminator says no), ``gate_on_input`` and ``gate_on_inline`` (it says yes).
+
+    python benchmarks/bench_cagul_step.py --width-div 8 --threads 1 --batches 1 8 \
+        --max-prefill-visual 4608 --train-geometry llava      # this CPU -> results/
+    python benchmarks/bench_cagul_step.py --device cuda --dtype bf16 --layers 32
+    python benchmarks/bench_cagul_step.py --quick --out /tmp/x  # tiny smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import dataclasses
+import gc
+import json
+import statistics
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cagul import CagulConfig, CagulModel
+from cagul.baselines import UnlearningBaseline, lora_config
+from cagul.train import CagulMethod
+
+from benchmarks import common
+from cagul_kernels.memory import PeakMemory, mib
+
+PREFIX, QUESTION, ANSWER = 5, 48, 16  # text tokens: before the image, question, answer
+NEW_TOKENS = 32
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    family: str
+    hidden: int
+    heads: int
+    kv_heads: int
+    mlp: int
+    vocab: int
+    train_visual: int  # visual tokens per training sample
+    visual: tuple[int, ...]  # inference sweep
+    image_tokens: int  # visual tokens per image in the inference sweep (last may be short)
+
+    def scaled(self, div: int) -> Geometry:
+        heads = max(1, self.heads // div)
+        head_dim = self.hidden // self.heads
+        return dataclasses.replace(
+            self,
+            hidden=heads * head_dim,
+            heads=heads,
+            kv_heads=max(1, self.kv_heads // div),
+            mlp=self.mlp // div,
+            vocab=self.vocab // div,
+        )
+
+
+GEOMETRIES = {
+    "llava": Geometry("llava", 4096, 32, 32, 11008, 32064, 576, (576, 2880, 8192), 576),
+    "qwen2_vl": Geometry("qwen2_vl", 3584, 28, 4, 18944, 152064, 2880, (2880,), 2880),
+}
+QUICK = {
+    "llava": Geometry("llava", 64, 4, 4, 128, 128, 16, (16, 48), 16),
+    "qwen2_vl": Geometry("qwen2_vl", 64, 4, 2, 128, 128, 32, (32,), 32),
+}
+
+
+# ---------------------------------------------------------------------- model and inputs
+
+
+def build_vlm(geo: Geometry, layers: int, device: torch.device, dtype: torch.dtype):
+    """A VLM of ``geo`` with ``layers`` decoder layers and random weights (eval mode)."""
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+    )
+
+    div = 4096 // geo.hidden if geo.family == "llava" else 3584 // geo.hidden
+    text = dict(
+        vocab_size=geo.vocab,
+        hidden_size=geo.hidden,
+        intermediate_size=geo.mlp,
+        num_hidden_layers=layers,
+        num_attention_heads=geo.heads,
+        num_key_value_heads=geo.kv_heads,
+        max_position_embeddings=16384,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    if geo.family == "llava":
+        config = LlavaConfig(
+            vision_config=CLIPVisionConfig(  # CLIP-L/336 (not run: features are fed)
+                hidden_size=max(16, 1024 // div),
+                intermediate_size=max(32, 4096 // div),
+                num_hidden_layers=24,
+                num_attention_heads=max(1, 16 // div),
+                image_size=336,
+                patch_size=14,
+                projection_dim=768,
+            ),
+            text_config=LlamaConfig(**text),
+            image_token_id=geo.vocab - 1,
+            vision_feature_layer=-2,
+            vision_feature_select_strategy="default",
+        )
+        model = LlavaForConditionalGeneration(config)
+    else:
+        config = Qwen2VLConfig(
+            vision_config=dict(  # Qwen2-VL-7B's ViT (not run: features are fed)
+                depth=32,
+                embed_dim=max(16, 1280 // div),
+                hidden_size=geo.hidden,
+                num_heads=max(1, 16 // div),
+                patch_size=14,
+                spatial_merge_size=2,
+                temporal_patch_size=2,
+            ),
+            text_config=dict(
+                **text,
+                rope_parameters={
+                    "rope_type": "default",
+                    "mrope_section": _mrope_section(geo.hidden // geo.heads),
+                    "rope_theta": 1e6,
+                },
+            ),
+            image_token_id=geo.vocab - 1,
+            video_token_id=geo.vocab - 2,
+            vision_start_token_id=geo.vocab - 3,
+            vision_end_token_id=geo.vocab - 4,
+        )
+        model = Qwen2VLForConditionalGeneration(config)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def _mrope_section(head_dim: int) -> list[int]:
+    """Qwen2-VL's [16, 24, 24] for head dim 128, scaled to ``head_dim``."""
+    half = head_dim // 2
+    t = half // 4
+    return [t, (half - t) // 2, half - t - (half - t) // 2]
+
+
+def make_inputs(vlm, geo: Geometry, batch: int, visual: int, with_answer: bool) -> dict:
+    """Model inputs: ``[prefix][image]...[question]([answer])`` with ``visual`` visual
+    tokens in images of ``geo.image_tokens`` (LLaVA) or one image (Qwen2-VL), the images
+    as precomputed projector outputs (``mm_encoder_outputs``). With ``with_answer``, also
+    ``labels`` on the answer tokens."""
+    cfg, device = vlm.config, vlm.device
+    dtype = next(vlm.parameters()).dtype
+    g = torch.Generator().manual_seed(0)
+    sizes = [geo.image_tokens] * (visual // geo.image_tokens)
+    sizes += [visual % geo.image_tokens] if visual % geo.image_tokens else []
+    if geo.family == "qwen2_vl":
+        sizes = [visual]
+    words = torch.randint(10, geo.vocab - 8, (PREFIX + QUESTION + ANSWER,), generator=g)
+    ids = [1, *words[: PREFIX - 1].tolist()]
+    for n in sizes:
+        if geo.family == "qwen2_vl":
+            ids += [cfg.vision_start_token_id, *[cfg.image_token_id] * n, cfg.vision_end_token_id]
+        else:
+            ids += [*[cfg.image_token_id] * n, 13]
+    ids += words[PREFIX : PREFIX + QUESTION + (ANSWER if with_answer else 0)].tolist()
+    input_ids = torch.tensor([ids] * batch, device=device)
+    features = [
+        (torch.randn(n, geo.hidden, generator=g) * 0.02).to(device, dtype)
+        for _ in range(batch)
+        for n in sizes
+    ]
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    inputs = {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=features)},
+    }
+    if geo.family == "qwen2_vl":
+        inputs["image_grid_thw"] = torch.tensor([_grid(n) for n in sizes] * batch, device=device)
+        inputs["mm_token_type_ids"] = (input_ids == cfg.image_token_id).int()
+    if with_answer:
+        labels = torch.full_like(input_ids, -100)
+        labels[:, -ANSWER:] = input_ids[:, -ANSWER:]
+        inputs["labels"] = labels
+    return inputs
+
+
+def _grid(tokens: int) -> list[int]:
+    """Qwen2-VL ``(t, h, w)`` patch grid of an image with ``tokens`` merged visual tokens."""
+    h = max(d for d in range(1, int(tokens**0.5) + 1) if tokens % d == 0)
+    return [1, 2 * h, 2 * (tokens // h)]
+
+
+def training_batch(vlm, geo: Geometry) -> dict:
+    """One forget and one retain sample (``VLMCollator``'s batch format)."""
+    return {
+        "inputs": make_inputs(vlm, geo, 2, geo.train_visual, with_answer=True),
+        "is_forget": torch.tensor([True, False]),
+        "forget_loss": torch.zeros(2, dtype=torch.long),  # "idk"
+    }
+
+
+# ---------------------------------------------------------------------- providers
+
+
+def cagul_config(mode: str, layer: int) -> CagulConfig:
+    return CagulConfig(mode=mode, layer=layer, ratio=0.25, lr=1e-5)
+
+
+def cagul_model(vlm, mode: str, layer: int, gate: bool | None = None) -> CagulModel:
+    """A CagulModel whose discriminator says yes (``gate=True``) or no to every image."""
+    model = CagulModel(vlm, cagul_config(mode, layer))
+    if gate is not None:
+        with torch.no_grad():
+            model.discriminator.head[-1].bias.fill_(30.0 if gate else -30.0)
+    return model
+
+
+def training_providers(layer: int) -> dict:
+    """``name -> build(vlm) -> (method, vlm after the method is dropped)``."""
+
+    def lora(vlm):
+        baseline = UnlearningBaseline(
+            vlm, "graddiff", cagul_config("input", layer), lora_config(16)
+        )
+        return baseline, lambda: baseline.vlm.unload()
+
+    def full(vlm):
+        baseline = UnlearningBaseline(vlm, "graddiff", cagul_config("input", layer))
+        return baseline, lambda: vlm.requires_grad_(False)
+
+    def cagul(mode):
+        return lambda vlm: (CagulMethod(cagul_model(vlm, mode, layer)), lambda: vlm)
+
+    return {
+        "cagul_input": cagul("input"),
+        "cagul_inline": cagul("inline"),
+        "lora_graddiff": lora,
+        "full_graddiff": full,
+    }
+
+
+def train_step(method, optimizer, batch: dict, autocast) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    with autocast():
+        loss, _ = method(batch)
+    loss.backward()
+    optimizer.step()
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    return sum(
+        t.numel() * t.element_size()
+        for state in optimizer.state.values()
+        for t in state.values()
+        if isinstance(t, torch.Tensor)
+    )
+
+
+# ---------------------------------------------------------------------- measurement
+
+
+@contextlib.contextmanager
+def exact_cpu_peak(device: torch.device):
+    """On CPU, glibc maps every block of 1 MiB or more on its own and unmaps it on free, so
+    the resident-set peak that :class:`PeakMemory` reads is the block's true peak rather
+    than hidden by heap memory freed earlier (by another provider) and reused. Restores
+    glibc's largest default threshold (32 MiB) afterwards, for the timed runs."""
+    libc = None
+    if device.type == "cpu":
+        with contextlib.suppress(OSError):
+            libc = ctypes.CDLL("libc.so.6")
+    if libc is not None:
+        libc.mallopt(M_MMAP_THRESHOLD, 2**20)
+    try:
+        yield
+    finally:
+        if libc is not None:
+            libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
+
+
+def interleaved(fns: dict, device: torch.device, repeats: int) -> dict:
+    """``name -> (median seconds, peak extra bytes)`` of each ``fns[name]()``: a first,
+    untimed round measures the peaks (and warms up), then ``repeats`` rounds call every
+    function in turn, so that load from other jobs on a shared machine hits all alike."""
+    peaks, times = {}, {name: [] for name in fns}
+    for name, fn in fns.items():
+        with exact_cpu_peak(device), PeakMemory(device) as memory:
+            fn()
+        peaks[name] = memory.bytes
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            common.sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(times[name]), peaks[name]) for name in fns}
+
+
+def measure_training(vlm, geo, layers, layer, args, autocast) -> tuple[list[dict], object]:
+    """Round robin over the providers (so that machine load hits all alike): each round
+    builds every provider on ``vlm``, runs one step with a fresh AdamW and removes it. The
+    first round measures the peak memory of building plus the step (above the frozen VLM);
+    the median of the next ``repeats`` rounds is the step time (which includes creating
+    the AdamW state, a few ms)."""
+    device, batch = vlm.device, training_batch(vlm, geo)
+    providers = training_providers(layer)
+    times, rows = {name: [] for name in providers}, {}
+    for round_ in range(args.repeats + 1):
+        for name, build in providers.items():
+            gc.collect()
+            peak_block = exact_cpu_peak(device) if round_ == 0 else contextlib.nullcontext()
+            with peak_block, PeakMemory(device) as memory:
+                method, restore = build(vlm)
+                method.train()
+                optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=1e-5)
+                start = time.perf_counter()
+                train_step(method, optimizer, batch, autocast)
+                common.sync(device)
+                times[name].append(time.perf_counter() - start)
+            if round_ == 0:
+                times[name].clear()
+                rows[name] = {
+                    "geometry": geo.family,
+                    "layers": layers,
+                    "provider": name,
+                    "visual_tokens": geo.train_visual,
+                    "peak_mib": mib(memory.bytes),
+                    "trainable_params": sum(
+                        p.numel() for p in _parameters(method.trainable_parameters())
+                    ),
+                    "optimizer_state_bytes": optimizer_state_bytes(optimizer),
+                }
+            del method, optimizer
+            vlm = restore()
+    for name, row in rows.items():
+        row["step_s"] = statistics.median(times[name])
+        print(row, flush=True)
+    return list(rows.values()), vlm
+
+
+def _parameters(groups) -> list[torch.nn.Parameter]:
+    return [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+
+
+def measure_inference(vlm, geo, layers, layer, args, autocast) -> list[dict]:
+    variants = {
+        "vanilla": vlm,
+        "gate_off": cagul_model(vlm, "input", layer, gate=False),
+        "gate_on_input": cagul_model(vlm, "input", layer, gate=True),
+        "gate_on_inline": cagul_model(vlm, "inline", layer, gate=True),
+    }
+
+    def generate(model, inputs: dict, new: int) -> None:
+        with torch.no_grad(), autocast():
+            out = model.generate(
+                **inputs, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0
+            )
+        assert out.shape[1] == inputs["input_ids"].shape[1] + new
+
+    rows = []
+    for batch in args.batches:
+        for visual in geo.visual:
+            if batch * visual > args.max_prefill_visual:
+                print(f"skip: batch {batch} x {visual} visual tokens > --max-prefill-visual")
+                continue
+            inputs = make_inputs(vlm, geo, batch, visual, with_answer=False)
+            for phase, new in (("prefill", 1), ("prefill+32", args.new_tokens)):
+                fns = {
+                    name: partial(generate, model, inputs, new) for name, model in variants.items()
+                }
+                for name, (seconds, peak) in interleaved(fns, vlm.device, args.repeats).items():
+                    rows.append(
+                        {
+                            "geometry": geo.family,
+                            "layers": layers,
+                            "variant": name,
+                            "phase": phase,
+                            "batch": batch,
+                            "setting": f"{geo.family} {phase} batch {batch}",
+                            "visual_tokens": visual,
+                            "latency_s": seconds,
+                            "peak_mib": mib(peak),
+                        }
+                    )
+                    print(rows[-1], flush=True)
+    return rows
+
+
+def ratios(train: list[dict], infer: list[dict], layers: int, layer: int) -> dict:
+    """The targets' ratios: within one geometry, batch, visual-token count and phase."""
+    out = {"input_bound": 1 + (layer + 1) / layers + 0.05}
+    by = {
+        (r["geometry"], r["variant"], r["phase"], r["batch"], r["visual_tokens"]): r for r in infer
+    }
+    for (geo, variant, phase, batch, visual), row in by.items():
+        if variant == "vanilla":
+            continue
+        base = by[(geo, "vanilla", phase, batch, visual)]["latency_s"]
+        out[f"{geo}/{variant}/{phase}/b{batch}/v{visual}"] = row["latency_s"] / base
+    for geo in dict.fromkeys(r["geometry"] for r in train):
+        rows = {r["provider"]: r for r in train if r["geometry"] == geo}
+        lora = rows["lora_graddiff"]
+        for name in ("cagul_input", "cagul_inline", "full_graddiff"):
+            out[f"{geo}/{name}/time_vs_lora"] = rows[name]["step_s"] / lora["step_s"]
+            if rows[name]["peak_mib"] and lora["peak_mib"]:
+                out[f"{geo}/{name}/peak_vs_lora"] = rows[name]["peak_mib"] / lora["peak_mib"]
+            out[f"{geo}/{name}/optimizer_state_vs_lora"] = (
+                rows[name]["optimizer_state_bytes"] / lora["optimizer_state_bytes"]
+            )
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--geometry", nargs="+", choices=list(GEOMETRIES), default=list(GEOMETRIES))
+    parser.add_argument("--layers", type=int, default=2, help="decoder layers built")
+    parser.add_argument("--width-div", type=int, default=1, help="divide widths/heads/vocab")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument(
+        "--max-prefill-visual",
+        type=int,
+        default=10**9,
+        help="skip inference settings with batch x visual tokens above this",
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (on a CPU shared with other jobs, 1 keeps small ops from "
+        "stalling on descheduled OpenMP threads)",
+    )
+    parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
+    for part in ("train", "inference"):
+        parser.add_argument(
+            f"--{part}-geometry",
+            nargs="*",
+            choices=list(GEOMETRIES),
+            help=f"geometries measured in the {part} part (default: --geometry)",
+        )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    parser.add_argument("--out", type=Path, default=common.RESULTS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batches, args.repeats, args.new_tokens = [1, 2], 1, 4
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    layer = min(2, args.layers - 1)
+
+    def autocast():
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=dtype)
+
+    train, infer, geometries = [], [], {}
+    train_on = args.geometry if args.train_geometry is None else args.train_geometry
+    infer_on = args.geometry if args.inference_geometry is None else args.inference_geometry
+    for family in dict.fromkeys(train_on + infer_on):
+        geo = (QUICK if args.quick else GEOMETRIES)[family]
+        geo = geo if args.quick else geo.scaled(args.width_div)
+        geometries[family] = dataclasses.asdict(geo)
+        torch.manual_seed(0)
+        vlm = build_vlm(geo, args.layers, device, dtype)
+        if family in infer_on:
+            infer += measure_inference(vlm, geo, args.layers, layer, args, autocast)
+        if family in train_on:
+            rows, vlm = measure_training(vlm, geo, args.layers, layer, args, autocast)
+            train += rows
+        del vlm
+        gc.collect()
+    summary = ratios(train, infer, args.layers, layer)
+    write_outputs(args, device, train, infer, summary, geometries, layer)
+    return summary
+
+
+def write_outputs(args, device, train, infer, summary, geometries, layer) -> None:
+    """``cagul_step_{train,inference}_<machine>.{csv,png}`` and one ``.json`` with the
+    machine, the settings, every row and the ratios, in ``args.out``."""
+    common.RESULTS = args.out  # the shared writers put their files there
+    tag = common.device_tag(device)
+    settings = {
+        "layers": args.layers,
+        "importance_layer": layer,
+        "width_div": args.width_div,
+        "dtype": args.dtype,
+        "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+        "batches": args.batches,
+        "max_prefill_visual": args.max_prefill_visual,
+        "new_tokens": args.new_tokens,
+        "quick": args.quick,
+        "geometries": geometries,
+    }
+    for name, rows, x, y, series, panels in (
+        ("cagul_step_train", train, "provider", "step_s", "geometry", None),
+        ("cagul_step_inference", infer, "visual_tokens", "latency_s", "variant", "setting"),
+    ):
+        if rows:
+            common.write_results(name, rows, device, {"settings": settings})
+            common.plot_lines(name, rows, device, x=x, y=y, series=series, panels=panels)
+    summary_path = args.out / f"cagul_step_summary_{tag}.json"
+    summary_path.write_text(
+        json.dumps({"machine": common.machine(), "settings": settings, "ratios": summary}, indent=2)
+    )
+    for rows in (train, infer):
+        if rows:
+            print(common.markdown_table(rows, list(rows[0])))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
