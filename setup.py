@@ -11,7 +11,7 @@ import os
 import shutil
 
 import torch
-from setuptools import setup
+from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -59,14 +59,10 @@ def _extension():
 
 setup(
     packages=[
-        "cagul_kernels",
-        "cagul_kernels.ops",
-        "cagul_kernels.triton",
-        "cagul_kernels.integrations",
-        "cagul",
-        "cagul.data",
+        *find_packages(include=["cagul_kernels", "cagul_kernels.*"]),
+        *find_packages("python", include=["cagul", "cagul.*", "cagul_demo", "cagul_demo.*"]),
     ],
-    package_dir={"cagul": "python/cagul"},
+    package_dir={"cagul": "python/cagul", "cagul_demo": "python/cagul_demo"},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

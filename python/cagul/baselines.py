@@ -47,7 +47,7 @@ from .losses import (
     target_log_probs,
     token_kl,
 )
-from .model import copy_state
+from .state import copy_state
 
 BASELINES = ("ga", "graddiff", "kl", "npo", "idk")
 BASELINE_CONFIG_NAME = "baseline_config.json"

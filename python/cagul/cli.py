@@ -191,7 +191,7 @@ def _train(args: argparse.Namespace) -> None:
 
     from .baselines import UnlearningBaseline, lora_config
     from .data import VLMCollator, load_dataset, load_jsonl
-    from .evaluate import evaluate
+    from .evaluation.diagnostics import evaluate
     from .model import CagulModel
     from .train import CagulMethod, CagulTrainer, seed_everything
 
@@ -247,7 +247,7 @@ def _train(args: argparse.Namespace) -> None:
 def _baseline_eval(method, samples: list[dict], processor) -> dict[str, float]:
     """Mean answer NLL (true answers) of a baseline's VLM on the forget / retain samples."""
     from .data import VLMCollator
-    from .evaluate import mean_answer_nll
+    from .evaluation.diagnostics import mean_answer_nll
 
     collator = VLMCollator(processor, method.config, target="answer")
     return {
@@ -309,7 +309,7 @@ def _eval_splits(
 
 def _eval(args: argparse.Namespace) -> None:
     from .baselines import is_lora_adapter, load_finetuned
-    from .evaluate import evaluate, evaluate_splits
+    from .evaluation.diagnostics import evaluate, evaluate_splits
     from .model import CagulModel
 
     if args.batch_size < 1:
@@ -351,7 +351,8 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from .demo import DemoConfig, run_demo
+    # the library's only edge to the demo package
+    from cagul_demo.runner import DemoConfig, run_demo
 
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")

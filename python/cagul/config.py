@@ -8,10 +8,12 @@ import math
 import os
 from typing import Any
 
-from cagul_kernels.integrations.transformers import QUERY_POLICIES
 from cagul_kernels.ops.transform_scatter import ACTIVATIONS
 
 MODES = ("input", "inline")
+# = cagul_kernels.integrations.transformers.QUERY_POLICIES, spelled out so that the config
+# does not import transformers (a test keeps the two equal)
+QUERY_POLICIES = ("question", "last", "all_text")
 FORGET_LOSSES = ("idk", "ga", "npo")
 AUTOCAST = ("auto", "bf16", "fp16", "none")
 LR_SCHEDULES = ("constant", "cosine")

@@ -37,6 +37,7 @@ from cagul_kernels.integrations import transformers as ct
 
 from .config import CONFIG_NAME, CagulConfig
 from .modules import ForgetDiscriminator, VisualTokenEncoder
+from .state import copy_state
 
 WEIGHTS_NAME = "cagul_modules.safetensors"
 _PIXEL_KEYS = ("pixel_values",)
@@ -381,22 +382,6 @@ class CagulModel(nn.Module):
                 yield
             finally:
                 handle.remove()
-
-
-def copy_state(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], owner: str):
-    """Copies ``state`` into the tensors ``own`` (same names and shapes, else a
-    ``ValueError`` naming ``owner`` and the tensors)."""
-    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
-    if missing or unexpected:
-        raise ValueError(f"{owner}: state mismatch, missing {missing}, unexpected {unexpected}")
-    for name, value in state.items():
-        if value.shape != own[name].shape:
-            raise ValueError(
-                f"{owner}: {name} has shape {tuple(value.shape)}, expected {tuple(own[name].shape)}"
-            )
-    with torch.no_grad():
-        for name, value in state.items():
-            own[name].copy_(value)
 
 
 def _decoder_layers(vlm: nn.Module) -> nn.ModuleList:

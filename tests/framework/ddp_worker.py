@@ -1,4 +1,4 @@
-"""Run by tests/test_framework_train.py under ``torchrun --nproc_per_node 2``: a few CAGUL
+"""Run by tests/framework/test_train.py under ``torchrun --nproc_per_node 2``: a few CAGUL
 training steps with DDP (gloo on CPU); every rank writes its modules' weights to
 ``<out>/rank<r>.safetensors``. Each rank initialises its modules from a different seed and
 sees a different data shard, so equal weights at the end need DDP's initial broadcast and
@@ -8,14 +8,11 @@ import os
 import sys
 
 import torch
-from safetensors.torch import save_file
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import tiny_vlm as tv
 from cagul import CagulConfig, CagulModel
 from cagul.data import VLMCollator
 from cagul.train import CagulMethod, CagulTrainer
+from cagul_demo import tiny_vlm as tv
+from safetensors.torch import save_file
 
 
 def main(out: str) -> None:

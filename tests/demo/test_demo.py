@@ -14,9 +14,8 @@ import pytest
 import torch
 from cagul.baselines import BASELINES
 from cagul.data import load_jsonl
-from cagul.data import synthetic as syn
-from cagul.demo import DemoConfig, run_demo, weights_hash
-from cagul.evaluate import (
+from cagul.data.benchmark import EVAL_SPLITS
+from cagul.evaluation.diagnostics import (
     METRICS,
     evaluate_splits,
     leaks,
@@ -25,8 +24,16 @@ from cagul.evaluate import (
     rouge_l,
     split_metrics,
 )
-from cagul.report import check_targets, dominating_baselines
-from cagul.toy_vlm import ToyVLMConfig, build_vlm, load_or_train, tokenizer_corpus, train_tokenizer
+from cagul_demo import synthetic as syn
+from cagul_demo.report import check_targets, dominating_baselines
+from cagul_demo.runner import DemoConfig, run_demo, weights_hash
+from cagul_demo.toy_vlm import (
+    ToyVLMConfig,
+    build_vlm,
+    load_or_train,
+    tokenizer_corpus,
+    train_tokenizer,
+)
 
 SMALL = syn.SyntheticConfig(
     n_people=10, n_strangers=2, train_poses=2, test_poses=1, templates=2, image_size=32
@@ -142,7 +149,7 @@ def test_generate_reuses_and_errors(bench_dir, tmp_path):
 
 def test_jitter_views(bench):
     import numpy as np
-    from cagul.demo import Augmented
+    from cagul_demo.runner import Augmented
 
     samples = bench.samples("forget")[:2]
     views = Augmented(samples, seed=0)
@@ -274,9 +281,9 @@ def _check_results(results: dict, models: set[str]) -> None:
     assert set(results["models"]) == models
     assert results["chance_mc_acc"] == 0.25
     for m in results["models"].values():
-        assert set(m) == {*syn.EVAL_SPLITS, "retain_kl", "trainable_params", "train_seconds",
+        assert set(m) == {*EVAL_SPLITS, "retain_kl", "trainable_params", "train_seconds",
                           "peak_memory_mb", "base_weights_changed"}  # fmt: skip
-        for split in syn.EVAL_SPLITS:
+        for split in EVAL_SPLITS:
             assert set(m[split]) == set(METRICS)
             assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in m[split].values())
         assert isinstance(m["retain_kl"], float) and m["retain_kl"] >= 0.0
@@ -347,7 +354,7 @@ def test_demo_end_to_end(tmp_path):
                  "--output", str(tmp_path / "m.json"), "--no-progress"])  # fmt: skip
     assert code == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert set(metrics["splits"]) == set(syn.EVAL_SPLITS)
+    assert set(metrics["splits"]) == set(EVAL_SPLITS)
     assert all(set(v) == set(METRICS) for v in metrics["splits"].values())
 
 
@@ -355,7 +362,7 @@ def test_demo_end_to_end(tmp_path):
 def test_trained_model_reloads_from_its_output(bench, tmp_path, name):
     """What a worker process saves is what the parent loads (LoRA baseline and CAGUL)."""
     from cagul.data import VLMCollator
-    from cagul.demo import VANILLA_SPLITS, _load_trained, _train_one
+    from cagul_demo.runner import VANILLA_SPLITS, _load_trained, _train_one
 
     config = DemoConfig.tiny()
     config.set("baseline_lora_rank", 2)
@@ -441,9 +448,9 @@ def test_cache_key_and_weights_hash(bench, tmp_path):
 def test_per_sample_forget_loss():
     """A sample's ``forget_loss`` overrides the config's: its target (refusal for idk, the
     answer otherwise) and its loss; a mixed batch's forget loss is the mean of both."""
-    import tiny_vlm as tv
     from cagul import CagulConfig, CagulMethod, CagulModel
     from cagul.data import VLMCollator, validate_sample
+    from cagul_demo import tiny_vlm as tv
 
     vlm, processor = tv.llava()
     config = CagulConfig(prompt_template=tv.LLAVA_TEMPLATE, layer=1, encoder_rank=8)

@@ -10,7 +10,6 @@ import os
 from types import SimpleNamespace
 
 import pytest
-import tiny_vlm as tv
 import torch
 from cagul import CagulConfig
 from cagul.baselines import (
@@ -22,10 +21,11 @@ from cagul.baselines import (
 )
 from cagul.cli import main
 from cagul.data import VLMCollator
-from cagul.evaluate import mean_answer_nll
+from cagul.evaluation.diagnostics import mean_answer_nll
 from cagul.losses import masked_mean, npo_loss, per_row_mean, token_kl
 from cagul.train import CagulTrainer
-from test_framework_train import cli_setup, vlm_hash  # noqa: F401  (fixture)
+from cagul_demo import tiny_vlm as tv
+from cagul_demo.runner import weights_hash as vlm_hash
 
 from cagul_kernels.memory import PeakMemory
 
@@ -232,7 +232,7 @@ def test_peak_memory_sees_an_allocation():
 # ---------------------------------------------------------------------- CLI
 
 
-def test_cli_train_baselines_then_eval(cli_setup, tmp_path, capsys):  # noqa: F811
+def test_cli_train_baselines_then_eval(cli_setup, tmp_path, capsys):
     root = cli_setup
     model, data = str(root / "model"), str(root / "data" / "train.jsonl")
     common = ["--data", data, "--config", str(root / "config.json"), "--no-progress"]
@@ -266,7 +266,7 @@ def test_cli_train_baselines_then_eval(cli_setup, tmp_path, capsys):  # noqa: F8
     assert result["forget_probability"] is None and result["gated"] is None  # no discriminator
 
 
-def test_cli_baseline_errors(cli_setup, tmp_path, capsys):  # noqa: F811
+def test_cli_baseline_errors(cli_setup, tmp_path, capsys):
     root = cli_setup
     args = ["train", "--model", str(root / "model"), "--data", str(root / "data" / "train.jsonl")]
     args += ["--output", str(tmp_path / "o")]

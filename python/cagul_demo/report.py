@@ -9,13 +9,12 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from .baselines import BASELINES
-from .config import CagulConfig
-from .data import VLMCollator
-from .data.synthetic import EVAL_SPLITS
-from .evaluate import METRICS, generate_answers
-from .model import CagulModel
+from cagul.baselines import BASELINES
+from cagul.config import CagulConfig
+from cagul.data import VLMCollator
+from cagul.data.benchmark import EVAL_SPLITS
+from cagul.evaluation.diagnostics import METRICS, generate_answers
+from cagul.model import CagulModel
 
 
 def _fmt(value: Any) -> str:

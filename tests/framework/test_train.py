@@ -4,7 +4,6 @@ the CLI (subprocess)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -12,26 +11,20 @@ import subprocess
 import sys
 
 import pytest
-import tiny_vlm as tv
 import torch
 import torch.nn.functional as F
 from cagul import CagulModel
 from cagul.cli import main
-from cagul.evaluate import evaluate
+from cagul.config import MODES
+from cagul.evaluation.diagnostics import evaluate
 from cagul.train import CagulMethod, CagulTrainer, Method
-from PIL import Image
+from cagul_demo import tiny_vlm as tv
+from cagul_demo.runner import weights_hash as vlm_hash
+from cagul_demo.tiny_vlm import FAMILIES
+from cagul_demo.tiny_vlm import tiny_cagul as build
 from safetensors.torch import load_file
-from test_framework import FAMILIES, MODES, build
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def vlm_hash(vlm: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(vlm.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def full_batch_metrics(method: CagulMethod, collate, data) -> dict[str, float]:
@@ -214,7 +207,7 @@ def test_ddp_two_processes_end_with_identical_weights(tmp_path):
         "torch.distributed.run",
         "--nproc_per_node=2",
         "--standalone",
-        os.path.join(ROOT, "tests", "ddp_worker.py"),
+        os.path.join(ROOT, "tests", "framework", "ddp_worker.py"),
         str(tmp_path),
     ]
     env = {**_env(), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
@@ -242,24 +235,6 @@ def _cagul(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     if check:
         assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
-
-
-@pytest.fixture(scope="module")
-def cli_setup(tmp_path_factory):
-    """A tiny LLaVA checkpoint directory (model + processor) and a JSONL data set."""
-    root = tmp_path_factory.mktemp("cli")
-    vlm, processor = tv.llava()
-    vlm.save_pretrained(root / "model")
-    processor.save_pretrained(root / "model")
-    os.makedirs(root / "data" / "img")
-    with open(root / "data" / "train.jsonl", "w") as f:
-        for i, s in enumerate(tv.dataset(n_people=4, n_forget=2, poses=1)):
-            name = f"img/{i}.png"
-            Image.fromarray(s["image"].permute(1, 2, 0).numpy()).save(root / "data" / name)
-            f.write(json.dumps({**s, "image": name}) + "\n")
-    config = {"prompt_template": tv.LLAVA_TEMPLATE, "layer": 1, "encoder_rank": 8}
-    (root / "config.json").write_text(json.dumps(config))
-    return root
 
 
 def test_cli_train_generate_eval(cli_setup):

@@ -30,18 +30,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from cagul.baselines import BASELINES, UnlearningBaseline, load_finetuned, lora_config
+from cagul.config import FORGET_LOSSES, CagulConfig
+from cagul.data import VLMCollator
+from cagul.data.benchmark import EVAL_SPLITS, Benchmark
+from cagul.evaluation.diagnostics import evaluate_splits
+from cagul.model import CagulModel
+from cagul.train import CagulMethod, CagulTrainer, seed_everything
 
 from cagul_kernels.memory import PeakMemory, mib
 
-from .baselines import BASELINES, UnlearningBaseline, load_finetuned, lora_config
-from .config import FORGET_LOSSES, CagulConfig
-from .data import VLMCollator
-from .data.synthetic import EVAL_SPLITS, Benchmark, SyntheticConfig, jitter
-from .data.synthetic import generate as generate_benchmark
-from .evaluate import evaluate_splits
-from .model import CagulModel
+from .synthetic import SyntheticConfig, jitter
+from .synthetic import generate as generate_benchmark
 from .toy_vlm import ToyVLMConfig, load_or_train
-from .train import CagulMethod, CagulTrainer, seed_everything
 
 VANILLA_SPLITS = ("forget", "retain", "strangers")
 RETAIN_ONLY_SPLITS = ("retain", "strangers")

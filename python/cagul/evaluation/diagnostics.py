@@ -23,11 +23,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .config import CagulConfig
-from .data import VLMCollator
-from .losses import answer_log_probs, answer_nll, per_row_mean, token_kl
-from .model import CagulModel
-from .train import to_device
+from ..config import CagulConfig
+from ..data import VLMCollator
+from ..losses import answer_log_probs, answer_nll, per_row_mean, token_kl
+from ..model import CagulModel
+from ..train import to_device
 
 METRICS = ("mc_acc", "leak_rate", "rougeL", "refusal_rate")
 

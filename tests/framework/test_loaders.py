@@ -10,10 +10,10 @@ import json
 import os
 
 import pytest
-import tiny_vlm as tv
 from cagul.cli import main
 from cagul.data import detect_format, load_dataset, load_fiubench, load_mllmu
 from cagul.data.mllmu import CLOZE_INSTRUCTION
+from cagul_demo import tiny_vlm as tv
 from PIL import Image
 
 # ---------------------------------------------------------------------- fixtures

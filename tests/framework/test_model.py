@@ -7,41 +7,15 @@ import json
 import os
 
 import pytest
-import tiny_vlm as tv
 import torch
 from cagul import CagulConfig, CagulModel, ForgetDiscriminator, VisualTokenEncoder
+from cagul.config import MODES
 from cagul.data import VLMCollator, load_jsonl, validate_sample
-
-FAMILIES = {
-    "llava": (tv.llava, tv.LLAVA_TEMPLATE, 16),
-    "qwen2_vl": (tv.qwen2_vl, tv.QWEN_TEMPLATE, 24),
-}
-MODES = ("input", "inline")
-
-
-def build(family: str, mode: str = "input", seed: int = 0, **cfg):
-    """``(vlm, CagulModel, collator, samples)`` for a tiny VLM."""
-    make, template, size = FAMILIES[family]
-    vlm, processor = make(seed=seed)
-    config = CagulConfig(mode=mode, prompt_template=template, layer=1, **cfg)
-    model = CagulModel(vlm, config)
-    return vlm, model, VLMCollator(processor, model.config), tv.dataset(size=size)
-
-
-def perturb(model: CagulModel, seed: int = 1) -> None:
-    """Non-zero encoder weights (as after training)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.encoder.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-
-
-def gate_everything(model: CagulModel, on: bool) -> None:
-    """Makes the discriminator say forget (``on``) or not for every image."""
-    with torch.no_grad():
-        model.discriminator.head[-1].bias.fill_(100.0 if on else -100.0)
-        model.discriminator.head[-1].weight.zero_()
-
+from cagul_demo import tiny_vlm as tv
+from cagul_demo.tiny_vlm import FAMILIES
+from cagul_demo.tiny_vlm import force_gate as gate_everything
+from cagul_demo.tiny_vlm import perturb_encoder as perturb
+from cagul_demo.tiny_vlm import tiny_cagul as build
 
 # ---------------------------------------------------------------------- config
 
