@@ -9,12 +9,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from cagul.baselines import BASELINES
-from cagul.config import CagulConfig
 from cagul.data import VLMCollator
 from cagul.data.benchmark import EVAL_SPLITS
 from cagul.evaluation.diagnostics import METRICS, generate_answers
+from cagul.methods import baseline_names
 from cagul.model import CagulModel
+
+# the baselines the demo runs by default, in its order (the plots' colours and markers)
+DEMO_BASELINES = ("ga", "graddiff", "kl", "npo", "idk")
 
 
 def _fmt(value: Any) -> str:
@@ -108,7 +110,7 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
         share = c["trainable_params"] / results["config"]["vlm_params"]
         add("cagul trainable params <= 2% of the VLM's (share)", share, share <= 0.02)
-    if "cagul" in models and set(models) & set(BASELINES):
+    if "cagul" in models and set(models) & set(baseline_names()):
         dominating = dominating_baselines(results)
         add(
             "no baseline dominates cagul (lower forget and higher retain mc_acc)",
@@ -125,8 +127,8 @@ def dominating_baselines(results: dict[str, Any]) -> list[str]:
     c_forget, c_retain = models["cagul"]["forget"]["mc_acc"], models["cagul"]["retain"]["mc_acc"]
     return [
         name
-        for name in BASELINES
-        if name in models
+        for name in models
+        if name in baseline_names()
         and models[name]["forget"]["mc_acc"] < c_forget
         and models[name]["retain"]["mc_acc"] > c_retain
     ]
@@ -151,7 +153,7 @@ MODEL_COLOURS = {
     "cagul": "tab:red",
     **dict(
         zip(
-            BASELINES,
+            DEMO_BASELINES,
             ("tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:olive"),
             strict=True,
         )
@@ -204,11 +206,11 @@ def plot_tradeoff(results: dict[str, Any], path: str) -> None:
     fig, ax = plt.subplots(figsize=(6.2, 5))
     chance = results["chance_mc_acc"]
     ax.axvline(chance, color="k", ls="--", lw=1, label="chance (forget)")
-    style = {  # name -> (marker, size); the baselines by their order in BASELINES
+    style = {  # name -> (marker, size); the baselines by their order in DEMO_BASELINES
         "vanilla": ("*", 280),
         "retain_only": ("*", 280),
         "cagul": ("o", 160),
-        **{name: (marker, 80) for name, marker in zip(BASELINES, "vsD^P", strict=True)},
+        **{name: (marker, 80) for name, marker in zip(DEMO_BASELINES, "vsD^P", strict=True)},
     }
     for name, m in results["models"].items():
         x, y = m["forget"]["mc_acc"], m["retain"]["mc_acc"]
@@ -232,10 +234,12 @@ def plot_tradeoff(results: dict[str, Any], path: str) -> None:
 
 @torch.no_grad()
 def plot_importance(
-    model: CagulModel, processor: Any, sample: dict, config: CagulConfig, path: str
+    model: CagulModel, processor: Any, sample: dict, max_new_tokens: int, path: str
 ) -> dict[str, Any]:
     """The sample's image, its visual-token importance at layer L as a heatmap, the tokens
-    CAGUL selects outlined, and the vanilla / CAGUL answers. Returns those answers."""
+    CAGUL selects outlined, and the vanilla / CAGUL answers (at most ``max_new_tokens``).
+    Returns those answers."""
+    config = model.config
     import matplotlib
 
     matplotlib.use("Agg")
@@ -257,7 +261,7 @@ def plot_importance(
     for name, gate in (("vanilla", False), ("cagul", None)):
         forced = None if gate is None else torch.tensor([gate], device=device)
         out = model.generate(
-            **inputs, forget_gate=forced, max_new_tokens=config.max_new_tokens, do_sample=False
+            **inputs, forget_gate=forced, max_new_tokens=max_new_tokens, do_sample=False
         )
         new = out[0, inputs["input_ids"].shape[1] :]
         answers[name] = processor.tokenizer.decode(new, skip_special_tokens=True).strip()
@@ -301,7 +305,7 @@ def write_outputs(
     cagul: CagulModel,
     processor: Any,
     splits: dict[str, list[dict]],
-    config: CagulConfig,
+    max_new_tokens: int,
     *,
     timings: dict[str, float] | None = None,
     log: Callable[[str], None] = print,
@@ -313,9 +317,13 @@ def write_outputs(
     plot_tradeoff(results, os.path.join(output_dir, "tradeoff.png"))
     forget_short = [s for s in splits["forget"] if s.get("form", "short") == "short"]
     example = plot_importance(
-        cagul, processor, forget_short[0], config, os.path.join(output_dir, "importance.png")
+        cagul,
+        processor,
+        forget_short[0],
+        max_new_tokens,
+        os.path.join(output_dir, "importance.png"),
     )
-    examples = _examples(cagul, processor, splits, config)
+    examples = _examples(cagul, processor, splits, max_new_tokens)
     chance = results["chance_mc_acc"]
     lines = [
         "# CAGUL demo report",
@@ -362,16 +370,16 @@ def write_outputs(
         f.write("\n".join(lines))
 
 
-def _examples(model: CagulModel, processor: Any, splits: dict, config: CagulConfig):
-    collator = VLMCollator(processor, config, target="answer")
+def _examples(model: CagulModel, processor: Any, splits: dict, max_new_tokens: int):
+    collator = VLMCollator(processor, model.config, target="answer")
     rows = []
     for split, n in (("forget", 4), ("forget_test", 2), ("retain", 2), ("retain_test", 2)):
         short = [s for s in splits[split] if s.get("form", "short") == "short"]
         chosen = short[:: max(1, len(short) // n)][:n]  # spread over people and facts
         vanilla = generate_answers(
-            model.vlm, chosen, collator, max_new_tokens=config.max_new_tokens
+            model.vlm, chosen, collator, max_new_tokens=max_new_tokens
         )
-        cagul = generate_answers(model, chosen, collator, max_new_tokens=config.max_new_tokens)
+        cagul = generate_answers(model, chosen, collator, max_new_tokens=max_new_tokens)
         rows += [
             [split, s["question"], s["answer"], v, c]
             for s, v, c in zip(chosen, vanilla, cagul, strict=True)

@@ -157,17 +157,21 @@ FAMILIES = {
 }
 
 
-def tiny_cagul(family: str, mode: str = "input", seed: int = 0, **config):
-    """``(vlm, CagulModel, collator, samples)`` for the tiny VLM of ``family`` (a key of
-    :data:`FAMILIES`); ``config``: more ``CagulConfig`` fields."""
-    from cagul import CagulConfig, CagulModel
+def tiny_cagul(family: str, mode: str = "input", seed: int = 0, **settings):
+    """``(vlm, CagulModel, collator, samples, UnlearningArguments)`` for the tiny VLM of
+    ``family`` (a key of :data:`FAMILIES`); ``settings``: more ``CagulConfig`` and
+    ``UnlearningArguments`` fields. The collator is CAGUL's."""
+    from cagul import CagulConfig, CagulModel, UnlearningArguments
     from cagul.data import VLMCollator
+    from cagul.training.arguments import split_settings
 
+    adapter, training = split_settings(settings)
     make, template, size = FAMILIES[family]
     vlm, processor = make(seed=seed)
-    cagul_config = CagulConfig(mode=mode, prompt_template=template, layer=1, **config)
-    model = CagulModel(vlm, cagul_config)
-    return vlm, model, VLMCollator(processor, model.config), dataset(size=size)
+    model = CagulModel(vlm, CagulConfig(mode=mode, prompt_template=template, layer=1, **adapter))
+    args = UnlearningArguments(**training)
+    collator = VLMCollator(processor, model.config, forget_loss=args.forget_loss)
+    return vlm, model, collator, dataset(size=size), args
 
 
 def perturb_encoder(model, seed: int = 1) -> None:

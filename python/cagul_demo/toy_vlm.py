@@ -11,8 +11,8 @@
 - :func:`train_vlm`: two stages, like a LLaVA built on a pretrained vision encoder:
   (1) :func:`pretrain_vision`: the vision tower + projector learn to tell the people
   apart (person-id classification of the mean projected visual token, a linear head that
-  is then dropped); (2) :class:`FinetuneMethod`: supervised training of every VLM weight
-  on the questions (a :class:`cagul.train.Method`, run by :class:`cagul.train.CagulTrainer`).
+  is then dropped); (2) :class:`SupervisedMethod`: supervised training of every VLM weight
+  on the questions (a :class:`cagul.methods.Method`, run by :class:`cagul.training.CagulTrainer`).
 - :func:`load_or_train`: trains on the given splits until the facts are memorised, or
   loads the model saved under ``cache_dir/<name>-<key>`` where ``key`` hashes the model
   config, the benchmark config and the splits.
@@ -32,6 +32,7 @@ import torch
 from cagul.config import CagulConfig
 from cagul.data import VLMCollator
 from cagul.data.benchmark import REFUSAL, Benchmark
+from cagul.training.arguments import UnlearningArguments
 from torch import nn
 
 from cagul_kernels.memory import PeakMemory, mib
@@ -229,9 +230,9 @@ def build_vlm(
     return model.eval(), processor
 
 
-class FinetuneMethod(nn.Module):
+class SupervisedMethod(nn.Module):
     """Supervised training of all of a VLM's weights: mean NLL of the target tokens of a
-    ``VLMCollator`` batch (a :class:`cagul.train.Method`)."""
+    ``VLMCollator`` batch (a :class:`cagul.methods.Method`)."""
 
     def __init__(self, vlm: nn.Module):
         super().__init__()
@@ -291,9 +292,9 @@ def pretrain_vision(
     return losses
 
 
-def training_config(config: ToyVLMConfig, prompt_template: str) -> CagulConfig:
+def training_config(config: ToyVLMConfig) -> UnlearningArguments:
     """The ``CagulTrainer`` schedule for training the toy VLM."""
-    return CagulConfig(
+    return UnlearningArguments(
         steps=config.steps,
         batch_size=config.batch_size,
         lr=config.lr,
@@ -303,7 +304,6 @@ def training_config(config: ToyVLMConfig, prompt_template: str) -> CagulConfig:
         seed=config.seed,
         log_every=max(1, config.steps // 10),
         autocast="none",
-        prompt_template=prompt_template,
     )
 
 
@@ -317,20 +317,21 @@ def train_vlm(
 ):
     """``(model, processor, info)``: a toy VLM trained from scratch on ``splits``;
     ``info``: ``train_seconds`` and ``peak_memory_mb`` (both training stages)."""
-    from cagul.train import CagulTrainer
+    from cagul.training import CagulTrainer
 
     tokenizer = train_tokenizer(tokenizer_corpus(benchmark, prompt_template), config.vocab_size)
     vlm, processor = build_vlm(config, tokenizer)
     vlm.requires_grad_(True).train()
     samples = benchmark.samples(*splits)
-    schedule = training_config(config, prompt_template)
+    schedule = training_config(config)
+    prompt = CagulConfig(prompt_template=prompt_template)
     start = time.perf_counter()
     with PeakMemory(vlm.device) as peak:
         pretrain_vision(vlm, processor, samples, config, progress=progress)
         trainer = CagulTrainer(
-            FinetuneMethod(vlm),
+            SupervisedMethod(vlm),
             samples,
-            VLMCollator(processor, schedule, target="answer"),
+            VLMCollator(processor, prompt, target="answer"),
             schedule,
             progress=progress,
         )

@@ -12,7 +12,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from cagul.baselines import BASELINES
 from cagul.data import load_jsonl
 from cagul.data.benchmark import EVAL_SPLITS
 from cagul.evaluation.diagnostics import (
@@ -25,6 +24,7 @@ from cagul.evaluation.diagnostics import (
     split_metrics,
 )
 from cagul_demo import synthetic as syn
+from cagul_demo.report import DEMO_BASELINES as BASELINES
 from cagul_demo.report import check_targets, dominating_baselines
 from cagul_demo.runner import DemoConfig, run_demo, weights_hash
 from cagul_demo.toy_vlm import (
@@ -250,14 +250,14 @@ def test_evaluate_splits_with_known_outputs(bench):
     tok = train_tokenizer(tokenizer_corpus(bench, PROMPT), 400)
     small = ToyVLMConfig(image_size=32, hidden=32, layers=1, heads=2, kv_heads=1)
     _, processor = build_vlm(small, tok)
-    config = CagulConfig(prompt_template=PROMPT, max_new_tokens=8)
+    config = CagulConfig(prompt_template=PROMPT)
     samples = [x for x in bench.samples("retain") if x["template"] == 0]
     mc = [x for x in samples if x["form"] == "mc"][:8]
     short = [x for x in samples if x["form"] == "short"][:4]
 
     def run(belief: str, sample: dict) -> dict:
         return evaluate_splits(_Oracle(tok, belief), {"s": [sample]}, processor, config,
-                               progress=False)["s"]  # fmt: skip
+                               max_new_tokens=8, progress=False)["s"]  # fmt: skip
 
     for x in mc:  # believes option 1: right exactly when the answer is option 1
         result = run(x["options"][1], x)
@@ -408,8 +408,8 @@ def test_demo_config_baselines():
     config.set("baselines", ["kl"])
     assert config.baselines == ["kl"]
     config.set("baseline.lr", 5e-4)
-    assert config.baseline_config().lr == 5e-4
-    assert config.baseline_config().steps == config.cagul_config().steps  # same step budget
+    assert config.baseline_arguments().lr == 5e-4
+    assert config.baseline_arguments().steps == config.cagul_arguments().steps  # same budget
     assert config.to_dict()["baseline"]["lr"] == 5e-4
     with pytest.raises(ValueError, match="baselines must be"):
         config.set("baselines", "ga,forgetful")
@@ -448,14 +448,14 @@ def test_cache_key_and_weights_hash(bench, tmp_path):
 def test_per_sample_forget_loss():
     """A sample's ``forget_loss`` overrides the config's: its target (refusal for idk, the
     answer otherwise) and its loss; a mixed batch's forget loss is the mean of both."""
-    from cagul import CagulConfig, CagulMethod, CagulModel
-    from cagul.data import VLMCollator, validate_sample
+    from cagul import CagulConfig, CagulMethod, CagulModel, UnlearningArguments
+    from cagul.data import validate_sample
     from cagul_demo import tiny_vlm as tv
 
     vlm, processor = tv.llava()
     config = CagulConfig(prompt_template=tv.LLAVA_TEMPLATE, layer=1, encoder_rank=8)
-    method = CagulMethod(CagulModel(vlm, config))
-    collate = VLMCollator(processor, method.config)
+    method = CagulMethod(CagulModel(vlm, config), UnlearningArguments())
+    collate = method.collator(processor)
     samples = tv.dataset(n_people=2, n_forget=2, poses=1)  # 4 forget samples
     idk = [{**s, "forget_loss": "idk"} for s in samples[:2]]
     npo = [{**s, "forget_loss": "npo"} for s in samples[2:]]
