@@ -446,12 +446,12 @@ def generate(
         with open(meta_path) as f:
             meta = json.load(f)
         if meta.get("format") == FORMAT_VERSION and meta.get("config") == config.to_dict():
-            return _load(path)
+            return load(path)
     write(config, path, progress=progress)
-    return _load(path)
+    return load(path)
 
 
-def _load(path: str | os.PathLike) -> Benchmark:
+def load(path: str | os.PathLike) -> Benchmark:
     """The benchmark at ``path`` with its generator settings as a :class:`SyntheticConfig`."""
     bench = load_benchmark(path)
     return dataclasses.replace(bench, config=SyntheticConfig(**bench.config))

@@ -48,7 +48,7 @@ def bench_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bench(bench_dir):
-    return syn.load_benchmark(bench_dir)
+    return syn.load(bench_dir)
 
 
 # ---------------------------------------------------------------------- generator
