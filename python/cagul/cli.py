@@ -65,8 +65,7 @@ def _positive(flag: str):
 
 def _settings(path: str | None, overrides: list[tuple[str, Any]]):
     """``(CagulConfig, UnlearningArguments)`` from the ``--config`` JSON and ``--set``."""
-    from .config import CagulConfig
-    from .training.arguments import UnlearningArguments, split_settings
+    from .training.arguments import parse_settings
 
     values: dict[str, Any] = {}
     if path:
@@ -77,8 +76,10 @@ def _settings(path: str | None, overrides: list[tuple[str, Any]]):
                 raise UsageError(f"--config {path}: invalid JSON: {e}") from None
         if not isinstance(values, dict):
             raise UsageError(f"--config {path}: expected a JSON object")
-    adapter, training = split_settings({**values, **dict(overrides)})
-    return CagulConfig(**adapter), UnlearningArguments(**training)
+    try:
+        return parse_settings({**values, **dict(overrides)})
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--config / --set: {e}") from None
 
 
 def _assignment(text: str) -> tuple[str, Any]:
@@ -222,7 +223,7 @@ def _load_vlm(args: argparse.Namespace, path: str | None = None, flag: str = "--
 
     path = path or args.model
     if not os.path.isfile(os.path.join(path, "config.json")):
-        raise FileNotFoundError(f"{flag} {path} has no config.json")
+        raise UsageError(f"{flag} {path} has no config.json")
     device = torch.device(args.device) if args.device else distributed_context()[2]
     vlm = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, args.dtype))
     processor = AutoProcessor.from_pretrained(path)
@@ -240,9 +241,9 @@ def _train(args: argparse.Namespace) -> None:
     from .training import CagulTrainer, seed_everything
 
     if args.lora_rank < 0:
-        raise ValueError(f"--lora-rank must be >= 0, got {args.lora_rank}")
+        raise UsageError(f"--lora-rank must be >= 0, got {args.lora_rank}")
     if args.method == "cagul" and (args.lora_rank or args.lora_alpha is not None):
-        raise ValueError("--lora-rank / --lora-alpha apply to the baselines, not --method cagul")
+        raise UsageError("--lora-rank / --lora-alpha apply to the baselines, not --method cagul")
     config, training = _settings(args.config, args.overrides)
     if os.path.isfile(args.data) and args.format in ("auto", "jsonl") and not args.forget_split:
         samples = load_jsonl(args.data)  # every sample, in file order
@@ -361,7 +362,7 @@ def _eval(args: argparse.Namespace) -> None:
     from .model import CagulModel
 
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     splits = _eval_splits(args.data, args.format, args.forget_split)
     vlm, processor = _load_vlm(args)
     overrides = dict(args.overrides)
@@ -405,7 +406,7 @@ def _demo(args: argparse.Namespace) -> None:
     from cagul_demo.runner import DemoConfig, run_demo
 
     if args.threads < 0:
-        raise ValueError(f"--threads must be >= 0, got {args.threads}")
+        raise UsageError(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     config = DemoConfig.tiny() if args.quick else DemoConfig()
@@ -418,7 +419,7 @@ def _demo(args: argparse.Namespace) -> None:
     if args.no_retain_only:
         config.retain_only = False
     if args.jobs < 0:
-        raise ValueError(f"--jobs must be >= 0, got {args.jobs}")
+        raise UsageError(f"--jobs must be >= 0, got {args.jobs}")
     affinity = getattr(os, "sched_getaffinity", None)  # the CPUs this process may use
     cpus = len(affinity(0)) if affinity else (os.cpu_count() or 1)
     jobs = args.jobs or max(1, cpus // torch.get_num_threads())
@@ -433,7 +434,7 @@ def _flatten(obj: dict, prefix: str = "") -> list[tuple[str, Any]]:
     """``{"data": {"n_people": 30}}`` -> ``[("data.n_people", 30)]`` (``cagul`` is kept
     as one level: its values are ``CagulConfig`` fields)."""
     if not isinstance(obj, dict):
-        raise ValueError("--config: expected a JSON object")
+        raise UsageError("--config: expected a JSON object")
     items = []
     for key, value in obj.items():
         if isinstance(value, dict):

@@ -38,7 +38,7 @@ from cagul.methods.cagul import CagulMethod
 from cagul.methods.finetune import load_finetuned, lora_config
 from cagul.model import CagulModel
 from cagul.training import CagulTrainer, UnlearningArguments, seed_everything
-from cagul.training.arguments import FORGET_LOSSES, split_settings
+from cagul.training.arguments import FORGET_LOSSES, parse_settings
 
 from cagul_kernels.memory import PeakMemory, mib
 
@@ -110,21 +110,20 @@ class DemoConfig:
     retain_only: bool = True
     seed: int = 0
 
-    def _cagul_settings(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """``DEMO_CAGUL`` + ``seed`` + ``cagul`` split into ``(CagulConfig fields,
-        UnlearningArguments fields)``."""
+    def _cagul_settings(self) -> tuple[CagulConfig, UnlearningArguments]:
+        """``DEMO_CAGUL`` + ``seed`` + ``cagul`` as ``(CagulConfig, UnlearningArguments)``."""
         try:
-            return split_settings({**DEMO_CAGUL, "seed": self.seed, **self.cagul})
+            return parse_settings({**DEMO_CAGUL, "seed": self.seed, **self.cagul})
         except ValueError as e:
             raise ValueError(f"demo config: cagul: {e}") from None
 
     def cagul_config(self) -> CagulConfig:
         """What CAGUL's adapter is."""
-        return CagulConfig(**self._cagul_settings()[0])
+        return self._cagul_settings()[0]
 
     def cagul_arguments(self) -> UnlearningArguments:
         """How CAGUL trains."""
-        return UnlearningArguments(**self._cagul_settings()[1])
+        return self._cagul_settings()[1]
 
     def baseline_arguments(self) -> UnlearningArguments:
         """CAGUL's schedule with the ``baseline`` overrides."""

@@ -161,15 +161,15 @@ def tiny_cagul(family: str, mode: str = "input", seed: int = 0, **settings):
     """``(vlm, CagulModel, collator, samples, UnlearningArguments)`` for the tiny VLM of
     ``family`` (a key of :data:`FAMILIES`); ``settings``: more ``CagulConfig`` and
     ``UnlearningArguments`` fields. The collator is CAGUL's."""
-    from cagul import CagulConfig, CagulModel, UnlearningArguments
+    from cagul import CagulModel
     from cagul.data import VLMCollator
-    from cagul.training.arguments import split_settings
+    from cagul.training.arguments import parse_settings
 
-    adapter, training = split_settings(settings)
     make, template, size = FAMILIES[family]
+    defaults = {"mode": mode, "prompt_template": template, "layer": 1}
+    config, args = parse_settings({**defaults, **settings})
     vlm, processor = make(seed=seed)
-    model = CagulModel(vlm, CagulConfig(mode=mode, prompt_template=template, layer=1, **adapter))
-    args = UnlearningArguments(**training)
+    model = CagulModel(vlm, config)
     collator = VLMCollator(processor, model.config, forget_loss=args.forget_loss)
     return vlm, model, collator, dataset(size=size), args
 

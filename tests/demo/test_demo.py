@@ -454,7 +454,8 @@ def test_per_sample_forget_loss():
 
     vlm, processor = tv.llava()
     config = CagulConfig(prompt_template=tv.LLAVA_TEMPLATE, layer=1, encoder_rank=8)
-    method = CagulMethod(CagulModel(vlm, config), UnlearningArguments())
+    args = UnlearningArguments()
+    method = CagulMethod(CagulModel(vlm, config), args)
     collate = method.collator(processor)
     samples = tv.dataset(n_people=2, n_forget=2, poses=1)  # 4 forget samples
     idk = [{**s, "forget_loss": "idk"} for s in samples[:2]]
@@ -465,12 +466,12 @@ def test_per_sample_forget_loss():
     targets = [tok.decode(ids[lab != -100], skip_special_tokens=True).strip()
                for ids, lab in zip(batch["inputs"]["input_ids"], batch["inputs"]["labels"],
                                    strict=True)]  # fmt: skip
-    assert targets == [config.refusal] * 2 + [s["answer"] for s in samples[2:]]
+    assert targets == [args.refusal] * 2 + [s["answer"] for s in samples[2:]]
     with torch.no_grad():
         mixed = method(batch)[1]["forget_loss"]
         only_idk = method(collate(idk))[1]["forget_loss"]
         only_npo = method(collate(npo))[1]["forget_loss"]
-    assert only_npo == pytest.approx(2.0 / config.npo_beta * math.log(2.0), rel=1e-5)  # at init
+    assert only_npo == pytest.approx(2.0 / args.npo_beta * math.log(2.0), rel=1e-5)  # at init
     assert mixed == pytest.approx((only_idk + only_npo) / 2, rel=1e-5)
     with pytest.raises(ValueError, match="forget_loss must be one of"):
         validate_sample({**samples[0], "forget_loss": "kl"})

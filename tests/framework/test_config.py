@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 from cagul import CagulConfig, CagulModel, UnlearningArguments
-from cagul.training.arguments import split_settings
+from cagul.training.arguments import parse_settings
 from cagul_demo import tiny_vlm as tv
 from safetensors.torch import load_file, save_file
 
@@ -83,10 +83,12 @@ def test_arguments_reject_bad_values(changes, error, match):
 
 
 def test_settings_split_and_bad_json(tmp_path):
-    adapter, training = split_settings({"layer": 2, "lr": 0.1})
-    assert adapter == {"layer": 2} and training == {"lr": 0.1}
-    with pytest.raises(ValueError, match=r"unknown settings \['max_new_tokens'\]"):
-        split_settings({"max_new_tokens": 8})
+    config, args = parse_settings({"layer": 2, "lr": 0.1})
+    assert (config.layer, args.lr) == (2, 0.1)
+    with pytest.raises(ValueError, match=r"not used by the HfArgumentParser: \['max_new_tokens'\]"):
+        parse_settings({"max_new_tokens": 8})
+    with pytest.raises(ValueError, match="backend"):
+        parse_settings({"backend": "bogus"})
     with pytest.raises(ValueError, match="invalid JSON"):
         CagulConfig.from_json("{mode: input")
     with pytest.raises(TypeError, match="JSON object"):

@@ -72,3 +72,16 @@ def test_query_policies_match_the_integration():
     from cagul_kernels.integrations.transformers import QUERY_POLICIES as INTEGRATION_POLICIES
 
     assert QUERY_POLICIES == INTEGRATION_POLICIES
+
+
+def test_without_the_framework_extra_the_command_names_it(tmp_path, monkeypatch, capsys):
+    from cagul.cli import main
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed
+    image = tmp_path / "image.png"
+    image.write_bytes(b"")
+    code = main(["generate", "--model", str(tmp_path), "--image", str(image), "--question", "q"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "transformers is missing" in err and "cagul-kernels[framework]" in err

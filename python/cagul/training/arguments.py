@@ -100,19 +100,12 @@ class UnlearningArguments(Settings):
             raise ValueError("UnlearningArguments: refusal must not be empty")
 
 
-def split_settings(values: dict) -> tuple[dict, dict]:
-    """``values`` (one JSON object or ``--set`` list mixing both kinds of fields) split into
-    ``(CagulConfig fields, UnlearningArguments fields)``; an unknown key is a
-    ``ValueError`` naming it."""
-    adapter = {f.name for f in dataclasses.fields(CagulConfig)}
-    training = {f.name for f in dataclasses.fields(UnlearningArguments)}
-    unknown = sorted(values.keys() - adapter - training)
-    if unknown:
-        raise ValueError(
-            f"unknown settings {unknown} (CagulConfig: {sorted(adapter)}; "
-            f"UnlearningArguments: {sorted(training)})"
-        )
-    return (
-        {k: v for k, v in values.items() if k in adapter},
-        {k: v for k, v in values.items() if k in training},
-    )
+def parse_settings(values: dict) -> tuple[CagulConfig, UnlearningArguments]:
+    """``(CagulConfig, UnlearningArguments)`` from ``values``, one JSON object (or
+    ``--set`` list) mixing the fields of both, through ``transformers.HfArgumentParser``;
+    an unknown key is a ``ValueError`` naming it."""
+    from transformers import HfArgumentParser
+
+    if not isinstance(values, dict):
+        raise TypeError(f"settings must be a JSON object, got {type(values).__name__}")
+    return HfArgumentParser((CagulConfig, UnlearningArguments)).parse_dict(values)
