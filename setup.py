@@ -13,7 +13,7 @@ import shutil
 import subprocess
 
 import torch
-from setuptools import setup
+from setuptools import find_packages, setup
 
 
 def _cuda_home_from_nvcc() -> str | None:
@@ -87,14 +87,10 @@ def _extension():
 
 setup(
     packages=[
-        "cagul_kernels",
-        "cagul_kernels.ops",
-        "cagul_kernels.triton",
-        "cagul_kernels.integrations",
-        "cagul",
-        "cagul.data",
+        *find_packages(include=["cagul_kernels", "cagul_kernels.*"]),
+        *find_packages("python", include=["cagul", "cagul.*", "cagul_demo", "cagul_demo.*"]),
     ],
-    package_dir={"cagul": "python/cagul"},
+    package_dir={"cagul": "python/cagul", "cagul_demo": "python/cagul_demo"},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -16,7 +16,7 @@ provider, is not in the timed region, which makes the ratios below conservative.
 
 Training step (forward, backward, AdamW step) on one batch of 1 forget + 1 retain sample
 (image + 64-token question and answer, the last 16 tokens being the answer):
-``cagul_input`` / ``cagul_inline`` (``CagulMethod``, layer ``L = min(2, layers - 1)``,
+``cagul_input`` / ``cagul_inline`` (:mod:`cagul.methods.cagul`, layer ``L = min(2, layers - 1)``,
 ratio 0.25), ``lora_graddiff`` (LoRA r=16 on every linear layer of the language model)
 and ``full_graddiff`` (every language-model weight). Median time per step, trainable
 parameters, optimizer-state bytes. Peak memory: what building the provider adds plus the peak of its
@@ -52,8 +52,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cagul import CagulConfig, CagulModel
-from cagul.baselines import UnlearningBaseline, lora_config
-from cagul.train import CagulMethod
+from cagul.methods import get_method
+from cagul.methods.finetune import lora_config
+from cagul.training import UnlearningArguments
 
 from benchmarks import common
 from cagul_kernels.memory import PeakMemory, mib
@@ -238,8 +239,11 @@ def training_batch(vlm, geo: Geometry) -> dict:
 # ---------------------------------------------------------------------- providers
 
 
+TRAINING = UnlearningArguments(lr=1e-5)
+
+
 def cagul_config(mode: str, layer: int) -> CagulConfig:
-    return CagulConfig(mode=mode, layer=layer, ratio=0.25, lr=1e-5)
+    return CagulConfig(mode=mode, layer=layer, ratio=0.25)
 
 
 def cagul_model(vlm, mode: str, layer: int, gate: bool | None = None) -> CagulModel:
@@ -255,17 +259,16 @@ def training_providers(layer: int) -> dict:
     """``name -> build(vlm) -> (method, vlm after the method is dropped)``."""
 
     def lora(vlm):
-        baseline = UnlearningBaseline(
-            vlm, "graddiff", cagul_config("input", layer), lora_config(16)
-        )
+        baseline = get_method("graddiff")(vlm, TRAINING, lora_config(16))
         return baseline, lambda: baseline.vlm.unload()
 
     def full(vlm):
-        baseline = UnlearningBaseline(vlm, "graddiff", cagul_config("input", layer))
+        baseline = get_method("graddiff")(vlm, TRAINING)
         return baseline, lambda: vlm.requires_grad_(False)
 
     def cagul(mode):
-        return lambda vlm: (CagulMethod(cagul_model(vlm, mode, layer)), lambda: vlm)
+        method = get_method("cagul")
+        return lambda vlm: (method(cagul_model(vlm, mode, layer), TRAINING), lambda: vlm)
 
     return {
         "cagul_input": cagul("input"),

@@ -36,9 +36,11 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from cagul_demo.toy_vlm import llava_config
+from transformers import LlavaForConditionalGeneration
 
 from benchmarks.common import markdown_table, median_time, peak_memory, plot_lines, write_results
 from cagul_kernels import reference
@@ -61,19 +63,21 @@ LAYOUTS = {
 
 
 def build_model(layers: int, device, dtype) -> LlavaForConditionalGeneration:
-    text = LlamaConfig(
+    config = llava_config(
         vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        intermediate_size=MLP,
-        num_hidden_layers=layers,
-        num_attention_heads=HEADS,
-        num_key_value_heads=HEADS,
-        max_position_embeddings=32768,
+        image_token_id=IMG,
+        hidden=HIDDEN,
+        layers=layers,
+        heads=HEADS,
+        kv_heads=HEADS,
+        intermediate=MLP,
+        vision_hidden=64,
+        vision_layers=1,
+        vision_heads=2,
+        image_size=224,
+        patch_size=32,
+        max_positions=32768,
     )
-    vision = CLIPVisionConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2
-    )
-    config = LlavaConfig(text_config=text, vision_config=vision, image_token_id=IMG)
     return LlavaForConditionalGeneration(config).to(device=device, dtype=dtype).eval()
 
 

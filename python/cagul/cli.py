@@ -3,7 +3,7 @@
     cagul train --model PATH --data train.jsonl|DIR --output OUT [--config cfg.json]
                 [--format auto] [--forget-split NAME]
                 [--set key=value ...] [--eval-data test.jsonl] [--resume]
-                [--method cagul|ga|graddiff|kl|npo|idk] [--lora-rank R]
+                [--method cagul|ga|graddiff|kl|npo|idk|simnpo|idkdpo|rmu] [--lora-rank R]
     cagul generate --model PATH [--adapter OUT] --image IMG --question "..." [--gate auto]
     cagul eval --model PATH [--adapter OUT] --data test.jsonl|DIR [--data ...]
                [--format auto] [--forget-split NAME]
@@ -14,13 +14,17 @@
 ``--model`` is a local transformers checkpoint directory (model + processor), loaded with
 ``AutoModelForImageTextToText`` / ``AutoProcessor``; nothing is downloaded. ``--data`` is
 a JSONL file or a directory: the synthetic benchmark, or a local copy of MLLMU-Bench or
-FIUBench (``--format``, detected by default; see ``cagul.data.load_dataset``). ``--method``
-other than ``cagul`` runs a finetuning baseline (:mod:`cagul.baselines`) with the same
+FIUBench (``--format``, detected by default; see ``cagul.data.load_dataset``). ``--config``
+(JSON) and ``--set key=value`` take the fields of ``CagulConfig`` (the adapter) and of
+``UnlearningArguments`` (the training). ``--method``
+other than ``cagul`` runs a finetuning baseline (:mod:`cagul.methods`) with the same
 data and schedule: ``--output`` then holds the finetuned VLM + processor (a model for
 ``--model``), or with ``--lora-rank`` a peft adapter (``--adapter`` of ``eval`` /
 ``generate`` merges it). Training under
 ``torchrun --nproc_per_node N -m cagul.cli train ...`` runs DDP (one process per GPU, or
 gloo on CPU). ``--strict-paths`` confines the images a data set names to its directory.
+Only the commands that need them import transformers and the methods (``cagul --help``
+is fast).
 
 User errors (bad flags, paths, configs, data, model or adapter files) are found before
 any training or evaluation step and exit with status 2 and one line,
@@ -35,9 +39,6 @@ import os
 import sys
 from typing import Any
 
-import torch
-
-from .baselines import BASELINES
 from .cli_checks import (
     check_adapter_files,
     check_device,
@@ -46,9 +47,12 @@ from .cli_checks import (
     one_line,
     reading_inputs,
 )
-from .config import CagulConfig
 from .errors import UsageError
 from .files import read_json, write_text_atomic
+from .methods import method_names
+
+# modules of the ``framework`` extra (pip install 'cagul-kernels[framework]')
+FRAMEWORK_MODULES = ("transformers", "safetensors", "tqdm", "PIL", "tokenizers", "peft", "pyarrow")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,6 +76,34 @@ def _sweep(text: str) -> tuple[str, list[Any]]:
     if not key or not values:
         raise argparse.ArgumentTypeError(f"expected KEY=V1,V2,..., got {text!r}")
     return key, [_assignment(f"{key}={v}")[1] for v in values.split(",")]
+
+
+def _positive(flag: str):
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be an integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be >= 1, got {value}")
+        return value
+
+    return check
+
+
+def _settings(path: str | None, overrides: list[tuple[str, Any]]):
+    """``(CagulConfig, UnlearningArguments)`` from the ``--config`` JSON and ``--set``."""
+    from .training.arguments import parse_settings
+
+    values: dict[str, Any] = {}
+    if path:
+        values = read_json(path)  # an InputError naming path:line
+        if not isinstance(values, dict):
+            raise UsageError(f"--config {path}: expected a JSON object")
+    try:
+        return parse_settings({**values, **dict(overrides)})
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--config / --set: {e}") from None
 
 
 def _assignment(text: str) -> tuple[str, Any]:
@@ -99,9 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default=None, help="cpu / cuda / cuda:1 (default: auto)")
 
     def data_format(p: argparse.ArgumentParser) -> None:
-        from .data import FORMATS
-
-        p.add_argument("--format", default="auto", choices=FORMATS, help="--data's format")
+        # checked by cagul.data.load_dataset (no choices here: --help stays light)
+        p.add_argument(
+            "--format",
+            default="auto",
+            help="--data's format: auto (default), jsonl, synthetic, mllmu or fiubench",
+        )
         p.add_argument(
             "--forget-split",
             help="the forget set: forget_5 / forget_10 / forget_15 (mllmu), a split.json key "
@@ -124,14 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data_format(train)
     train.add_argument("--output", required=True, help="output directory (adapter, checkpoints)")
-    train.add_argument("--config", type=_existing("--config"), help="CagulConfig JSON")
+    train.add_argument(
+        "--config",
+        type=_existing("--config"),
+        help="JSON of CagulConfig and UnlearningArguments fields",
+    )
     train.add_argument("--set", dest="overrides", action="append", default=[], type=_assignment)
     train.add_argument("--eval-data", type=_existing("--eval-data"), help="JSONL for eval_every")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     train.add_argument(
         "--method",
         default="cagul",
-        choices=("cagul", *BASELINES),
+        choices=method_names(),
         help="cagul (default) or a finetuning baseline (changes the VLM's weights)",
     )
     train.add_argument(
@@ -151,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--image", required=True, type=_existing("--image"))
     gen.add_argument("--question", required=True)
-    gen.add_argument("--max-new-tokens", type=int, default=None)
+    gen.add_argument("--max-new-tokens", type=_positive("--max-new-tokens"), default=32)
     gen.add_argument(
         "--gate", default="auto", choices=("auto", "on", "off"), help="override the discriminator"
     )
@@ -184,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="--protocol mllmu: few-shot + test images")
     ev.add_argument("--set", dest="overrides", action="append", default=[], type=_assignment)
     ev.add_argument("--batch-size", type=int, default=8)
-    ev.add_argument("--max-new-tokens", type=int, default=None)
+    ev.add_argument("--max-new-tokens", type=_positive("--max-new-tokens"), default=32)
     ev.add_argument("--output", help="write the metrics JSON here too")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -231,14 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_vlm(args: argparse.Namespace, path: str | None = None, flag: str = "--model"):
+    import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from .train import distributed_context
+    from .training import distributed_context
 
     path = path or args.model
     if not os.path.isfile(os.path.join(path, "config.json")):
-        raise FileNotFoundError(f"{flag} {path} has no config.json")
-    device = args.device or distributed_context()[2]
+        raise UsageError(f"{flag} {path} has no config.json")
+    device = args.device or distributed_context()[2]  # a torch.device (_check_flags)
     vlm = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, args.dtype))
     processor = AutoProcessor.from_pretrained(path)
     return vlm.to(device).eval(), processor
@@ -247,19 +287,19 @@ def _load_vlm(args: argparse.Namespace, path: str | None = None, flag: str = "--
 def _train(args: argparse.Namespace) -> None:
     from cagul_kernels.memory import mib
 
-    from .baselines import UnlearningBaseline, lora_config
-    from .data import VLMCollator, load_dataset, load_jsonl
-    from .evaluate import evaluate
+    from .data import load_dataset, load_jsonl
+    from .evaluation.diagnostics import evaluate
+    from .methods import get_method
+    from .methods.finetune import lora_config
     from .model import CagulModel
-    from .train import CagulMethod, CagulTrainer, seed_everything
+    from .training import CagulTrainer, seed_everything
 
     if args.lora_rank < 0:
         raise UsageError(f"--lora-rank must be >= 0, got {args.lora_rank}")
     if args.method == "cagul" and (args.lora_rank or args.lora_alpha is not None):
         raise UsageError("--lora-rank / --lora-alpha apply to the baselines, not --method cagul")
     with reading_inputs():
-        config = CagulConfig.load(args.config) if args.config else CagulConfig()
-        config = config.replace(**dict(args.overrides))
+        config, training = _settings(args.config, args.overrides)
         strict = args.strict_paths
         if os.path.isfile(args.data) and args.format in ("auto", "jsonl") and not args.forget_split:
             samples = load_jsonl(args.data, strict_paths=strict)  # every sample, in file order
@@ -269,25 +309,27 @@ def _train(args: argparse.Namespace) -> None:
             )
             samples = bench.train_samples()
         eval_samples = load_jsonl(args.eval_data, strict_paths=strict) if args.eval_data else None
-        seed_everything(config.seed)  # the modules' initialisation
+        seed_everything(training.seed)  # the modules' initialisation
         vlm, processor = _load_vlm(args)
         eval_fn = None
         if args.method == "cagul":
-            model = CagulModel(vlm, config)
-            method, collator = CagulMethod(model), VLMCollator(processor, model.config)
+            method = get_method("cagul")(CagulModel(vlm, config), training)
             if eval_samples is not None:
-                eval_fn = lambda method, step: evaluate(method.model, eval_samples, processor)
+                eval_fn = lambda method, step: evaluate(
+                    method.model, eval_samples, processor, refusal=training.refusal
+                )
         else:
             lora = lora_config(args.lora_rank, args.lora_alpha) if args.lora_rank else None
-            method = UnlearningBaseline(vlm, args.method, config, lora)
-            collator = method.collator(processor)
+            method = get_method(args.method)(
+                vlm, training, lora, prompt_template=config.prompt_template
+            )
             if eval_samples is not None:
                 eval_fn = lambda method, step: _baseline_eval(method, eval_samples, processor)
         trainer = CagulTrainer(
             method,
             samples,
-            collator,
-            config,
+            method.collator(processor),
+            training,
             output_dir=args.output,
             eval_fn=eval_fn,
             progress=not args.no_progress,
@@ -309,9 +351,9 @@ def _train(args: argparse.Namespace) -> None:
 def _baseline_eval(method, samples: list[dict], processor) -> dict[str, float]:
     """Mean answer NLL (true answers) of a baseline's VLM on the forget / retain samples."""
     from .data import VLMCollator
-    from .evaluate import mean_answer_nll
+    from .evaluation.diagnostics import mean_answer_nll
 
-    collator = VLMCollator(processor, method.config, target="answer")
+    collator = VLMCollator(processor, method.prompt, target="answer")
     return {
         f"{split}_answer_nll": mean_answer_nll(method.vlm, group, collator)
         for split, group in (
@@ -323,10 +365,13 @@ def _baseline_eval(method, samples: list[dict], processor) -> dict[str, float]:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from .baselines import is_lora_adapter, load_finetuned
+    import torch
+
+    from .config import CagulConfig
     from .data import VLMCollator, load_image
+    from .methods.finetune import is_lora_adapter, load_finetuned
     from .model import CagulModel
-    from .train import to_device
+    from .training import to_device
 
     with reading_inputs():
         image = load_image(args.image)  # a bad image file fails before the model loads
@@ -348,8 +393,7 @@ def _generate(args: argparse.Namespace) -> None:
         gate = None if args.gate == "auto" else torch.tensor([args.gate == "on"])
         transformed = prob >= config.gate_threshold if gate is None else bool(gate[0])
         extra = {"forget_gate": gate}
-    max_new = args.max_new_tokens or config.max_new_tokens
-    out = model.generate(**inputs, **extra, max_new_tokens=max_new, do_sample=False)
+    out = model.generate(**inputs, **extra, max_new_tokens=args.max_new_tokens, do_sample=False)
     answer = processor.tokenizer.decode(
         out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
     )
@@ -375,8 +419,9 @@ def _eval_splits(
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from .baselines import is_lora_adapter, load_finetuned
-    from .evaluate import evaluate, evaluate_splits
+    from .config import CagulConfig
+    from .evaluation.diagnostics import evaluate, evaluate_splits
+    from .methods.finetune import is_lora_adapter, load_finetuned
     from .model import CagulModel
 
     if args.batch_size < 1:
@@ -449,7 +494,10 @@ def _run_protocol(args, model, splits, processor, config, reference) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from .demo import DemoConfig, run_demo, run_seeds, run_sweep
+    import torch
+
+    # the library's only edge to the demo package
+    from cagul_demo.runner import DemoConfig, run_demo, run_seeds, run_sweep
 
     if args.threads < 0:
         raise UsageError(f"--threads must be >= 0, got {args.threads}")
@@ -514,13 +562,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = {"train": _train, "generate": _generate, "eval": _eval, "demo": _demo}[args.command]
-    if getattr(args, "no_progress", False):
-        from transformers.utils import logging
-
-        logging.disable_progress_bar()  # transformers' bars too (loading weights)
     try:
+        if getattr(args, "no_progress", False):
+            from transformers.utils import logging
+
+            logging.disable_progress_bar()  # transformers' bars too (loading weights)
         _check_flags(args)
         handler(args)
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.split(".")[0] not in FRAMEWORK_MODULES:
+            raise
+        print(
+            f"cagul {args.command}: error: {e.name} is missing; install the framework extra: "
+            "pip install 'cagul-kernels[framework]'",
+            file=sys.stderr,
+        )
+        return 2
     except UsageError as e:
         print(f"{parser.prog}: error: {one_line(str(e))}", file=sys.stderr)
         return 2

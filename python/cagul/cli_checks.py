@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from .errors import UsageError
 from .files import check_safetensors, read_json
@@ -83,6 +85,8 @@ def check_adapter_files(flag: str, path: str) -> None:
 def check_device(flag: str, name: str | None) -> torch.device | None:
     """``torch.device(name)`` (``None`` stays ``None``: the default device) if it is the
     CPU or an available accelerator such as ``cuda``, ``cuda:1`` or ``mps``."""
+    import torch
+
     if name is None:
         return None
     try:

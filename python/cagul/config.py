@@ -1,4 +1,5 @@
-"""``CagulConfig``: every setting of the method and of its training loop, JSON round-trip."""
+"""``CagulConfig``: what a trained CAGUL adapter is (saved next to its weights), and the
+type checks every settings dataclass of the framework shares (:func:`check_fields`)."""
 
 from __future__ import annotations
 
@@ -6,61 +7,95 @@ import dataclasses
 import json
 import math
 import os
+import string
+import types
+import typing
+from importlib import metadata
 from typing import Any
 
-from cagul_kernels.integrations.transformers import QUERY_POLICIES
+from cagul_kernels.ops._backend import BACKENDS
 from cagul_kernels.ops.transform_scatter import ACTIVATIONS
 
 from .files import read_json
 
 MODES = ("input", "inline")
-FORGET_LOSSES = ("idk", "ga", "npo")
-AUTOCAST = ("auto", "bf16", "fp16", "none")
-LR_SCHEDULES = ("constant", "cosine")
+# = cagul_kernels.integrations.transformers.QUERY_POLICIES, spelled out so that the config
+# does not import transformers (a test keeps the two equal)
+QUERY_POLICIES = ("question", "last", "all_text")
+PROMPT_FIELDS = ("image", "question")
 CONFIG_NAME = "cagul_config.json"
+# Fields of the first adapter format (training settings, saved with the adapter until the
+# training arguments moved to cagul.training.arguments): ignored when an old adapter loads.
+LEGACY_TRAINING_FIELDS = (
+    "autocast", "batch_size", "discriminator_lr", "discriminator_weight", "eval_every",
+    "forget_loss", "ga_bound", "grad_accum", "log_every", "lr", "lr_schedule", "max_grad_norm",
+    "max_new_tokens", "npo_beta", "refusal", "retain_weight", "save_every", "seed", "steps",
+    "warmup_steps", "weight_decay",
+)  # fmt: skip
+
+
+def cagul_version() -> str:
+    """The installed ``cagul-kernels`` version (``"0+unknown"`` when not installed)."""
+    try:
+        return metadata.version("cagul-kernels")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+class Settings:
+    """JSON round-trip of a settings dataclass (validated in its ``__post_init__``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        """A validated instance; unknown fields are a ``ValueError``."""
+        if not isinstance(data, dict):
+            raise TypeError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown fields {unknown} (known: {sorted(known)})")
+        return cls(**data)
+
+    def replace(self, **changes: Any):
+        """A validated copy with ``changes`` applied."""
+        return self.from_dict({**self.to_dict(), **changes})
 
 
 @dataclasses.dataclass
-class CagulConfig:
-    """Settings of CAGUL (method) and of ``CagulTrainer`` (training).
+class CagulConfig(Settings):
+    """What a trained CAGUL adapter is: everything that changes its behaviour.
 
-    Method:
-        layer: LLM layer L whose attention gives the importance of visual tokens.
-        k / ratio: how many low-importance visual tokens to transform per sample: exactly
-            ``k`` (capped at the sample's visual token count) or ``ceil(ratio * n_visual)``;
-            set exactly one (``ratio`` is the default).
-        query: query-token policy for the importance: ``"question"`` (text after the last
-            image), ``"last"`` (final token) or ``"all_text"``.
-        mode: ``"input"`` transforms the projected visual tokens (the LLM inputs; importance
-            from a pass that stops after layer L, then a full pass) and ``"inline"`` the
-            hidden states of layer L's output (one pass).
-        encoder_rank, encoder_activation: visual token encoder ``D -> rank -> D``.
-        discriminator_hidden: width of the forget discriminator.
-        gate_threshold: a sample is transformed when ``sigmoid(logit) >= gate_threshold``.
-        hidden_size: the VLM's text hidden size, filled in by ``CagulModel`` (``None`` =
-            not bound yet); loading refuses a VLM with another size.
-        backend: kernel backend for the ops (``None`` = default for the device).
+    layer: LLM layer L whose attention gives the importance of visual tokens.
+    k / ratio: how many low-importance visual tokens to transform per sample: exactly ``k``
+        (capped at the sample's visual token count) or ``ceil(ratio * n_visual)``; set
+        exactly one (``ratio`` is the default).
+    query: query-token policy for the importance: ``"question"`` (text after the last
+        image), ``"last"`` (final token) or ``"all_text"``.
+    mode: ``"input"`` transforms the projected visual tokens (the LLM inputs; importance from
+        a pass that stops after layer L, then a full pass) and ``"inline"`` the hidden states
+        of layer L's output (one pass).
+    encoder_rank, encoder_activation: visual token encoder ``D -> rank -> D``.
+    discriminator_hidden: width of the forget discriminator.
+    gate_threshold: a sample is transformed when ``sigmoid(logit) >= gate_threshold``.
+    hidden_size: the VLM's text hidden size, filled in by ``CagulModel`` (``None`` = not
+        bound yet); loading refuses a VLM with another size.
+    backend: kernel backend for the ops (``None`` = default for the device).
+    prompt_template: prompt with ``{image}`` (the processor's image placeholder) and
+        ``{question}``; the answer follows after a space.
+    base_model_name_or_path: the VLM the adapter was trained on (filled in by
+        ``CagulModel``); loading onto another one warns.
+    cagul_version: the version that saved the adapter (``None`` before the first save, and
+        for adapters saved before versions were recorded).
 
-    Training:
-        forget_loss: ``"idk"`` (NLL of ``refusal``), ``"ga"`` (gradient ascent on the true
-            answer, bounded: ``relu(ga_bound - NLL)``) or ``"npo"`` (NPO against the
-            pass-through model, ``npo_beta``).
-        retain_weight: weight of ``KL(pass-through || transformed)`` on retain answers.
-        discriminator_weight: weight of the discriminator's BCE.
-        lr, discriminator_lr (``None`` = ``lr``), weight_decay, warmup_steps,
-        lr_schedule, max_grad_norm (``None`` = no clipping): AdamW settings.
-        steps: optimizer steps; batch_size: samples per micro-batch (per process);
-        grad_accum: micro-batches per optimizer step.
-        autocast: ``"auto"`` (bf16 on CUDA devices that support it, else off), ``"bf16"``,
-            ``"fp16"`` or ``"none"``.
-        log_every, eval_every, save_every: steps between log lines, eval hook calls and
-            checkpoints (0 = never; a checkpoint is always written at the end).
-        prompt_template: prompt with ``{image}`` (the processor's image placeholder) and
-            ``{question}``; the answer follows after a space.
-        max_new_tokens: default generation length (CLI).
+    Training settings (schedule, objective) are :class:`cagul.training.UnlearningArguments`.
     """
 
-    # method
     layer: int = 1
     k: int | None = None
     ratio: float | None = 0.5
@@ -72,37 +107,16 @@ class CagulConfig:
     gate_threshold: float = 0.5
     hidden_size: int | None = None
     backend: str | None = None
-    # training
-    forget_loss: str = "idk"
-    refusal: str = "I don't know."
-    retain_weight: float = 1.0
-    discriminator_weight: float = 1.0
-    ga_bound: float = 10.0
-    npo_beta: float = 0.1
-    seed: int = 0
-    lr: float = 1e-3
-    discriminator_lr: float | None = None
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    lr_schedule: str = "constant"
-    max_grad_norm: float | None = 1.0
-    steps: int = 100
-    batch_size: int = 4
-    grad_accum: int = 1
-    autocast: str = "auto"
-    log_every: int = 10
-    eval_every: int = 0
-    save_every: int = 0
     prompt_template: str = "USER: {image}\n{question} ASSISTANT:"
-    max_new_tokens: int = 32
+    base_model_name_or_path: str | None = None
+    cagul_version: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Raises ``ValueError`` / ``TypeError`` naming the first bad field."""
-        for f in dataclasses.fields(self):
-            _check_type(f.name, getattr(self, f.name), f.type)
+        check_fields(self)
         if (self.k is None) == (self.ratio is None):
             raise ValueError(
                 f"CagulConfig: set exactly one of k and ratio, got k={self.k}, ratio={self.ratio}"
@@ -111,74 +125,46 @@ class CagulConfig:
             raise ValueError(f"CagulConfig: k must be >= 1, got {self.k}")
         if self.ratio is not None and not 0.0 < self.ratio <= 1.0:
             raise ValueError(f"CagulConfig: ratio must be in (0, 1], got {self.ratio}")
-        for name, allowed in (
-            ("mode", MODES),
-            ("forget_loss", FORGET_LOSSES),
-            ("query", QUERY_POLICIES),
-            ("encoder_activation", ACTIVATIONS),
-            ("autocast", AUTOCAST),
-            ("lr_schedule", LR_SCHEDULES),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"CagulConfig: {name} must be one of {allowed}, got {getattr(self, name)!r}"
-                )
-        positive = ("encoder_rank", "discriminator_hidden", "steps", "batch_size", "grad_accum")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"CagulConfig: {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("layer", "warmup_steps", "log_every", "eval_every", "save_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"CagulConfig: {name} must be >= 0, got {getattr(self, name)}")
+        check_choices(
+            self,
+            mode=MODES,
+            query=QUERY_POLICIES,
+            encoder_activation=ACTIVATIONS,
+            backend=(None, *BACKENDS),
+        )
+        check_at_least(self, 1, "encoder_rank", "discriminator_hidden")
+        check_at_least(self, 0, "layer")
         if self.hidden_size is not None and self.hidden_size < 1:
             raise ValueError(f"CagulConfig: hidden_size must be >= 1, got {self.hidden_size}")
         if not 0.0 < self.gate_threshold < 1.0:
             raise ValueError(
                 f"CagulConfig: gate_threshold must be in (0, 1), got {self.gate_threshold}"
             )
-        for name in ("lr", "npo_beta", "ga_bound"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"CagulConfig: {name} must be > 0, got {getattr(self, name)}")
-        if self.discriminator_lr is not None and not self.discriminator_lr > 0:
-            raise ValueError(
-                f"CagulConfig: discriminator_lr must be > 0, got {self.discriminator_lr}"
-            )
-        for name in ("retain_weight", "discriminator_weight", "weight_decay"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"CagulConfig: {name} must be >= 0, got {getattr(self, name)}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"CagulConfig: max_grad_norm must be > 0, got {self.max_grad_norm}")
-        if "{question}" not in self.prompt_template or "{image}" not in self.prompt_template:
-            raise ValueError(
-                "CagulConfig: prompt_template must contain {image} and {question}, got "
-                f"{self.prompt_template!r}"
-            )
+        check_prompt_template(self.prompt_template, "CagulConfig: prompt_template")
 
     # ------------------------------------------------------------------ JSON
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, saved: bool = False) -> CagulConfig:
+        """A validated config from ``data``. ``saved=True`` reads a saved adapter's config:
+        every behaviour-changing field must be present (no silent default), and the
+        training fields of the first adapter format are ignored."""
+        if saved and isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k not in LEGACY_TRAINING_FIELDS}
+            optional = {"base_model_name_or_path", "cagul_version"}
+            required = {f.name for f in dataclasses.fields(cls)} - optional
+            missing = sorted(required - data.keys())
+            if missing:
+                raise ValueError(f"CagulConfig: the saved config has no {missing}")
+        return super().from_dict(data)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CagulConfig:
-        if not isinstance(data, dict):
-            raise TypeError(f"CagulConfig: expected a JSON object, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"CagulConfig: unknown fields {unknown} (known: {sorted(known)})")
-        return cls(**data)
-
-    @classmethod
-    def from_json(cls, text: str) -> CagulConfig:
+    def from_json(cls, text: str, *, saved: bool = False) -> CagulConfig:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"CagulConfig: invalid JSON: {e}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(data, saved=saved)
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes the JSON to ``path`` (a file, or a directory: ``<dir>/cagul_config.json``)."""
@@ -189,37 +175,87 @@ class CagulConfig:
             f.write(self.to_json() + "\n")
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> CagulConfig:
-        """Reads a JSON file (or ``<dir>/cagul_config.json``)."""
+    def load(cls, path: str | os.PathLike, *, saved: bool = False) -> CagulConfig:
+        """Reads a JSON file (or ``<dir>/cagul_config.json``); ``saved``: see
+        :meth:`from_dict`."""
         path = os.fspath(path)
         if os.path.isdir(path):
             path = os.path.join(path, CONFIG_NAME)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"CagulConfig: no config file at {path}")
-        return cls.from_dict(read_json(path))
-
-    def replace(self, **changes: Any) -> CagulConfig:
-        """A validated copy with ``changes`` applied."""
-        return self.from_dict({**self.to_dict(), **changes})
-
-
-_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+        data = read_json(path)  # an InputError naming path:line for bad UTF-8 / JSON
+        try:
+            return cls.from_dict(data, saved=saved)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"{path}: {e}") from None
 
 
-def _check_type(name: str, value: Any, annotation: str) -> None:
-    """Checks ``value`` against a field annotation such as ``"int | None"``."""
-    options = [t.strip() for t in str(annotation).split("|")]
+# ---------------------------------------------------------------------- shared checks
+
+
+def check_fields(settings: Any) -> None:
+    """Checks every field of the dataclass instance ``settings`` against its type hint
+    (``int``, ``float``, ``str``, ``bool`` and their ``| None`` unions): a ``TypeError``
+    naming the field, or a ``ValueError`` for a non-finite float."""
+    owner = type(settings).__name__
+    hints = typing.get_type_hints(type(settings))
+    for f in dataclasses.fields(settings):
+        _check_type(owner, f.name, getattr(settings, f.name), hints[f.name])
+
+
+def _check_type(owner: str, name: str, value: Any, hint: Any) -> None:
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    options = typing.get_args(hint) if union else (hint,)
     if value is None:
-        if "None" in options:
+        if type(None) in options:
             return
-        raise TypeError(f"CagulConfig: {name} must not be None")
+        raise TypeError(f"{owner}: {name} must not be None")
     for option in options:
-        types = _TYPES.get(option)
-        # bool is an int subclass: accept it only where bool is declared.
-        if types and isinstance(value, types) and (option == "bool" or not isinstance(value, bool)):
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"CagulConfig: {name} must be finite, got {value}")
+        # bool is an int subclass: accept it only where bool is declared
+        if isinstance(value, bool) != (option is bool):
+            continue
+        if option is float and isinstance(value, (int, float)):
+            if not math.isfinite(value):
+                raise ValueError(f"{owner}: {name} must be finite, got {value}")
             return
-    raise TypeError(
-        f"CagulConfig: {name} must be {annotation}, got {type(value).__name__} {value!r}"
-    )
+        if option in (int, str, bool) and isinstance(value, option):
+            return
+    expected = hint.__name__ if isinstance(hint, type) else str(hint)
+    raise TypeError(f"{owner}: {name} must be {expected}, got {type(value).__name__} {value!r}")
+
+
+def check_choices(settings: Any, **allowed: tuple) -> None:
+    """``ValueError`` naming the first field of ``settings`` whose value is not allowed."""
+    for name, choices in allowed.items():
+        if getattr(settings, name) not in choices:
+            raise ValueError(
+                f"{type(settings).__name__}: {name} must be one of {choices}, got "
+                f"{getattr(settings, name)!r}"
+            )
+
+
+def check_at_least(settings: Any, low: float, *names: str) -> None:
+    """``ValueError`` naming the first of ``names`` whose value is below ``low``."""
+    for name in names:
+        if not getattr(settings, name) >= low:
+            raise ValueError(
+                f"{type(settings).__name__}: {name} must be >= {low}, got {getattr(settings, name)}"
+            )
+
+
+def check_prompt_template(template: str, what: str) -> None:
+    """``ValueError`` unless ``template`` has ``{image}`` and ``{question}`` and no other
+    placeholder (``{{`` / ``}}`` are literal braces)."""
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:
+        raise ValueError(f"{what}: {e} in {template!r}") from None
+    unknown = sorted(set(fields) - set(PROMPT_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"{what} has unknown placeholders {unknown} (allowed: {{image}}, {{question}}): "
+            f"{template!r}"
+        )
+    missing = [name for name in PROMPT_FIELDS if name not in fields]
+    if missing:
+        raise ValueError(f"{what} must contain {{image}} and {{question}}, got {template!r}")

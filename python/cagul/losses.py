@@ -1,5 +1,5 @@
-"""Answer-token losses shared by CAGUL (:mod:`cagul.train`), the finetuning baselines
-(:mod:`cagul.baselines`) and the evaluation (:mod:`cagul.evaluate`).
+"""Answer-token losses shared by CAGUL (:mod:`cagul.methods.cagul`), the finetuning baselines
+(:mod:`cagul.methods`) and the evaluation (:mod:`cagul.evaluation`).
 
 Labels follow transformers: position ``t`` of ``logits [B, S, V]`` predicts
 ``labels[:, t + 1]``; ``-100`` marks tokens that are not part of the answer. Per-token

@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import inspect
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,9 +36,10 @@ from torch import nn
 import cagul_kernels
 from cagul_kernels.integrations import transformers as ct
 
-from .config import CONFIG_NAME, CagulConfig
+from .config import CONFIG_NAME, CagulConfig, cagul_version
 from .files import read_safetensors
 from .modules import ForgetDiscriminator, VisualTokenEncoder
+from .state import atomic_directory, copy_state
 
 WEIGHTS_NAME = "cagul_modules.safetensors"
 _PIXEL_KEYS = ("pixel_values",)
@@ -102,7 +104,8 @@ class CagulModel(nn.Module):
                 f"CagulModel: config.layer={config.layer} but the VLM has "
                 f"{text.num_hidden_layers} decoder layers"
             )
-        self.config = config.replace(hidden_size=hidden)
+        base = config.base_model_name_or_path or getattr(vlm_config, "_name_or_path", "") or None
+        self.config = config.replace(hidden_size=hidden, base_model_name_or_path=base)
         self.vlm = vlm
         vlm.requires_grad_(False)
         vlm.eval()
@@ -253,11 +256,13 @@ class CagulModel(nn.Module):
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Writes ``cagul_modules.safetensors`` (encoder + discriminator) and
-        ``cagul_config.json`` to directory ``path`` -- never the VLM's weights."""
-        os.makedirs(path, exist_ok=True)
+        ``cagul_config.json`` (stamped with ``cagul_version``) to directory ``path`` --
+        never the VLM's weights. The files go to a temporary directory that replaces
+        ``path`` when complete: a kill leaves the previous adapter intact."""
         state = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state_dict().items()}
-        save_file(state, os.path.join(path, WEIGHTS_NAME))
-        self.config.save(os.path.join(path, CONFIG_NAME))
+        with atomic_directory(path) as tmp:
+            save_file(state, os.path.join(tmp, WEIGHTS_NAME))
+            self.config.replace(cagul_version=cagul_version()).save(os.path.join(tmp, CONFIG_NAME))
 
     @classmethod
     def from_pretrained(cls, vlm: nn.Module, path: str | os.PathLike, **overrides) -> CagulModel:
@@ -267,14 +272,27 @@ class CagulModel(nn.Module):
         weights = os.path.join(path, WEIGHTS_NAME)
         if not os.path.isdir(path) or not os.path.isfile(weights):
             raise FileNotFoundError(f"CagulModel.from_pretrained: no {WEIGHTS_NAME} in {path}")
-        config = CagulConfig.load(os.path.join(path, CONFIG_NAME))
+        config = CagulConfig.load(os.path.join(path, CONFIG_NAME), saved=True)
+        base = getattr(vlm.config, "_name_or_path", "") or None
+        if config.base_model_name_or_path and base and base != config.base_model_name_or_path:
+            warnings.warn(
+                f"CagulModel.from_pretrained: the adapter in {path} was trained on "
+                f"{config.base_model_name_or_path!r}, this VLM is {base!r}",
+                stacklevel=2,
+            )
         hidden = vlm.config.get_text_config().hidden_size
         if config.hidden_size != hidden:
             raise ValueError(
                 f"CagulModel.from_pretrained: the modules in {path} were trained for hidden size "
                 f"{config.hidden_size}, but this VLM's text model has hidden size {hidden}"
             )
-        fixed = {"hidden_size", "encoder_rank", "discriminator_hidden", "encoder_activation"}
+        fixed = {
+            "hidden_size",
+            "encoder_rank",
+            "discriminator_hidden",
+            "encoder_activation",
+            "cagul_version",
+        }
         bad = sorted(fixed & overrides.keys())
         if bad:
             raise ValueError(f"CagulModel.from_pretrained: cannot override {bad} of saved modules")
@@ -382,22 +400,6 @@ class CagulModel(nn.Module):
                 yield
             finally:
                 handle.remove()
-
-
-def copy_state(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], owner: str):
-    """Copies ``state`` into the tensors ``own`` (same names and shapes, else a
-    ``ValueError`` naming ``owner`` and the tensors)."""
-    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
-    if missing or unexpected:
-        raise ValueError(f"{owner}: state mismatch, missing {missing}, unexpected {unexpected}")
-    for name, value in state.items():
-        if value.shape != own[name].shape:
-            raise ValueError(
-                f"{owner}: {name} has shape {tuple(value.shape)}, expected {tuple(own[name].shape)}"
-            )
-    with torch.no_grad():
-        for name, value in state.items():
-            own[name].copy_(value)
 
 
 def _decoder_layers(vlm: nn.Module) -> nn.ModuleList:

@@ -3,10 +3,10 @@ capture's ``layers`` argument (item 7c), on the shared tiny LLaVA (no downloads)
 
 import pytest
 import torch
+from cagul_demo.tiny_vlm import BOS, EOS, PAD, VOCAB, llava
 from transformers import LlavaForConditionalGeneration
 
 from cagul_kernels.integrations import transformers as ct
-from tests.tiny_vlm import BOS, EOS, PAD, VOCAB, llava
 
 IMG = VOCAB.index("<image>")
 IMAGE_TOKENS = 16  # (16 / 4)^2 patches, CLS dropped

@@ -1,7 +1,7 @@
 """Data for CAGUL: the sample format and its collator (:mod:`cagul.data.samples`), the
-synthetic benchmark generator (:mod:`cagul.data.synthetic`), the MLLMU-Bench and FIUBench
-readers (:mod:`cagul.data.mllmu`, :mod:`cagul.data.fiubench`) and one entry point for all
-formats (:func:`load_dataset`)."""
+benchmark format and the synthetic benchmark reader (:mod:`cagul.data.benchmark`), the
+MLLMU-Bench and FIUBench readers (:mod:`cagul.data.mllmu`, :mod:`cagul.data.fiubench`) and
+one entry point for all formats (:func:`load_dataset`)."""
 
 from .fiubench import load_fiubench
 from .formats import FORMATS, detect_format, load_dataset

@@ -31,7 +31,7 @@ import json
 import os
 
 from ._records import Where, check, field, image_field, read_rows, with_options
-from .synthetic import Benchmark
+from .benchmark import Benchmark
 
 DATA_FILE, SPLIT_FILE = "full.json", "split.json"
 MAX_PEOPLE = 400

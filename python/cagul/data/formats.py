@@ -7,10 +7,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .benchmark import Benchmark, load_benchmark
 from .fiubench import fiubench_dir, load_fiubench
 from .mllmu import is_mllmu, load_mllmu
 from .samples import load_jsonl
-from .synthetic import Benchmark, load_benchmark
 
 FORMATS = ("auto", "jsonl", "synthetic", "mllmu", "fiubench")
 

@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ._records import Where, check, field, image_field, read_rows, table_files, with_options
-from .synthetic import Benchmark
+from .benchmark import Benchmark
 
 FORGET_SPLITS = ("forget_5", "forget_10", "forget_15")
 EVAL_SPLITS = ("forget", "forget_test", "retain", "retain_celebrity")

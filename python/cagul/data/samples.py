@@ -7,8 +7,8 @@ A sample is a dict (in memory) or one JSON object per line of a JSONL file:
      "question": "What is the name of this person?",
      "answer": "Ada Quill",
      "is_forget": true,                 # forget set (1) or retain set (0)
-     "refusal": "I don't know.",        # optional: overrides CagulConfig.refusal
-     "forget_loss": "npo"}              # optional: overrides CagulConfig.forget_loss
+     "refusal": "I don't know.",        # optional: overrides the training refusal
+     "forget_loss": "npo"}              # optional: overrides the training forget_loss
 
 Other keys (ids, splits, metadata) are kept and ignored.
 """
@@ -23,9 +23,10 @@ from typing import Any
 
 import torch
 
-from ..config import FORGET_LOSSES, CagulConfig
+from ..config import CagulConfig
 from ..errors import InputError
 from ..files import read_text
+from ..training.arguments import FORGET_LOSSES, REFUSAL
 from ._records import EncodedImage
 from .paths import resolve_image_path
 
@@ -119,9 +120,9 @@ class VLMCollator:
     ``collator(samples)`` (training): ``{"inputs": {... , "labels"}, "is_forget": [B] bool}``
     where each sequence is ``prompt + " " + target + eos`` (right padded) and ``labels`` are
     the target's token ids (``-100`` elsewhere) and ``forget_loss`` is ``[B]`` indices
-    into ``FORGET_LOSSES`` (the sample's ``forget_loss``, else ``config.forget_loss``). The
-    target is the refusal for forget samples whose forget loss is ``"idk"``, else the true
-    answer.
+    into ``FORGET_LOSSES`` (the sample's ``forget_loss``, else ``forget_loss``). The
+    target is the refusal (the sample's ``refusal``, else ``refusal``) for forget samples
+    whose forget loss is ``"idk"``, else the true answer.
     ``collator.prompts(samples)``: prompt-only inputs, left padded, for ``generate``.
 
     ``processor``: a transformers processor (``__call__(images=, text=)``, ``.tokenizer``,
@@ -134,12 +135,25 @@ class VLMCollator:
     refusal for every forget sample and the true answer otherwise (the IdK baseline).
     """
 
-    def __init__(self, processor: Any, config: CagulConfig, target: str = "auto"):
+    def __init__(
+        self,
+        processor: Any,
+        config: CagulConfig,
+        target: str = "auto",
+        *,
+        refusal: str = REFUSAL,
+        forget_loss: str = "idk",
+    ):
         if not callable(processor) or not hasattr(processor, "tokenizer"):
             raise TypeError("VLMCollator: processor must be a transformers processor")
         if target not in TARGETS:
             raise ValueError(f"VLMCollator: target must be one of {TARGETS}, got {target!r}")
+        if forget_loss not in FORGET_LOSSES:
+            raise ValueError(
+                f"VLMCollator: forget_loss must be one of {FORGET_LOSSES}, got {forget_loss!r}"
+            )
         self.processor, self.config, self.target_kind = processor, config, target
+        self.refusal, self.default_forget_loss = refusal, forget_loss
         self.image_token = getattr(processor, "image_token", None)
         if not isinstance(self.image_token, str):
             raise ValueError("VLMCollator: the processor has no image_token")
@@ -167,11 +181,11 @@ class VLMCollator:
             "forget_refusal": bool(sample["is_forget"]),
         }[self.target_kind]
         if refuse:
-            return sample.get("refusal") or self.config.refusal
+            return sample.get("refusal") or self.refusal
         return sample["answer"]
 
     def forget_loss(self, sample: dict) -> str:
-        return sample.get("forget_loss") or self.config.forget_loss
+        return sample.get("forget_loss") or self.default_forget_loss
 
     def _encode(self, samples: Sequence[dict], texts: list[str], side: str) -> dict:
         tokenizer = self.processor.tokenizer

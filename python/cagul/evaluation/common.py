@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from ..data import VLMCollator
-from ..evaluate import _answer_logits, _chunks, generate_answers
 from ..losses import answer_log_probs, target_log_probs
+from .diagnostics import _answer_logits, _chunks, generate_answers
 
 __all__ = [
     "AnswerStats",

@@ -13,8 +13,8 @@ from typing import Any
 from .. import metrics
 from ..config import CagulConfig
 from ..data import VLMCollator
-from ..evaluate import evaluate_splits
 from .common import absent, answer_stats, generate_answers, markdown_table, mean
+from .diagnostics import evaluate_splits
 from .fiubench import (
     COLUMNS,
     MAX_NEW_TOKENS,

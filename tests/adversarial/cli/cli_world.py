@@ -12,7 +12,7 @@ import sys
 import zlib
 from pathlib import Path
 
-import tiny_vlm as tv
+from cagul_demo import tiny_vlm as tv
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -7,16 +7,17 @@ import json
 from pathlib import Path
 
 import pytest
-import tiny_vlm as tv
+from cagul_demo import tiny_vlm as tv
 from cli_world import CliWorld, write_jsonl_data
 
 
 @pytest.fixture(scope="session")
 def cli_world(tmp_path_factory) -> CliWorld:
     from cagul import CagulConfig, CagulModel
-    from cagul.baselines import UnlearningBaseline, lora_config
-    from cagul.data import VLMCollator, load_jsonl
-    from cagul.train import CagulMethod, CagulTrainer
+    from cagul.data import load_jsonl
+    from cagul.methods import get_method
+    from cagul.methods.finetune import lora_config
+    from cagul.training import CagulTrainer, UnlearningArguments
 
     root = tmp_path_factory.mktemp("cli_world")
     vlm, processor = tv.llava(layers=2)
@@ -26,21 +27,22 @@ def cli_world(tmp_path_factory) -> CliWorld:
     settings = {"prompt_template": tv.LLAVA_TEMPLATE, "layer": 1, "encoder_rank": 8}
     (root / "config.json").write_text(json.dumps(settings))
 
-    config = CagulConfig(**settings, steps=1, batch_size=2)
-    model = CagulModel(vlm, config)
+    training = UnlearningArguments(steps=1, batch_size=2)
+    method = get_method("cagul")(CagulModel(vlm, CagulConfig(**settings)), training)
     trainer = CagulTrainer(
-        CagulMethod(model),
+        method,
         load_jsonl(data),
-        VLMCollator(processor, config),
-        config,
+        method.collator(processor),
+        training,
         output_dir=str(root / "adapter"),
         progress=False,
     )
     trainer.train()
     baseline_vlm, _ = tv.llava(layers=2)
-    UnlearningBaseline(baseline_vlm, "ga", config, lora_config(2)).save_pretrained(
-        str(root / "lora")
+    baseline = get_method("ga")(
+        baseline_vlm, training, lora_config(2), prompt_template=tv.LLAVA_TEMPLATE
     )
+    baseline.save_pretrained(str(root / "lora"))
     return CliWorld(
         root=root,
         model=root / "model",

@@ -161,12 +161,12 @@ def eval_without_a_model(tmp_path, monkeypatch):
 def test_a_bug_keeps_its_traceback(eval_without_a_model, monkeypatch):
     """Only input errors are reported in one line: a ValueError raised by the work itself
     (here: a stand-in for a bug in the evaluation) propagates."""
-    import cagul.evaluate
+    import cagul.evaluation.diagnostics
 
     def bug(*args, **kwargs):
         raise ValueError("a bug in the evaluation")
 
-    monkeypatch.setattr(cagul.evaluate, "evaluate_splits", bug)
+    monkeypatch.setattr(cagul.evaluation.diagnostics, "evaluate_splits", bug)
     with pytest.raises(ValueError, match="a bug in the evaluation"):
         cli.main(eval_without_a_model)
 
@@ -174,13 +174,14 @@ def test_a_bug_keeps_its_traceback(eval_without_a_model, monkeypatch):
 def test_eval_prints_its_metrics_before_writing_them(
     eval_without_a_model, tmp_path, monkeypatch, capsys
 ):
-    import cagul.evaluate
+    import cagul.evaluation.diagnostics
 
     def fail(path, text):
         raise OSError("disk full")
 
     scores = {"forget": {"mc_acc": 0.25}, "retain": {"mc_acc": 0.75}}
-    monkeypatch.setattr(cagul.evaluate, "evaluate_splits", lambda *args, **kwargs: scores)
+    diagnostics = cagul.evaluation.diagnostics
+    monkeypatch.setattr(diagnostics, "evaluate_splits", lambda *args, **kwargs: scores)
     monkeypatch.setattr(cli, "write_text_atomic", fail)
     with pytest.raises(OSError, match="disk full"):
         cli.main([*eval_without_a_model, "--output", str(tmp_path / "metrics.json")])

@@ -1,23 +1,20 @@
-"""Tiny random VLMs (LLaVA, Qwen2-VL) with real processors, built in-process (no downloads),
-and a small generated forget / retain VQA set for the framework tests."""
+"""Tiny random VLMs (LLaVA, Qwen2-VL) with real processors and a word-level tokenizer,
+built in-process (no downloads), and a small generated forget / retain VQA set: the
+fixtures of the framework tests and of the DDP worker."""
 
 from __future__ import annotations
 
 import torch
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 from transformers import (
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaProcessor,
     PreTrainedTokenizerFast,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
     Qwen2VLProcessor,
 )
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from .toy_vlm import ToyVLMConfig, build_vlm
 
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "<|vision_start|>", "<|vision_end|>"]
 SPECIAL += ["<|video_pad|>", "<|image_pad|>"]
@@ -59,34 +56,23 @@ def _text(layers: int, **extra) -> dict:
 
 
 def llava(seed: int = 0, layers: int = 3, hidden: int = HIDDEN):
-    """``(model, processor)``: CLIP 16x16 images, patch 4 -> 16 visual tokens per image."""
-    torch.manual_seed(seed)
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=16,
-            patch_size=4,
-        ),
-        text_config=LlamaConfig(**{**_text(layers), "hidden_size": hidden}),
-        image_token_id=VOCAB.index("<image>"),
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
-    )
-    model = LlavaForConditionalGeneration(config).eval()
-    images = CLIPImageProcessorPil(
-        size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}, do_convert_rgb=False
-    )
-    processor = LlavaProcessor(
-        image_processor=images,
-        tokenizer=tokenizer(),
+    """``(model, processor)``: CLIP 16x16 images, patch 4 -> 16 visual tokens per image
+    (:func:`cagul_demo.toy_vlm.build_vlm` with the word-level tokenizer)."""
+    config = ToyVLMConfig(
+        image_size=16,
         patch_size=4,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
+        vision_hidden=32,
+        vision_layers=2,
+        vision_heads=2,
+        hidden=hidden,
+        layers=layers,
+        heads=4,
+        kv_heads=2,
+        intermediate=96,
+        seed=seed,
     )
-    return model, processor
+    # large enough weights that the logits are not near-uniform (the model is steerable)
+    return build_vlm(config, tokenizer(), initializer_range=0.15, convert_rgb=False)
 
 
 class _QwenProcessor(Qwen2VLProcessor):
@@ -163,3 +149,41 @@ def dataset(n_people: int = 6, n_forget: int = 3, poses: int = 2, size: int = 16
                     }
                 )
     return samples
+
+
+FAMILIES = {
+    "llava": (llava, LLAVA_TEMPLATE, 16),
+    "qwen2_vl": (qwen2_vl, QWEN_TEMPLATE, 24),
+}
+
+
+def tiny_cagul(family: str, mode: str = "input", seed: int = 0, **settings):
+    """``(vlm, CagulModel, collator, samples, UnlearningArguments)`` for the tiny VLM of
+    ``family`` (a key of :data:`FAMILIES`); ``settings``: more ``CagulConfig`` and
+    ``UnlearningArguments`` fields. The collator is CAGUL's."""
+    from cagul import CagulModel
+    from cagul.data import VLMCollator
+    from cagul.training.arguments import parse_settings
+
+    make, template, size = FAMILIES[family]
+    defaults = {"mode": mode, "prompt_template": template, "layer": 1}
+    config, args = parse_settings({**defaults, **settings})
+    vlm, processor = make(seed=seed)
+    model = CagulModel(vlm, config)
+    collator = VLMCollator(processor, model.config, forget_loss=args.forget_loss)
+    return vlm, model, collator, dataset(size=size), args
+
+
+def perturb_encoder(model, seed: int = 1) -> None:
+    """Non-zero encoder weights (as after training) for a ``CagulModel``."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+
+def force_gate(model, on: bool) -> None:
+    """Makes a ``CagulModel``'s discriminator say forget (``on``) or not for every image."""
+    with torch.no_grad():
+        model.discriminator.head[-1].bias.fill_(100.0 if on else -100.0)
+        model.discriminator.head[-1].weight.zero_()

@@ -5,11 +5,11 @@ the prompt alone through the processor), kept here as the oracle."""
 from __future__ import annotations
 
 import pytest
-import tiny_vlm as tv
 import torch
 from cagul import CagulConfig
 from cagul.data import VLMCollator
 from cagul.data.samples import _expand_image_placeholders, load_image
+from cagul_demo import tiny_vlm as tv
 
 FAMILIES = {
     "llava": (tv.llava, tv.LLAVA_TEMPLATE, (16, 16, 16, 16)),

@@ -4,34 +4,30 @@ the CLI (subprocess)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
+import pickle
 import subprocess
 import sys
 
 import pytest
-import tiny_vlm as tv
 import torch
 import torch.nn.functional as F
 from cagul import CagulModel
 from cagul.cli import main
-from cagul.evaluate import evaluate
-from cagul.train import CagulMethod, CagulTrainer, Method
-from PIL import Image
+from cagul.config import MODES
+from cagul.evaluation.diagnostics import evaluate
+from cagul.methods import Method
+from cagul.methods.cagul import CagulMethod
+from cagul.training import CagulTrainer
+from cagul_demo import tiny_vlm as tv
+from cagul_demo.runner import weights_hash as vlm_hash
+from cagul_demo.tiny_vlm import FAMILIES
+from cagul_demo.tiny_vlm import tiny_cagul as build
 from safetensors.torch import load_file
-from test_framework import FAMILIES, MODES, build
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def vlm_hash(vlm: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(vlm.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def full_batch_metrics(method: CagulMethod, collate, data) -> dict[str, float]:
@@ -40,13 +36,13 @@ def full_batch_metrics(method: CagulMethod, collate, data) -> dict[str, float]:
 
 
 def test_training_unlearns_forget_set_keeps_retain_and_vlm():
-    vlm, model, collate, data = build(
+    vlm, model, collate, data, args = build(
         "llava", "input", steps=30, batch_size=8, lr=2e-2, encoder_rank=32, discriminator_hidden=32
     )
-    method = CagulMethod(model)
+    method = CagulMethod(model, args)
     before_hash = vlm_hash(vlm)
     before = full_batch_metrics(method, collate, data)
-    history = CagulTrainer(method, data, collate, model.config, progress=False).train()
+    history = CagulTrainer(method, data, collate, args, progress=False).train()
     after = full_batch_metrics(method, collate, data)
     assert vlm_hash(vlm) == before_hash  # every VLM weight bit-identical
     assert [r["step"] for r in history] == [10, 20, 30]
@@ -70,11 +66,11 @@ def test_training_unlearns_forget_set_keeps_retain_and_vlm():
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("mode", MODES)
 def test_both_modes_train_and_generate(family, mode):
-    vlm, model, collate, data = build(family, mode, steps=6, batch_size=8, lr=2e-2)
-    method = CagulMethod(model)
+    vlm, model, collate, data, args = build(family, mode, steps=6, batch_size=8, lr=2e-2)
+    method = CagulMethod(model, args)
     before_hash = vlm_hash(vlm)
     before = full_batch_metrics(method, collate, data)
-    CagulTrainer(method, data, collate, model.config, progress=False).train()
+    CagulTrainer(method, data, collate, args, progress=False).train()
     after = full_batch_metrics(method, collate, data)
     assert vlm_hash(vlm) == before_hash
     assert after["loss"] < before["loss"]
@@ -86,9 +82,11 @@ def test_both_modes_train_and_generate(family, mode):
 
 def test_bf16_autocast_training_runs():
     """autocast="bf16" (CPU here): the ops get bf16 activations, the modules stay fp32."""
-    vlm, model, collate, data = build("llava", "input", steps=2, batch_size=4, autocast="bf16")
+    vlm, model, collate, data, args = build(
+        "llava", "input", steps=2, batch_size=4, autocast="bf16"
+    )
     before_hash = vlm_hash(vlm)
-    trainer = CagulTrainer(CagulMethod(model), data, collate, model.config, progress=False)
+    trainer = CagulTrainer(CagulMethod(model, args), data, collate, args, progress=False)
     assert trainer.amp_dtype == torch.bfloat16
     history = trainer.train()
     assert math.isfinite(history[-1]["loss"]) and vlm_hash(vlm) == before_hash
@@ -96,9 +94,9 @@ def test_bf16_autocast_training_runs():
 
 
 def test_bf16_autocast_inline_mode():
-    _, model, collate, data = build("llava", "inline")
+    _, model, collate, data, args = build("llava", "inline")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, _ = CagulMethod(model)(collate(data[:4]))
+        loss, _ = CagulMethod(model, args)(collate(data[:4]))
     assert torch.isfinite(loss)
 
 
@@ -109,13 +107,15 @@ def _reference_row_nll(logits, labels):
     return ce.sum(1) / (labels != -100).sum(1)
 
 
-@pytest.mark.parametrize("forget_loss", ["idk", "ga", "npo"])
+@pytest.mark.parametrize("forget_loss", ["idk", "bounded_ga", "npo"])
 def test_losses_at_initialisation(forget_loss):
-    """Zero-init encoder = pass-through model: KL is 0, NPO is (2 / beta) log 2, GA and IdK
-    are functions of the wrapped model's NLL."""
-    vlm, model, collate, data = build("llava", forget_loss=forget_loss, npo_beta=0.5, ga_bound=6.0)
+    """Zero-init encoder = pass-through model: KL is 0, NPO is (2 / beta) log 2, bounded GA
+    and IdK are functions of the wrapped model's NLL."""
+    vlm, model, collate, data, args = build(
+        "llava", forget_loss=forget_loss, npo_beta=0.5, ascent_bound=6.0
+    )
     batch = collate(data[:3] + data[-3:])
-    _, metrics = CagulMethod(model)(batch)
+    _, metrics = CagulMethod(model, args)(batch)
     inputs = dict(batch["inputs"])
     labels = inputs.pop("labels")
     with torch.no_grad():
@@ -125,7 +125,7 @@ def test_losses_at_initialisation(forget_loss):
     assert metrics["forget_nll"] == pytest.approx(float(nll[forget].mean()), rel=1e-5)
     want = {
         "idk": float(nll[forget].mean()),
-        "ga": float(F.relu(6.0 - nll[forget]).mean()),
+        "bounded_ga": float(F.relu(6.0 - nll[forget]).mean()),
         "npo": 2.0 / 0.5 * math.log(2.0),
     }[forget_loss]
     assert metrics["forget_loss"] == pytest.approx(want, rel=1e-5)
@@ -133,14 +133,14 @@ def test_losses_at_initialisation(forget_loss):
 
 
 def _trained_state(tmp_path, name, steps, resume=False, eval_fn=None, **cfg):
-    _, model, collate, data = build(
+    _, model, collate, data, args = build(
         "llava", steps=steps, batch_size=2, grad_accum=2, lr=1e-2, encoder_rank=8, **cfg
     )
     trainer = CagulTrainer(
-        CagulMethod(model),
+        CagulMethod(model, args),
         data,
         collate,
-        model.config,
+        args,
         output_dir=str(tmp_path / name),
         progress=False,
         eval_fn=eval_fn,
@@ -172,6 +172,74 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     assert [r["step"] for r in log] == [3, 4]
 
 
+def test_checkpoints_hold_no_pickle_and_a_planted_pickle_is_never_run(tmp_path):
+    """Issue 15 item 1: optimizer / scheduler / RNG states are safetensors + JSON; a pickle
+    planted in a checkpoint (as the old training_state.pt) is never unpickled on resume."""
+    _trained_state(tmp_path, "p", steps=2, save_every=1)
+    checkpoint = tmp_path / "p" / "checkpoints" / "step-0000001"
+    names = sorted(os.listdir(checkpoint))
+    assert names == [
+        "trainable.safetensors",
+        "trainer_state.json",
+        "training_state.json",
+        "training_state.safetensors",
+    ]
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with open(checkpoint / "training_state.pt", "wb") as f:
+        pickle.dump(Exploit(), f)
+    _trained_state(tmp_path, "p", steps=2, resume=str(checkpoint))
+    assert not marker.exists()
+
+
+def test_resume_skips_a_checkpoint_killed_mid_write(tmp_path, capsys):
+    """Issue 15 item 8: a checkpoint is written to a temporary directory and renamed when
+    complete; a ``step-*`` directory missing files (a write killed in place) is skipped
+    and resume says which checkpoint it loads."""
+    straight, _ = _trained_state(tmp_path, "k", steps=2, save_every=1)
+    checkpoints = tmp_path / "k" / "checkpoints"
+    assert sorted(os.listdir(checkpoints)) == ["step-0000001", "step-0000002"]  # no temp dirs
+    (checkpoints / "step-0000002" / "trainer_state.json").unlink()  # killed mid-write
+    (checkpoints / ".step-0000003.tmp-x").mkdir()  # killed before its rename
+    with pytest.warns(UserWarning, match="skipping incomplete checkpoint"):
+        resumed, history = _trained_state(tmp_path, "k", steps=2, resume=True)
+    assert f"resuming from {checkpoints / 'step-0000001'}" in capsys.readouterr().out
+    assert [r["step"] for r in history] == [2]
+    for name, value in straight.items():
+        assert torch.equal(value, resumed[name]), name
+
+
+def test_save_pretrained_is_atomic(tmp_path, monkeypatch):
+    """Issue 15 item 8: a save that dies mid-write leaves the previous adapter loadable and
+    its other files (checkpoints, logs) in place."""
+    _vlm, model, _, _, _ = build("llava")
+    model.save_pretrained(tmp_path / "adapter")
+    (tmp_path / "adapter" / "log.jsonl").write_text("{}\n")
+    before = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+    with torch.no_grad():
+        model.encoder.w2.add_(1.0)
+
+    def dies(*args, **kwargs):
+        raise KeyboardInterrupt  # a kill during the weights' write
+
+    monkeypatch.setattr("cagul.model.save_file", dies)
+    with pytest.raises(KeyboardInterrupt):
+        model.save_pretrained(tmp_path / "adapter")
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["adapter"]  # no temporary directory left
+    loaded = CagulModel.from_pretrained(tv.llava()[0], tmp_path / "adapter")
+    for name, value in loaded.trainable_state_dict().items():
+        assert torch.equal(value, before[name]), name
+    model.save_pretrained(tmp_path / "adapter")  # a complete save replaces it
+    assert (tmp_path / "adapter" / "log.jsonl").read_text() == "{}\n"
+    loaded = CagulModel.from_pretrained(tv.llava()[0], tmp_path / "adapter")
+    assert torch.equal(loaded.encoder.w2, model.encoder.w2)
+
+
 def test_eval_hook_and_logging(tmp_path):
     calls = []
 
@@ -188,16 +256,18 @@ def test_eval_hook_and_logging(tmp_path):
 
 
 def test_trainer_bad_input():
-    _, model, collate, data = build("llava")
-    method = CagulMethod(model)
+    _, model, collate, data, args = build("llava")
+    method = CagulMethod(model, args)
     assert isinstance(method, Method)
     with pytest.raises(ValueError, match="dataset is empty"):
-        CagulTrainer(method, [], collate, model.config)
+        CagulTrainer(method, [], collate, args)
     with pytest.raises(TypeError, match="implementing Method"):
-        CagulTrainer(torch.nn.Linear(2, 2), data, collate, model.config)
+        CagulTrainer(torch.nn.Linear(2, 2), data, collate, args)
     with pytest.raises(TypeError, match="CagulModel"):
-        CagulMethod(model.vlm)
-    trainer = CagulTrainer(method, data, collate, model.config)
+        CagulMethod(model.vlm, args)
+    with pytest.raises(TypeError, match="UnlearningArguments"):
+        CagulTrainer(method, data, collate, model.config)
+    trainer = CagulTrainer(method, data, collate, args)
     with pytest.raises(FileNotFoundError, match="incomplete checkpoint"):
         trainer.load_checkpoint("/nonexistent")
 
@@ -214,7 +284,7 @@ def test_ddp_two_processes_end_with_identical_weights(tmp_path):
         "torch.distributed.run",
         "--nproc_per_node=2",
         "--standalone",
-        os.path.join(ROOT, "tests", "ddp_worker.py"),
+        os.path.join(ROOT, "tests", "framework", "ddp_worker.py"),
         str(tmp_path),
     ]
     env = {**_env(), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
@@ -242,24 +312,6 @@ def _cagul(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     if check:
         assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
-
-
-@pytest.fixture(scope="module")
-def cli_setup(tmp_path_factory):
-    """A tiny LLaVA checkpoint directory (model + processor) and a JSONL data set."""
-    root = tmp_path_factory.mktemp("cli")
-    vlm, processor = tv.llava()
-    vlm.save_pretrained(root / "model")
-    processor.save_pretrained(root / "model")
-    os.makedirs(root / "data" / "img")
-    with open(root / "data" / "train.jsonl", "w") as f:
-        for i, s in enumerate(tv.dataset(n_people=4, n_forget=2, poses=1)):
-            name = f"img/{i}.png"
-            Image.fromarray(s["image"].permute(1, 2, 0).numpy()).save(root / "data" / name)
-            f.write(json.dumps({**s, "image": name}) + "\n")
-    config = {"prompt_template": tv.LLAVA_TEMPLATE, "layer": 1, "encoder_rank": 8}
-    (root / "config.json").write_text(json.dumps(config))
-    return root
 
 
 def test_cli_train_generate_eval(cli_setup):

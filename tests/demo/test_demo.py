@@ -12,11 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from cagul.baselines import BASELINES
 from cagul.data import load_jsonl
-from cagul.data import synthetic as syn
-from cagul.demo import DemoConfig, run_demo, weights_hash
-from cagul.evaluate import (
+from cagul.data.benchmark import EVAL_SPLITS
+from cagul.evaluation.diagnostics import (
     METRICS,
     evaluate_splits,
     leaks,
@@ -25,8 +23,17 @@ from cagul.evaluate import (
     rouge_l,
     split_metrics,
 )
-from cagul.report import check_targets, dominating_baselines
-from cagul.toy_vlm import ToyVLMConfig, build_vlm, load_or_train, tokenizer_corpus, train_tokenizer
+from cagul_demo import synthetic as syn
+from cagul_demo.report import DEMO_BASELINES as BASELINES
+from cagul_demo.report import check_targets, dominating_baselines
+from cagul_demo.runner import DemoConfig, run_demo, weights_hash
+from cagul_demo.toy_vlm import (
+    ToyVLMConfig,
+    build_vlm,
+    load_or_train,
+    tokenizer_corpus,
+    train_tokenizer,
+)
 
 SMALL = syn.SyntheticConfig(
     n_people=10, n_strangers=2, train_poses=2, test_poses=1, templates=2, image_size=32
@@ -41,7 +48,7 @@ def bench_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bench(bench_dir):
-    return syn.load_benchmark(bench_dir)
+    return syn.load(bench_dir)
 
 
 # ---------------------------------------------------------------------- generator
@@ -142,7 +149,7 @@ def test_generate_reuses_and_errors(bench_dir, tmp_path):
 
 def test_jitter_views(bench):
     import numpy as np
-    from cagul.demo import Augmented
+    from cagul_demo.runner import Augmented
 
     samples = bench.samples("forget")[:2]
     views = Augmented(samples, seed=0)
@@ -243,14 +250,14 @@ def test_evaluate_splits_with_known_outputs(bench):
     tok = train_tokenizer(tokenizer_corpus(bench, PROMPT), 400)
     small = ToyVLMConfig(image_size=32, hidden=32, layers=1, heads=2, kv_heads=1)
     _, processor = build_vlm(small, tok)
-    config = CagulConfig(prompt_template=PROMPT, max_new_tokens=8)
+    config = CagulConfig(prompt_template=PROMPT)
     samples = [x for x in bench.samples("retain") if x["template"] == 0]
     mc = [x for x in samples if x["form"] == "mc"][:8]
     short = [x for x in samples if x["form"] == "short"][:4]
 
     def run(belief: str, sample: dict) -> dict:
         return evaluate_splits(_Oracle(tok, belief), {"s": [sample]}, processor, config,
-                               progress=False)["s"]  # fmt: skip
+                               max_new_tokens=8, progress=False)["s"]  # fmt: skip
 
     for x in mc:  # believes option 1: right exactly when the answer is option 1
         result = run(x["options"][1], x)
@@ -274,10 +281,10 @@ def _check_results(results: dict, models: set[str]) -> None:
     assert set(results["models"]) == models
     assert results["chance_mc_acc"] == 0.25
     for m in results["models"].values():
-        assert set(m) == {*syn.EVAL_SPLITS, "forget_quality", "model_utility", "retain_kl",
+        assert set(m) == {*EVAL_SPLITS, "forget_quality", "model_utility", "retain_kl",
                           "trainable_params", "train_seconds", "peak_memory_mb",
                           "base_weights_changed"}  # fmt: skip
-        for split in syn.EVAL_SPLITS:
+        for split in EVAL_SPLITS:
             assert set(m[split]) == set(METRICS)
             assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in m[split].values())
         assert isinstance(m["retain_kl"], float) and m["retain_kl"] >= 0.0
@@ -352,7 +359,7 @@ def test_demo_end_to_end(tmp_path):
                  "--output", str(tmp_path / "m.json"), "--no-progress"])  # fmt: skip
     assert code == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert set(metrics["splits"]) == set(syn.EVAL_SPLITS)
+    assert set(metrics["splits"]) == set(EVAL_SPLITS)
     assert all(set(v) == set(METRICS) for v in metrics["splits"].values())
 
 
@@ -360,7 +367,7 @@ def test_demo_end_to_end(tmp_path):
 def test_trained_model_reloads_from_its_output(bench, tmp_path, name):
     """What a worker process saves is what the parent loads (LoRA baseline and CAGUL)."""
     from cagul.data import VLMCollator
-    from cagul.demo import VANILLA_SPLITS, _load_trained, _train_one
+    from cagul_demo.runner import VANILLA_SPLITS, _load_trained, _train_one
 
     config = DemoConfig.tiny()
     config.set("baseline_lora_rank", 2)
@@ -408,8 +415,8 @@ def test_demo_config_baselines():
     config.set("baselines", ["kl"])
     assert config.baselines == ["kl"]
     config.set("baseline.lr", 5e-4)
-    assert config.baseline_config().lr == 5e-4
-    assert config.baseline_config().steps == config.cagul_config().steps  # same step budget
+    assert config.baseline_arguments().lr == 5e-4
+    assert config.baseline_arguments().steps == config.cagul_arguments().steps  # same budget
     assert config.to_dict()["baseline"]["lr"] == 5e-4
     with pytest.raises(ValueError, match="baselines must be"):
         config.set("baselines", "ga,forgetful")
@@ -448,14 +455,15 @@ def test_cache_key_and_weights_hash(bench, tmp_path):
 def test_per_sample_forget_loss():
     """A sample's ``forget_loss`` overrides the config's: its target (refusal for idk, the
     answer otherwise) and its loss; a mixed batch's forget loss is the mean of both."""
-    import tiny_vlm as tv
-    from cagul import CagulConfig, CagulMethod, CagulModel
-    from cagul.data import VLMCollator, validate_sample
+    from cagul import CagulConfig, CagulMethod, CagulModel, UnlearningArguments
+    from cagul.data import validate_sample
+    from cagul_demo import tiny_vlm as tv
 
     vlm, processor = tv.llava()
     config = CagulConfig(prompt_template=tv.LLAVA_TEMPLATE, layer=1, encoder_rank=8)
-    method = CagulMethod(CagulModel(vlm, config))
-    collate = VLMCollator(processor, method.config)
+    args = UnlearningArguments()
+    method = CagulMethod(CagulModel(vlm, config), args)
+    collate = method.collator(processor)
     samples = tv.dataset(n_people=2, n_forget=2, poses=1)  # 4 forget samples
     idk = [{**s, "forget_loss": "idk"} for s in samples[:2]]
     npo = [{**s, "forget_loss": "npo"} for s in samples[2:]]
@@ -465,12 +473,12 @@ def test_per_sample_forget_loss():
     targets = [tok.decode(ids[lab != -100], skip_special_tokens=True).strip()
                for ids, lab in zip(batch["inputs"]["input_ids"], batch["inputs"]["labels"],
                                    strict=True)]  # fmt: skip
-    assert targets == [config.refusal] * 2 + [s["answer"] for s in samples[2:]]
+    assert targets == [args.refusal] * 2 + [s["answer"] for s in samples[2:]]
     with torch.no_grad():
         mixed = method(batch)[1]["forget_loss"]
         only_idk = method(collate(idk))[1]["forget_loss"]
         only_npo = method(collate(npo))[1]["forget_loss"]
-    assert only_npo == pytest.approx(2.0 / config.npo_beta * math.log(2.0), rel=1e-5)  # at init
+    assert only_npo == pytest.approx(2.0 / args.npo_beta * math.log(2.0), rel=1e-5)  # at init
     assert mixed == pytest.approx((only_idk + only_npo) / 2, rel=1e-5)
     with pytest.raises(ValueError, match="forget_loss must be one of"):
         validate_sample({**samples[0], "forget_loss": "kl"})

@@ -8,10 +8,10 @@ from __future__ import annotations
 import collections
 
 import pytest
-import tiny_vlm as tv
 import torch
 from cagul import CagulConfig, CagulModel
 from cagul.data import VLMCollator
+from cagul_demo import tiny_vlm as tv
 
 FAMILIES = {
     "llava": (tv.llava, tv.LLAVA_TEMPLATE, (16, 16, 16)),

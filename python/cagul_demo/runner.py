@@ -31,19 +31,23 @@ from typing import Any
 
 import numpy as np
 import torch
+from cagul.config import CagulConfig
+from cagul.data.benchmark import EVAL_SPLITS, Benchmark
+from cagul.evaluation.diagnostics import evaluate_splits
+from cagul.evaluation.synthetic import judge_models, judging_inputs
+from cagul.methods import baseline_names, get_method
+from cagul.methods.cagul import CagulMethod
+from cagul.methods.finetune import load_finetuned, lora_config
+from cagul.model import CagulModel
+from cagul.training import CagulTrainer, UnlearningArguments, seed_everything
+from cagul.training.arguments import FORGET_LOSSES, parse_settings
 
 from cagul_kernels.memory import PeakMemory, mib
 
-from .baselines import BASELINES, UnlearningBaseline, load_finetuned, lora_config
-from .config import FORGET_LOSSES, CagulConfig
-from .data import VLMCollator
-from .data.synthetic import EVAL_SPLITS, Benchmark, SyntheticConfig, jitter
-from .data.synthetic import generate as generate_benchmark
-from .evaluate import evaluate_splits
-from .evaluation.synthetic import judge_models, judging_inputs
-from .model import CagulModel
+from .report import DEMO_BASELINES
+from .synthetic import SyntheticConfig, jitter
+from .synthetic import generate as generate_benchmark
 from .toy_vlm import ToyVLMConfig, load_or_train
-from .train import CagulMethod, CagulTrainer, seed_everything
 
 VANILLA_SPLITS = ("forget", "retain", "strangers")
 RETAIN_ONLY_SPLITS = ("retain", "strangers")
@@ -60,12 +64,11 @@ DEMO_CAGUL = dict(
     lr_schedule="cosine",
     autocast="none",
     log_every=50,
-    max_new_tokens=8,
     # transform when P(forget) >= 0.9: on the training images every forget image scores
     # >= 0.98 while 3.7% of the retain images score >= 0.5 but only 0.5% >= 0.9
     gate_threshold=0.9,
 )
-# CagulConfig overrides of the finetuning baselines (the rest is DEMO_CAGUL's schedule)
+# UnlearningArguments overrides of the finetuning baselines (the rest is DEMO_CAGUL's)
 DEMO_BASELINE = dict(lr=1e-4, retain_weight=1.0, npo_beta=0.1)
 
 
@@ -74,20 +77,23 @@ class DemoConfig:
     """Everything ``cagul demo`` does.
 
     data / model / cagul: the benchmark, the toy VLM (architecture + training) and CAGUL
-    (``CagulConfig`` fields; defaults in ``DEMO_CAGUL``). forget_losses: the forget loss
+    (``CagulConfig`` and ``UnlearningArguments`` fields; defaults in ``DEMO_CAGUL``).
+    forget_losses: the forget loss
     of the forget samples per question form (default: short answers learn the refusal,
     ``"idk"``; multiple-choice questions push the true option down, ``"npo"``);
     cagul_retain_ratio: retain samples per forget sample in CAGUL's training set;
     cagul_augment: CAGUL trains on randomly re-posed views of its images
     (:func:`cagul.data.synthetic.jitter`), which helps the discriminator and the encoder
     on unseen poses.
-    baselines: the finetuning baselines to run (:data:`cagul.baselines.BASELINES`; each on
-    a copy of the vanilla model, with CAGUL's training samples and schedule);
-    baseline: their ``CagulConfig`` overrides (default ``DEMO_BASELINE``: lr, retain
+    baselines: the finetuning baselines to run (default :data:`DEMO_BASELINES`, any of
+    :func:`cagul.methods.baseline_names`; each on a copy of the vanilla model, with CAGUL's
+    training samples and schedule);
+    baseline: their ``UnlearningArguments`` overrides (default ``DEMO_BASELINE``: lr, retain
     weight, NPO beta); baseline_lora_rank: 0 = finetune every language-model weight, else
     LoRA adapters of that rank.
     eval_samples: questions per split and form that are evaluated (a fixed random subset;
-    0 = all). retain_only: also train (or load) and evaluate the retain-only model.
+    0 = all); max_new_tokens: the length of the generated answers. retain_only: also
+    train (or load) and evaluate the retain-only model.
     """
 
     data: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
@@ -98,32 +104,47 @@ class DemoConfig:
     )
     cagul_retain_ratio: float = 1.0
     cagul_augment: bool = True
-    baselines: list[str] = dataclasses.field(default_factory=lambda: list(BASELINES))
+    baselines: list[str] = dataclasses.field(default_factory=lambda: list(DEMO_BASELINES))
     baseline: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(DEMO_BASELINE))
     baseline_lora_rank: int = 0
     eval_samples: int = 360
+    max_new_tokens: int = 8
     retain_only: bool = True
     seed: int = 0
 
-    def cagul_config(self) -> CagulConfig:
-        return CagulConfig(**{**DEMO_CAGUL, "seed": self.seed, **self.cagul})
+    def _cagul_settings(self) -> tuple[CagulConfig, UnlearningArguments]:
+        """``DEMO_CAGUL`` + ``seed`` + ``cagul`` as ``(CagulConfig, UnlearningArguments)``."""
+        try:
+            return parse_settings({**DEMO_CAGUL, "seed": self.seed, **self.cagul})
+        except ValueError as e:
+            raise ValueError(f"demo config: cagul: {e}") from None
 
-    def baseline_config(self) -> CagulConfig:
+    def cagul_config(self) -> CagulConfig:
+        """What CAGUL's adapter is."""
+        return self._cagul_settings()[0]
+
+    def cagul_arguments(self) -> UnlearningArguments:
+        """How CAGUL trains."""
+        return self._cagul_settings()[1]
+
+    def baseline_arguments(self) -> UnlearningArguments:
         """CAGUL's schedule with the ``baseline`` overrides."""
-        return self.cagul_config().replace(**self.baseline)
+        return self.cagul_arguments().replace(**self.baseline)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "data": self.data.to_dict(),
             "model": self.model.to_dict(),
             "cagul": self.cagul_config().to_dict(),
+            "cagul_arguments": self.cagul_arguments().to_dict(),
             "forget_losses": dict(self.forget_losses),
             "cagul_retain_ratio": self.cagul_retain_ratio,
             "cagul_augment": self.cagul_augment,
             "baselines": list(self.baselines),
-            "baseline": self.baseline_config().to_dict(),
+            "baseline": self.baseline_arguments().to_dict(),
             "baseline_lora_rank": self.baseline_lora_rank,
             "eval_samples": self.eval_samples,
+            "max_new_tokens": self.max_new_tokens,
             "retain_only": self.retain_only,
             "seed": self.seed,
         }
@@ -135,15 +156,16 @@ class DemoConfig:
         if field and section == "cagul":
             self.cagul = {**self.cagul, field: value}
             self.cagul_config()  # validates
+            self.cagul_arguments()
         elif field and section == "baseline":
             self.baseline = {**self.baseline, field: value}
-            self.baseline_config()  # validates
+            self.baseline_arguments()  # validates
         elif not field and key == "baselines":
             names = value.split(",") if isinstance(value, str) else value
-            if not isinstance(names, list) or not set(names) <= {"", *BASELINES}:
+            if not isinstance(names, list) or not set(names) <= {"", *baseline_names()}:
                 raise ValueError(
                     f"demo config: baselines must be a list or comma-separated names from "
-                    f"{BASELINES} (empty: none), got {value!r}"
+                    f"{baseline_names()} (empty: none), got {value!r}"
                 )
             self.baselines = [n for n in names if n]
         elif not field and key == "baseline_lora_rank":
@@ -165,6 +187,7 @@ class DemoConfig:
             "cagul_retain_ratio",
             "cagul_augment",
             "eval_samples",
+            "max_new_tokens",
             "retain_only",
             "seed",
         }:
@@ -263,7 +286,9 @@ def training_samples(bench: Benchmark, config: DemoConfig) -> Sequence[dict]:
     return Augmented(samples, config.seed) if config.cagul_augment else samples
 
 
-def _train(make_method, samples, collator_of, config: CagulConfig, output_dir: str, progress):
+def _train(
+    make_method, samples, collator_of, config: UnlearningArguments, output_dir: str, progress
+):
     """``(method, info)``: ``make_method()`` trained by ``CagulTrainer`` into ``output_dir``
     (emptied first); ``info``: ``train_seconds`` and ``peak_memory_mb`` (building the
     method, e.g. a reference copy, and training)."""
@@ -288,12 +313,12 @@ def _train(make_method, samples, collator_of, config: CagulConfig, output_dir: s
 def train_cagul(vlm, processor, samples, config: DemoConfig, output_dir: str, *, progress: bool):
     """``(CagulModel, info)``: CAGUL trained on ``samples``; the adapter goes to
     ``output_dir``. ``info``: ``train_seconds``, ``peak_memory_mb``, ``trainable_params``."""
-    cfg = config.cagul_config()
+    cfg, args = config.cagul_config(), config.cagul_arguments()
     method, info = _train(
-        lambda: CagulMethod(CagulModel(vlm, cfg)),
+        lambda: CagulMethod(CagulModel(vlm, cfg), args),
         samples,
-        lambda m: VLMCollator(processor, m.config),
-        cfg,
+        lambda m: m.collator(processor),
+        args,
         output_dir,
         progress,
     )
@@ -307,14 +332,15 @@ def train_baseline(
 ):
     """``(finetuned VLM, info)``: the baseline ``name`` trained on a copy of ``vlm`` (the
     finetuned model + processor, or the LoRA adapter, go to ``output_dir``)."""
-    cfg = config.baseline_config()
+    args, template = config.baseline_arguments(), config.cagul_config().prompt_template
     rank = config.baseline_lora_rank
     working = copy.deepcopy(vlm)  # the model being unlearned (not counted in the memory)
+    lora = lora_config(rank) if rank else None
     method, info = _train(
-        lambda: UnlearningBaseline(working, name, cfg, lora_config(rank) if rank else None),
+        lambda: get_method(name)(working, args, lora, prompt_template=template),
         samples,
         lambda m: m.collator(processor),
-        cfg,
+        args,
         output_dir,
         progress,
     )
@@ -420,6 +446,8 @@ def _evaluate(name: str, model, vanilla, processor, splits, config: DemoConfig, 
         processor,
         cagul_config,
         reference=None if name == "vanilla" else vanilla,
+        max_new_tokens=config.max_new_tokens,
+        refusal=config.cagul_arguments().refusal,
         progress=progress,
         desc=f"eval {name}",
     )
@@ -631,7 +659,16 @@ def run_demo(
         "eval_questions": {s: len(v) for s, v in splits.items()},
     }
     timings["total_before_report"] = round(time.perf_counter() - start, 2)
-    write_outputs(results, output_dir, cagul, processor, splits, cfg, timings=timings, log=log)
+    write_outputs(
+        results,
+        output_dir,
+        cagul,
+        processor,
+        splits,
+        config.max_new_tokens,
+        timings=timings,
+        log=log,
+    )
     phase("report", t0)
     timings["total"] = round(time.perf_counter() - start, 2)
     results["timings"] = timings

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from helpers import make_index
+from cagul_demo.toy_vlm import llava_config
 from transformers import (
     AttentionInterface,
     CLIPVisionConfig,
@@ -79,13 +79,33 @@ def _images(n: int, *shape) -> torch.Tensor:
     return torch.randn(n, *shape, generator=torch.Generator().manual_seed(n))
 
 
-def _llava() -> Family:
-    config = LlavaConfig(
-        text_config=LlamaConfig(**TEXT),
-        vision_config=CLIPVisionConfig(**VISION),
+def _tiny_llava_config(attn_implementation: str | None = None, **text):
+    """The shared toy-LLaVA config (:func:`cagul_demo.toy_vlm.llava_config`) at this file's
+    sizes; ``text``: more ``LlamaConfig`` fields."""
+    return llava_config(
+        attn_implementation=attn_implementation,
+        vocab_size=TEXT["vocab_size"],
         image_token_id=IMG,
+        hidden=TEXT["hidden_size"],
+        layers=TEXT["num_hidden_layers"],
+        heads=TEXT["num_attention_heads"],
+        kv_heads=TEXT["num_key_value_heads"],
+        intermediate=TEXT["intermediate_size"],
+        vision_hidden=VISION["hidden_size"],
+        vision_layers=VISION["num_hidden_layers"],
+        vision_heads=VISION["num_attention_heads"],
+        image_size=VISION["image_size"],
+        patch_size=VISION["patch_size"],
+        max_positions=TEXT["max_position_embeddings"],
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        **text,
     )
-    model = LlavaForConditionalGeneration(config)
+
+
+def _llava() -> Family:
+    model = LlavaForConditionalGeneration(_tiny_llava_config())
     n = (VISION["image_size"] // VISION["patch_size"]) ** 2
     return Family(
         model, [n] * 2, lambda kinds: {"pixel_values": _images(sum(map(len, kinds)), 3, 16, 16)}
@@ -274,11 +294,7 @@ def test_registered_and_idempotent():
 
 
 def test_config_attn_implementation():
-    config = LlavaConfig(
-        text_config=LlamaConfig(**TEXT),
-        vision_config=CLIPVisionConfig(**VISION),
-        attn_implementation="cagul",
-    )
+    config = _tiny_llava_config(attn_implementation="cagul")
     model = LlavaForConditionalGeneration(config)
     assert model.config._attn_implementation == "cagul"
     assert model.config.text_config._attn_implementation == "cagul"
@@ -461,6 +477,12 @@ IDS = torch.tensor(
     ]
 )
 MASK = torch.tensor([[1] * 15 + [0], [0] * 3 + [1] * 13, [1] * 5 + [0] * 11])
+
+
+def make_index(rows: list[list[int]]) -> torch.Tensor:
+    """Ragged position lists -> ``[B, N]`` int64 index padded with -1."""
+    rows = [torch.tensor(r, dtype=torch.int64) for r in rows]
+    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=-1)
 
 
 def test_visual_token_index():

@@ -9,13 +9,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from cagul.data import VLMCollator
+from cagul.data.benchmark import EVAL_SPLITS
+from cagul.evaluation.diagnostics import METRICS, generate_answers
+from cagul.methods import baseline_names
+from cagul.model import CagulModel
 
-from .baselines import BASELINES
-from .config import CagulConfig
-from .data import VLMCollator
-from .data.synthetic import EVAL_SPLITS
-from .evaluate import METRICS, generate_answers
-from .model import CagulModel
+# the baselines the demo runs by default, in its order (the plots' colours and markers)
+DEMO_BASELINES = ("ga", "graddiff", "kl", "npo", "idk")
 
 
 def _fmt(value: Any) -> str:
@@ -113,7 +114,7 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
         share = c["trainable_params"] / results["config"]["vlm_params"]
         add("cagul trainable params <= 2% of the VLM's (share)", share, share <= 0.02)
-    if "cagul" in models and set(models) & set(BASELINES):
+    if "cagul" in models and set(models) & set(baseline_names()):
         dominating = dominating_baselines(results)
         add(
             "no baseline dominates cagul (higher forget quality and higher model utility)",
@@ -136,8 +137,8 @@ def dominating_baselines(results: dict[str, Any]) -> list[str]:
     cagul = scores("cagul")
     return [
         name
-        for name in BASELINES
-        if name in models
+        for name in models
+        if name in baseline_names()
         and cagul is not None
         and (theirs := scores(name)) is not None
         and theirs[0] > cagul[0]
@@ -164,7 +165,7 @@ MODEL_COLOURS = {
     "cagul": "tab:red",
     **dict(
         zip(
-            BASELINES,
+            DEMO_BASELINES,
             ("tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:olive"),
             strict=True,
         )
@@ -210,7 +211,7 @@ MODEL_STYLES = {
     "vanilla": ("*", 280),
     "retain_only": ("*", 280),
     "cagul": ("o", 160),
-    **{name: (marker, 80) for name, marker in zip(BASELINES, "vsD^P", strict=True)},
+    **{name: (marker, 80) for name, marker in zip(DEMO_BASELINES, "vsD^P", strict=True)},
 }
 
 
@@ -304,10 +305,12 @@ def plot_sweep(sweep: dict[str, Any], path: str) -> None:
 
 @torch.no_grad()
 def plot_importance(
-    model: CagulModel, processor: Any, sample: dict, config: CagulConfig, path: str
+    model: CagulModel, processor: Any, sample: dict, max_new_tokens: int, path: str
 ) -> dict[str, Any]:
     """The sample's image, its visual-token importance at layer L as a heatmap, the tokens
-    CAGUL selects outlined, and the vanilla / CAGUL answers. Returns those answers."""
+    CAGUL selects outlined, and the vanilla / CAGUL answers (at most ``max_new_tokens``).
+    Returns those answers."""
+    config = model.config
     import matplotlib
 
     matplotlib.use("Agg")
@@ -329,7 +332,7 @@ def plot_importance(
     for name, gate in (("vanilla", False), ("cagul", None)):
         forced = None if gate is None else torch.tensor([gate], device=device)
         out = model.generate(
-            **inputs, forget_gate=forced, max_new_tokens=config.max_new_tokens, do_sample=False
+            **inputs, forget_gate=forced, max_new_tokens=max_new_tokens, do_sample=False
         )
         new = out[0, inputs["input_ids"].shape[1] :]
         answers[name] = processor.tokenizer.decode(new, skip_special_tokens=True).strip()
@@ -373,7 +376,7 @@ def write_outputs(
     cagul: CagulModel,
     processor: Any,
     splits: dict[str, list[dict]],
-    config: CagulConfig,
+    max_new_tokens: int,
     *,
     timings: dict[str, float] | None = None,
     log: Callable[[str], None] = print,
@@ -386,9 +389,13 @@ def write_outputs(
     plot_tradeoff_mc_acc(results, os.path.join(output_dir, "tradeoff_mc_acc.png"))
     forget_short = [s for s in splits["forget"] if s.get("form", "short") == "short"]
     example = plot_importance(
-        cagul, processor, forget_short[0], config, os.path.join(output_dir, "importance.png")
+        cagul,
+        processor,
+        forget_short[0],
+        max_new_tokens,
+        os.path.join(output_dir, "importance.png"),
     )
-    examples = _examples(cagul, processor, splits, config)
+    examples = _examples(cagul, processor, splits, max_new_tokens)
     chance = results["chance_mc_acc"]
     lines = [
         "# CAGUL demo report",
@@ -437,16 +444,16 @@ def write_outputs(
         f.write("\n".join(lines))
 
 
-def _examples(model: CagulModel, processor: Any, splits: dict, config: CagulConfig):
-    collator = VLMCollator(processor, config, target="answer")
+def _examples(model: CagulModel, processor: Any, splits: dict, max_new_tokens: int):
+    collator = VLMCollator(processor, model.config, target="answer")
     rows = []
     for split, n in (("forget", 4), ("forget_test", 2), ("retain", 2), ("retain_test", 2)):
         short = [s for s in splits[split] if s.get("form", "short") == "short"]
         chosen = short[:: max(1, len(short) // n)][:n]  # spread over people and facts
         vanilla = generate_answers(
-            model.vlm, chosen, collator, max_new_tokens=config.max_new_tokens
+            model.vlm, chosen, collator, max_new_tokens=max_new_tokens
         )
-        cagul = generate_answers(model, chosen, collator, max_new_tokens=config.max_new_tokens)
+        cagul = generate_answers(model, chosen, collator, max_new_tokens=max_new_tokens)
         rows += [
             [split, s["question"], s["answer"], v, c]
             for s, v, c in zip(chosen, vanilla, cagul, strict=True)

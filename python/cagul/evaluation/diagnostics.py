@@ -23,29 +23,35 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .config import CagulConfig
-from .data import VLMCollator
-from .losses import answer_log_probs, answer_nll, per_row_mean, token_kl
-from .model import CagulModel
-from .train import to_device
+from ..config import CagulConfig
+from ..data import VLMCollator
+from ..losses import answer_log_probs, answer_nll, per_row_mean, token_kl
+from ..model import CagulModel
+from ..training.arguments import REFUSAL
+from ..training.trainer import to_device
 
 METRICS = ("mc_acc", "leak_rate", "rougeL", "refusal_rate")
 
 
 @torch.no_grad()
 def evaluate(
-    model: CagulModel, samples: Sequence[dict], processor: Any, *, batch_size: int = 8
+    model: CagulModel,
+    samples: Sequence[dict],
+    processor: Any,
+    *,
+    batch_size: int = 8,
+    refusal: str = REFUSAL,
 ) -> dict[str, float]:
     """Per split (``forget`` / ``retain``): the discriminator's accuracy and gate rate, the
     mean per-token NLL of the true answer through the plain VLM (``*_answer_nll_base``) and
     through CAGUL with the discriminator's gate (``*_answer_nll``), and on the forget split
-    the NLL of the refusal through CAGUL (``forget_refusal_nll``)."""
+    the NLL of ``refusal`` through CAGUL (``forget_refusal_nll``)."""
     if not samples:
         raise ValueError("evaluate: no samples")
     device = model.encoder.w1.device
     collators = {
         "answer": VLMCollator(processor, model.config, target="answer"),
-        "refusal": VLMCollator(processor, model.config, target="refusal"),
+        "refusal": VLMCollator(processor, model.config, target="refusal", refusal=refusal),
     }
     rows: dict[str, list[torch.Tensor]] = {}
 
@@ -266,7 +272,8 @@ def evaluate_splits(
     *,
     reference=None,
     kl_split: str = "retain",
-    max_new_tokens: int | None = None,
+    max_new_tokens: int = 32,
+    refusal: str = REFUSAL,
     batch_size: int = 32,
     progress: bool = True,
     desc: str = "eval",
@@ -274,12 +281,12 @@ def evaluate_splits(
     """``{split: {mc_acc, leak_rate, rougeL, refusal_rate}, "retain_kl": float}`` of
     ``model`` (a transformers VLM or a ``CagulModel``) on ``splits``.
 
-    ``config`` gives the prompt template and the refusal; ``reference`` (e.g. the vanilla
-    VLM) enables ``retain_kl`` on the short-answer samples of ``splits[kl_split]``.
-    ``max_new_tokens`` defaults to ``config.max_new_tokens``.
+    ``config`` gives the prompt template; ``refusal`` is what counts as refusing;
+    ``reference`` (e.g. the vanilla VLM) enables ``retain_kl`` on the short-answer samples
+    of ``splits[kl_split]``; answers are generated with at most ``max_new_tokens``.
     """
     collator = VLMCollator(processor, config, target="answer")
-    max_new = max_new_tokens or config.max_new_tokens
+    max_new = max_new_tokens
     parts = {name: (mc_samples(s), short_samples(s)) for name, s in splits.items()}
     total = sum(4 * len(mc) + len(short) for mc, short in parts.values())
     was_training = model.training
@@ -296,7 +303,7 @@ def evaluate_splits(
                     model, short, collator, max_new_tokens=max_new, batch_size=batch_size, bar=bar
                 )
                 answers = [s["answer"] for s in short]
-                result[name] = split_metrics(correct, generations, answers, config.refusal)
+                result[name] = split_metrics(correct, generations, answers, refusal)
         if reference is not None and kl_split in splits:
             kl = answer_kl(model, reference, parts[kl_split][1], collator, batch_size=batch_size)
             result["retain_kl"] = kl if math.isfinite(kl) else None

@@ -13,12 +13,12 @@ import struct
 import zlib
 
 import pytest
-import tiny_vlm as tv
 from cagul import metrics
 from cagul.cli import main
 from cagul.data import detect_format, load_dataset, load_fiubench, load_mllmu
 from cagul.data._records import EncodedImage
 from cagul.data.mllmu import CLOZE_INSTRUCTION, TASKS
+from cagul_demo import tiny_vlm as tv
 from PIL import Image
 
 # ---------------------------------------------------------------------- fixtures
@@ -771,7 +771,7 @@ def test_protocol_mllmu(model_dir, mllmu_dir, tmp_path, capsys):
 
 
 def test_protocol_synthetic(model_dir, tmp_path, capsys):
-    from cagul.data.synthetic import ANSWER_SENTENCES, SyntheticConfig, write
+    from cagul_demo.synthetic import ANSWER_SENTENCES, SyntheticConfig, write
 
     config = SyntheticConfig(
         n_people=4, forget_fraction=0.25, n_strangers=0, train_poses=1, test_poses=1,

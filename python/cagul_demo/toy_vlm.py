@@ -4,13 +4,15 @@
 - :func:`train_tokenizer`: byte-level BPE trained with ``tokenizers`` on the benchmark's
   questions and answers plus the prompt template and the refusal, wrapped as a
   ``PreTrainedTokenizerFast`` (``<pad>``, ``<s>``, ``</s>``, ``<image>`` special tokens).
-- :func:`build_vlm`: ``LlavaForConditionalGeneration`` from :class:`ToyVLMConfig` (a
-  CLIP vision tower, the LLaVA MLP projector, a Llama decoder) + its ``LlavaProcessor``.
+- :func:`llava_config`: the one toy-LLaVA builder of the project (demo, tests,
+  benchmarks); :func:`build_vlm`: ``LlavaForConditionalGeneration`` from
+  :class:`ToyVLMConfig` (a CLIP vision tower, the LLaVA MLP projector, a Llama decoder) +
+  its ``LlavaProcessor``.
 - :func:`train_vlm`: two stages, like a LLaVA built on a pretrained vision encoder:
   (1) :func:`pretrain_vision`: the vision tower + projector learn to tell the people
   apart (person-id classification of the mean projected visual token, a linear head that
-  is then dropped); (2) :class:`FinetuneMethod`: supervised training of every VLM weight
-  on the questions (a :class:`cagul.train.Method`, run by :class:`cagul.train.CagulTrainer`).
+  is then dropped); (2) :class:`SupervisedMethod`: supervised training of every VLM weight
+  on the questions (a :class:`cagul.methods.Method`, run by :class:`cagul.training.CagulTrainer`).
 - :func:`load_or_train`: trains on the given splits until the facts are memorised, or
   loads the model saved under ``cache_dir/<name>-<key>`` where ``key`` hashes the model
   config, the benchmark config and the splits.
@@ -27,13 +29,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from cagul.config import CagulConfig
+from cagul.data import VLMCollator
+from cagul.data.benchmark import REFUSAL, Benchmark
+from cagul.training.arguments import UnlearningArguments
 from torch import nn
 
 from cagul_kernels.memory import PeakMemory, mib
-
-from .config import CagulConfig
-from .data import VLMCollator
-from .data.synthetic import REFUSAL, Benchmark
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<image>")
 IMAGE_TOKEN = "<image>"
@@ -121,53 +123,102 @@ def tokenizer_corpus(benchmark: Benchmark, prompt_template: str) -> list[str]:
     return [*texts, REFUSAL]
 
 
-def build_vlm(config: ToyVLMConfig, tokenizer):
-    """``(model, processor)``: a randomly initialised ``LlavaForConditionalGeneration``
-    and the ``LlavaProcessor`` for it (seeded with ``config.seed``)."""
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+def llava_config(
+    *,
+    vocab_size: int,
+    image_token_id: int,
+    hidden: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    intermediate: int,
+    vision_hidden: int,
+    vision_layers: int,
+    vision_heads: int,
+    image_size: int,
+    patch_size: int,
+    max_positions: int = 256,
+    attn_implementation: str | None = None,
+    **text: Any,
+):
+    """The ``LlavaConfig`` of every toy LLaVA in the project (the demo's vanilla model, the
+    tests' tiny VLMs, the benchmarks): a CLIP vision tower (``vision_hidden``,
+    ``vision_layers``, ``vision_heads``; ``(image_size / patch_size) ** 2`` visual tokens
+    per image, CLS dropped), the LLaVA projector and a Llama decoder (``hidden``,
+    ``layers``, ``heads``, ``kv_heads``, ``intermediate``). ``attn_implementation``: for
+    every sub-model; ``text``: more ``LlamaConfig`` fields (token ids, ``initializer_range``,
+    ``attention_dropout``, ...)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
-    if config.image_size % config.patch_size:
-        raise ValueError("ToyVLMConfig: image_size must be a multiple of patch_size")
-    vocab = tokenizer.get_vocab()
-    torch.manual_seed(config.seed)
-    vlm_config = LlavaConfig(
+    if image_size % patch_size:
+        raise ValueError(
+            f"llava_config: image_size ({image_size}) must be a multiple of patch_size "
+            f"({patch_size})"
+        )
+    return LlavaConfig(
         vision_config=CLIPVisionConfig(
-            hidden_size=config.vision_hidden,
-            intermediate_size=2 * config.vision_hidden,
-            num_hidden_layers=config.vision_layers,
-            num_attention_heads=config.vision_heads,
-            image_size=config.image_size,
-            patch_size=config.patch_size,
+            hidden_size=vision_hidden,
+            intermediate_size=2 * vision_hidden,
+            num_hidden_layers=vision_layers,
+            num_attention_heads=vision_heads,
+            image_size=image_size,
+            patch_size=patch_size,
         ),
         text_config=LlamaConfig(
-            vocab_size=len(vocab),
-            hidden_size=config.hidden,
-            intermediate_size=config.intermediate,
-            num_hidden_layers=config.layers,
-            num_attention_heads=config.heads,
-            num_key_value_heads=config.kv_heads,
-            max_position_embeddings=256,
-            pad_token_id=vocab["<pad>"],
-            bos_token_id=vocab["<s>"],
-            eos_token_id=vocab["</s>"],
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=intermediate,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            max_position_embeddings=max_positions,
+            **text,
         ),
-        image_token_id=vocab[IMAGE_TOKEN],
+        image_token_id=image_token_id,
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
+        attn_implementation=attn_implementation,
+    )
+
+
+def build_vlm(
+    config: ToyVLMConfig, tokenizer, *, initializer_range: float = 0.02, convert_rgb: bool = True
+):
+    """``(model, processor)``: a randomly initialised ``LlavaForConditionalGeneration``
+    (:func:`llava_config` from ``config``, text weights drawn with std
+    ``initializer_range``, seeded with ``config.seed``) and the ``LlavaProcessor`` for it
+    (``convert_rgb=False`` for images given as ``[3, H, W]`` tensors)."""
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    vocab = tokenizer.get_vocab()
+    torch.manual_seed(config.seed)
+    vlm_config = llava_config(
+        vocab_size=len(vocab),
+        image_token_id=vocab[IMAGE_TOKEN],
+        hidden=config.hidden,
+        layers=config.layers,
+        heads=config.heads,
+        kv_heads=config.kv_heads,
+        intermediate=config.intermediate,
+        vision_hidden=config.vision_hidden,
+        vision_layers=config.vision_layers,
+        vision_heads=config.vision_heads,
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+        pad_token_id=vocab["<pad>"],
+        bos_token_id=vocab["<s>"],
+        eos_token_id=vocab["</s>"],
+        initializer_range=initializer_range,
     )
     model = LlavaForConditionalGeneration(vlm_config)
     model.generation_config.pad_token_id = vocab["<pad>"]
     model.generation_config.eos_token_id = vocab["</s>"]
     size = config.image_size
     images = CLIPImageProcessorPil(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        do_convert_rgb=convert_rgb,
     )
     processor = LlavaProcessor(
         image_processor=images,
@@ -179,9 +230,9 @@ def build_vlm(config: ToyVLMConfig, tokenizer):
     return model.eval(), processor
 
 
-class FinetuneMethod(nn.Module):
+class SupervisedMethod(nn.Module):
     """Supervised training of all of a VLM's weights: mean NLL of the target tokens of a
-    ``VLMCollator`` batch (a :class:`cagul.train.Method`)."""
+    ``VLMCollator`` batch (a :class:`cagul.methods.Method`)."""
 
     def __init__(self, vlm: nn.Module):
         super().__init__()
@@ -241,9 +292,9 @@ def pretrain_vision(
     return losses
 
 
-def training_config(config: ToyVLMConfig, prompt_template: str) -> CagulConfig:
+def training_config(config: ToyVLMConfig) -> UnlearningArguments:
     """The ``CagulTrainer`` schedule for training the toy VLM."""
-    return CagulConfig(
+    return UnlearningArguments(
         steps=config.steps,
         batch_size=config.batch_size,
         lr=config.lr,
@@ -253,7 +304,6 @@ def training_config(config: ToyVLMConfig, prompt_template: str) -> CagulConfig:
         seed=config.seed,
         log_every=max(1, config.steps // 10),
         autocast="none",
-        prompt_template=prompt_template,
     )
 
 
@@ -267,20 +317,21 @@ def train_vlm(
 ):
     """``(model, processor, info)``: a toy VLM trained from scratch on ``splits``;
     ``info``: ``train_seconds`` and ``peak_memory_mb`` (both training stages)."""
-    from .train import CagulTrainer
+    from cagul.training import CagulTrainer
 
     tokenizer = train_tokenizer(tokenizer_corpus(benchmark, prompt_template), config.vocab_size)
     vlm, processor = build_vlm(config, tokenizer)
     vlm.requires_grad_(True).train()
     samples = benchmark.samples(*splits)
-    schedule = training_config(config, prompt_template)
+    schedule = training_config(config)
+    prompt = CagulConfig(prompt_template=prompt_template)
     start = time.perf_counter()
     with PeakMemory(vlm.device) as peak:
         pretrain_vision(vlm, processor, samples, config, progress=progress)
         trainer = CagulTrainer(
-            FinetuneMethod(vlm),
+            SupervisedMethod(vlm),
             samples,
-            VLMCollator(processor, schedule, target="answer"),
+            VLMCollator(processor, prompt, target="answer"),
             schedule,
             progress=progress,
         )

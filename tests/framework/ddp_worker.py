@@ -1,4 +1,4 @@
-"""Run by tests/test_framework_train.py under ``torchrun --nproc_per_node 2``: a few CAGUL
+"""Run by tests/framework/test_train.py under ``torchrun --nproc_per_node 2``: a few CAGUL
 training steps with DDP (gloo on CPU); every rank writes its modules' weights to
 ``<out>/rank<r>.safetensors``. Each rank initialises its modules from a different seed and
 sees a different data shard, so equal weights at the end need DDP's initial broadcast and
@@ -8,37 +8,21 @@ import os
 import sys
 
 import torch
+from cagul import CagulConfig, CagulMethod, CagulModel, CagulTrainer, UnlearningArguments
+from cagul_demo import tiny_vlm as tv
 from safetensors.torch import save_file
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import tiny_vlm as tv
-from cagul import CagulConfig, CagulModel
-from cagul.data import VLMCollator
-from cagul.train import CagulMethod, CagulTrainer
 
 
 def main(out: str) -> None:
     vlm, processor = tv.llava(seed=0)
     torch.manual_seed(100 + int(os.environ["RANK"]))
     config = CagulConfig(
-        prompt_template=tv.LLAVA_TEMPLATE,
-        layer=1,
-        steps=3,
-        batch_size=2,
-        grad_accum=2,
-        lr=1e-2,
-        encoder_rank=8,
-        discriminator_hidden=16,
+        prompt_template=tv.LLAVA_TEMPLATE, layer=1, encoder_rank=8, discriminator_hidden=16
     )
+    args = UnlearningArguments(steps=3, batch_size=2, grad_accum=2, lr=1e-2)
     model = CagulModel(vlm, config)
-    trainer = CagulTrainer(
-        CagulMethod(model),
-        tv.dataset(),
-        VLMCollator(processor, model.config),
-        model.config,
-        progress=False,
-    )
+    method = CagulMethod(model, args)
+    trainer = CagulTrainer(method, tv.dataset(), method.collator(processor), args, progress=False)
     assert trainer.world == 2, trainer.world
     history = trainer.train()
     state = {k: v.detach().contiguous() for k, v in model.trainable_state_dict().items()}

@@ -44,16 +44,17 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+from cagul.data.benchmark import (
+    FORMAT_VERSION,
+    N_OPTIONS,
+    REFUSAL,
+    Benchmark,
+    load_benchmark,
+)
 
-from ..files import read_json
-from ._records import EncodedImage, read_rows
-from .samples import load_image, load_jsonl
-
-FORMAT_VERSION = 2  # 2: short-answer samples carry paraphrases, perturbed answers, keywords
 SPLITS = ("forget", "retain", "forget_test", "retain_test", "strangers")
-EVAL_SPLITS = ("forget", "forget_test", "retain", "retain_test")
+
 FACTS = ("name", "birthplace", "occupation", "hobby", "birth_year")
-REFUSAL = "I don't know."
 
 FIRST_NAMES = (
     "Ada", "Bram", "Cleo", "Dario", "Edda", "Finn", "Greta", "Hugo", "Ines", "Jonas", "Kira",
@@ -118,7 +119,6 @@ ANSWER_SENTENCES = {
     "hobby": "In their free time this person enjoys {}.",
     "birth_year": "This person was born in the year {}.",
 }
-N_OPTIONS = 4
 
 # appearance attributes: name -> values (colours as RGB)
 APPEARANCE = {
@@ -467,88 +467,6 @@ def _write_jsonl(path: str, rows: Iterable[dict]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-# ---------------------------------------------------------------------- loading
-
-
-@dataclasses.dataclass
-class Benchmark:
-    """A loaded benchmark: ``config`` (a :class:`SyntheticConfig`, or for a benchmark read
-    from another format a dict of its options), ``people`` (profiles), ``splits`` (split
-    name -> samples; images as absolute paths or PIL images), ``root`` (its directory) and
-    ``eval_splits`` (the splits that ``cagul eval`` scores, those present in ``splits``) and
-    ``train_splits`` (the splits that ``cagul train`` trains on, :meth:`train_samples`)."""
-
-    root: str
-    config: SyntheticConfig | dict[str, Any]
-    people: list[dict]
-    splits: dict[str, list[dict]]
-    eval_splits: tuple[str, ...] = EVAL_SPLITS
-    train_splits: tuple[str, ...] = ("forget", "retain")
-
-    def train_samples(self) -> list[dict]:
-        """What ``cagul train`` trains on: the samples of ``train_splits``."""
-        missing = [s for s in self.train_splits if not self.splits.get(s)]
-        if missing:
-            raise ValueError(f"{self.root}: no training samples in split(s) {missing}")
-        return [s for split in self.train_splits for s in self.splits[split]]
-
-    @property
-    def chance_mc_acc(self) -> float:
-        """Mean ``1 / len(options)`` over the multiple-choice samples of ``eval_splits``."""
-        sizes = [
-            len(s["options"])
-            for split in self.eval_splits
-            for s in self.splits.get(split, ())
-            if s.get("form") == "mc"
-        ]
-        return sum(1.0 / n for n in sizes) / len(sizes) if sizes else 1.0 / N_OPTIONS
-
-    def samples(self, *splits: str) -> list[dict]:
-        """The samples of ``splits`` (in order), images as PIL images (each file read once)."""
-        out = []
-        for split in splits:
-            if split not in self.splits:
-                raise KeyError(f"Benchmark: no split {split!r} (have {sorted(self.splits)})")
-            out.extend({**s, "image": self.image(s["image"])} for s in self.splits[split])
-        return out
-
-    def image(self, image: Any):
-        """A PIL image for a sample's ``image`` (a path: read once and cached); an
-        :class:`EncodedImage` or ``None`` (text only) as it is (decoded per batch)."""
-        if image is None or isinstance(image, EncodedImage):
-            return image
-        if not isinstance(image, str):
-            return load_image(image)
-        cache = self.__dict__.setdefault("_images", {})
-        if image not in cache:
-            cache[image] = load_image(image)
-        return cache[image]
-
-
-def load_benchmark(path: str | os.PathLike, *, strict_paths: bool = False) -> Benchmark:
-    """Reads a benchmark written by :func:`write` (every split file is validated;
-    ``strict_paths``: image files must lie inside ``path``)."""
-    path = os.fspath(path)
-    meta_path = os.path.join(path, "meta.json")
-    if not os.path.isfile(meta_path):
-        raise FileNotFoundError(f"load_benchmark: no meta.json in {path}")
-    meta = read_json(meta_path)
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
-        raise ValueError(f"load_benchmark: {meta_path} is not a format {FORMAT_VERSION} meta.json")
-    config = SyntheticConfig(**meta["config"])
-    people = read_rows(os.path.join(path, "people.jsonl"))
-    splits = {}
-    for split, n in meta["splits"].items():
-        split_path = os.path.join(path, f"{split}.jsonl")
-        samples = load_jsonl(split_path, strict_paths=strict_paths) if n else []
-        if len(samples) != n:
-            raise ValueError(
-                f"load_benchmark: {split}.jsonl has {len(samples)} samples, expected {n}"
-            )
-        splits[split] = samples
-    return Benchmark(path, config, people, splits)
-
-
 def generate(
     config: SyntheticConfig, path: str | os.PathLike, *, progress: bool = False
 ) -> Benchmark:
@@ -559,6 +477,12 @@ def generate(
         with open(meta_path) as f:
             meta = json.load(f)
         if meta.get("format") == FORMAT_VERSION and meta.get("config") == config.to_dict():
-            return load_benchmark(path)
+            return load(path)
     write(config, path, progress=progress)
-    return load_benchmark(path)
+    return load(path)
+
+
+def load(path: str | os.PathLike) -> Benchmark:
+    """The benchmark at ``path`` with its generator settings as a :class:`SyntheticConfig`."""
+    bench = load_benchmark(path)
+    return dataclasses.replace(bench, config=SyntheticConfig(**bench.config))

@@ -1,11 +1,10 @@
-"""Training: the ``Method`` protocol, the CAGUL method, and ``CagulTrainer``.
-
-``CagulTrainer`` runs any :class:`Method` -- an ``nn.Module`` whose ``forward(batch)``
-returns ``(loss, metrics)`` and that names its trainable parameters -- so the finetuning
-baselines (GA, GradDiff, KL, NPO, IdK) plug into the same loop: progress bar, gradient
-accumulation, autocast, clipping, warmup / cosine schedule, periodic eval hook,
-checkpoint / resume, seeds, and DDP under ``torchrun`` (gloo on CPU, nccl on GPU) over the
-trainable parameters only.
+"""``CagulTrainer``: runs any :class:`cagul.methods.Method` -- an ``nn.Module`` whose
+``forward(batch)`` returns ``(loss, metrics)`` and that names its trainable parameters --
+so CAGUL and every finetuning baseline share one loop: progress bar, gradient
+accumulation, autocast, clipping, warmup / cosine schedule, periodic eval hook, atomic
+checkpoints of the trainable state (safetensors + JSON, never pickle) and bit-identical
+resume, seeds, and DDP under ``torchrun`` (gloo on CPU, nccl on GPU) over the trainable
+parameters only.
 """
 
 from __future__ import annotations
@@ -16,15 +15,14 @@ import glob
 import json
 import math
 import os
-import pickle
 import random
+import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DistributedSampler
@@ -32,145 +30,13 @@ from tqdm.auto import tqdm
 
 from cagul_kernels.memory import PeakMemory
 
-from .config import FORGET_LOSSES, CagulConfig
-from .errors import InputError, MissingInputError
-from .files import read_json, read_safetensors
-from .losses import (
-    answer_log_probs,
-    masked_mean,
-    npo_loss,
-    per_row_mean,
-    per_row_sum,
-    target_log_probs,
-    token_kl,
-)
-from .model import CagulModel
+from ..errors import MissingInputError
+from ..files import read_json, read_safetensors
+from ..methods.base import Method
+from ..state import atomic_directory, load_nested, save_nested
+from .arguments import UnlearningArguments
 
 CHECKPOINT_DIR = "checkpoints"
-
-
-@runtime_checkable
-class Method(Protocol):
-    """What ``CagulTrainer`` trains (implemented by ``nn.Module`` subclasses).
-
-    - ``forward(batch) -> (loss, metrics)``: scalar loss of one micro-batch and float
-      metrics with the same keys on every call (they are averaged across processes).
-    - ``trainable_parameters()``: parameters or AdamW param-group dicts; nothing else of
-      the module is trained (nor synchronised under DDP).
-    - ``trainable_state_dict()`` / ``load_trainable_state_dict(state)``: the trained state
-      (checkpoints).
-    - ``save_pretrained(path)``: the final artefact (an adapter, a finetuned model, ...).
-    """
-
-    def forward(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]: ...
-
-    def trainable_parameters(self) -> Sequence[nn.Parameter] | Sequence[dict]: ...
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]: ...
-
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
-
-    def save_pretrained(self, path: str) -> None: ...
-
-
-class CagulMethod(nn.Module):
-    """CAGUL's training objective on a :class:`CagulModel` (VLM frozen).
-
-    A batch (``VLMCollator`` output) mixes forget and retain samples. The loss is
-    ``forget + retain_weight * KL + discriminator_weight * BCE``:
-
-    - discriminator BCE on every sample with an image (forget = 1, retain = 0);
-    - the encoder runs on every sample (gate forced on: it must leave retain images alone
-      on its own, which keeps the model safe when the discriminator errs);
-    - forget loss on forget samples: ``"idk"`` mean NLL of the refusal target, ``"ga"``
-      ``relu(ga_bound - NLL)`` of the true answer, ``"npo"``
-      ``-(2 / beta) * logsigmoid(-beta * (log p(y) - log p_ref(y)))`` with sequence
-      log-probabilities of the true answer (per sample: the batch's ``forget_loss``
-      indices into ``FORGET_LOSSES``, default ``config.forget_loss`` for every sample);
-    - ``KL(p_ref || p)`` per answer token on retain samples, where ``p_ref`` is the same
-      frozen model with the transform off (no second model copy).
-    """
-
-    def __init__(self, model: CagulModel):
-        super().__init__()
-        if not isinstance(model, CagulModel):
-            raise TypeError(f"CagulMethod: expected a CagulModel, got {type(model).__name__}")
-        self.model = model
-        self.config = model.config
-
-    def trainable_parameters(self) -> list[dict]:
-        cfg = self.config
-        return [
-            {"params": list(self.model.encoder.parameters()), "lr": cfg.lr},
-            {
-                "params": list(self.model.discriminator.parameters()),
-                "lr": cfg.discriminator_lr or cfg.lr,
-            },
-        ]
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return self.model.trainable_state_dict()
-
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.model.load_trainable_state_dict(state)
-
-    def save_pretrained(self, path: str) -> None:
-        self.model.save_pretrained(path)
-
-    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        cfg, model = self.config, self.model
-        inputs = {**batch["inputs"], "use_cache": False}
-        labels = inputs.pop("labels")
-        is_forget = batch["is_forget"].to(labels.device).bool()
-        vis = model.encode_visual(inputs)
-        has_visual = vis.has_visual
-
-        logit = model.discriminator(vis.tokens, vis.mask).float()
-        bce = masked_mean(
-            F.binary_cross_entropy_with_logits(logit, is_forget.float(), reduction="none"),
-            has_visual,
-        )
-        acc = masked_mean(((logit > 0) == is_forget).float(), has_visual)
-
-        logp, target, row = answer_log_probs(model.run(vis, has_visual).logits, labels)
-        token_logp = target_log_probs(logp, target)
-        b = labels.shape[0]
-        nll = per_row_mean(-token_logp, row, b)
-        forget_rows, retain_rows = is_forget & has_visual, ~is_forget
-
-        kinds = batch.get("forget_loss")
-        if kinds is None:
-            kinds = torch.full((b,), FORGET_LOSSES.index(cfg.forget_loss))
-        kinds = kinds.to(labels.device)
-        npo_rows = kinds == FORGET_LOSSES.index("npo")
-        if bool(retain_rows.any()) or bool((npo_rows & forget_rows).any()):
-            with torch.no_grad():
-                ref_logp, _, _ = answer_log_probs(
-                    model.run(vis, torch.zeros_like(has_visual)).logits, labels
-                )
-        forget_per_row = nll  # "idk": NLL of the refusal (the collator's target)
-        ga_rows = kinds == FORGET_LOSSES.index("ga")
-        if bool(ga_rows.any()):
-            forget_per_row = torch.where(ga_rows, F.relu(cfg.ga_bound - nll), forget_per_row)
-        if bool((npo_rows & forget_rows).any()):
-            log_ratio = per_row_sum(token_logp - target_log_probs(ref_logp, target), row, b)
-            npo = npo_loss(log_ratio, cfg.npo_beta)
-            forget_per_row = torch.where(npo_rows, npo, forget_per_row)
-        forget = masked_mean(forget_per_row, forget_rows)
-        if bool(retain_rows.any()):
-            kl = masked_mean(per_row_mean(token_kl(ref_logp, logp), row, b), retain_rows)
-        else:
-            kl = logp.sum() * 0.0
-        loss = forget + cfg.retain_weight * kl + cfg.discriminator_weight * bce
-        metrics = {
-            "loss": loss.item(),
-            "forget_loss": forget.item(),
-            "forget_nll": masked_mean(nll, forget_rows).item(),
-            "retain_kl": kl.item(),
-            "disc_bce": bce.item(),
-            "disc_acc": acc.item(),
-        }
-        return loss, metrics
 
 
 # ---------------------------------------------------------------------- distributed
@@ -250,12 +116,16 @@ class CagulTrainer:
         method: nn.Module,
         dataset: Sequence[Any],
         collate_fn: Callable[[list[Any]], Any],
-        config: CagulConfig,
+        config: UnlearningArguments,
         *,
         output_dir: str | None = None,
         eval_fn: Callable[[nn.Module, int], dict[str, float]] | None = None,
         progress: bool = True,
     ):
+        if not isinstance(config, UnlearningArguments):
+            raise TypeError(
+                f"CagulTrainer: config must be UnlearningArguments, got {type(config).__name__}"
+            )
         if not isinstance(method, nn.Module) or not isinstance(method, Method):
             raise TypeError("CagulTrainer: method must be an nn.Module implementing Method")
         if len(dataset) == 0:
@@ -344,6 +214,8 @@ class CagulTrainer:
             path = resume if isinstance(resume, str) else self.latest_checkpoint()
             if path is not None:
                 self.load_checkpoint(path)
+                if self.rank == 0:
+                    print(f"cagul train: resuming from {path} (step {self.step})", flush=True)
         model = self.ddp or self.method
         self.method.train()
         batches = self._batches()
@@ -432,65 +304,98 @@ class CagulTrainer:
     # -------------------------------------------------------------- checkpoints
 
     def latest_checkpoint(self) -> str | None:
+        """The newest complete checkpoint in ``output_dir`` (incomplete ones -- a write
+        killed before its rename, or a directory missing files -- are skipped with a
+        warning), or ``None``."""
         if self.output_dir is None:
             return None
         found = sorted(glob.glob(os.path.join(self.output_dir, CHECKPOINT_DIR, "step-*")))
-        return found[-1] if found else None
+        for path in reversed(found):
+            missing = _missing_files(path)
+            if not missing:
+                return path
+            warnings.warn(
+                f"CagulTrainer: skipping incomplete checkpoint {path} (missing {missing})",
+                stacklevel=2,
+            )
+        return None
 
     def save_checkpoint(self) -> str | None:
-        """Writes ``checkpoints/step-XXXXXXX`` (rank 0): trained state (safetensors),
-        optimizer / scheduler / scaler / RNG states and the loop position."""
+        """Writes ``checkpoints/step-XXXXXXX`` (rank 0) atomically (a temporary directory,
+        renamed when complete): the trained state, the optimizer / scheduler / scaler / RNG
+        states (safetensors + JSON) and the loop position."""
         if self.output_dir is None:
             return None
         path = os.path.join(self.output_dir, CHECKPOINT_DIR, f"step-{self.step:07d}")
         if self.rank == 0:
-            os.makedirs(path, exist_ok=True)
-            state = self.method.trainable_state_dict()
-            save_file(
-                {k: v.detach().cpu().contiguous() for k, v in state.items()},
-                os.path.join(path, "trainable.safetensors"),
-            )
-            torch.save(
-                {
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                    "scaler": self.scaler.state_dict(),
-                    "rng": {
-                        "python": random.getstate(),
-                        "numpy": np.random.get_state(),
-                        "torch": torch.get_rng_state(),
+            with atomic_directory(path) as tmp:
+                state = self.method.trainable_state_dict()
+                save_file(
+                    {k: v.detach().cpu().contiguous() for k, v in state.items()},
+                    os.path.join(tmp, WEIGHTS_FILE),
+                )
+                save_nested(
+                    {
+                        "optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict(),
+                        "scaler": self.scaler.state_dict(),
+                        "rng": _rng_state(),
                     },
-                },
-                os.path.join(path, "training_state.pt"),
-            )
-            position = {"step": self.step, "epoch": self.epoch, "batch": self.batch_in_epoch}
-            with open(os.path.join(path, "trainer_state.json"), "w") as f:
-                json.dump({**position, "config": self.config.to_dict()}, f, indent=2)
+                    os.path.join(tmp, STATE_FILE),
+                )
+                position = {"step": self.step, "epoch": self.epoch, "batch": self.batch_in_epoch}
+                with open(os.path.join(tmp, POSITION_FILE), "w") as f:
+                    json.dump({**position, "arguments": self.config.to_dict()}, f, indent=2)
         self._barrier()
         return path
 
     def load_checkpoint(self, path: str) -> None:
         """Restores a checkpoint written by :meth:`save_checkpoint` (every rank)."""
-        files = [os.path.join(path, n) for n in _CHECKPOINT_FILES]
-        missing = [f for f in files if not os.path.isfile(f)]
+        missing = _missing_files(path)
         if missing:
-            raise MissingInputError(f"CagulTrainer: incomplete checkpoint, missing {missing}")
-        weights, training, position = files
+            raise MissingInputError(
+                f"CagulTrainer: incomplete checkpoint {path}, missing {missing}"
+            )
         device = str(self.device)
-        self.method.load_trainable_state_dict(read_safetensors(weights, device))
-        try:
-            state = torch.load(training, map_location=device, weights_only=False)
-        except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
-            raise InputError(f"{training}: not a readable checkpoint file ({e})") from None
+        self.method.load_trainable_state_dict(
+            read_safetensors(os.path.join(path, WEIGHTS_FILE), device=device)
+        )
+        state = load_nested(os.path.join(path, STATE_FILE), device=device)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        pos = read_json(position)
+        _set_rng_state(state["rng"])
+        pos = read_json(os.path.join(path, POSITION_FILE))
         self.step, self.epoch, self.batch_in_epoch = pos["step"], pos["epoch"], pos["batch"]
 
 
+def _rng_state() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([t.cpu() for t in state["cuda"]])
+
+
+def _missing_files(path: str) -> list[str]:
+    return [name for name in CHECKPOINT_FILES if not os.path.isfile(os.path.join(path, name))]
+
+
 _SHOWN = ("loss", "forget_loss", "retain_kl", "disc_acc")
-_CHECKPOINT_FILES = ("trainable.safetensors", "training_state.pt", "trainer_state.json")
+WEIGHTS_FILE = "trainable.safetensors"
+STATE_FILE = "training_state"  # .json + .safetensors
+POSITION_FILE = "trainer_state.json"
+CHECKPOINT_FILES = (WEIGHTS_FILE, f"{STATE_FILE}.json", f"{STATE_FILE}.safetensors", POSITION_FILE)

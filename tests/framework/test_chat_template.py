@@ -4,10 +4,10 @@ LLaVA and Qwen2-VL processors given a template), else through ``prompt_template`
 from __future__ import annotations
 
 import pytest
-import tiny_vlm as tv
 import torch
 from cagul.config import CagulConfig
 from cagul.data import VLMCollator
+from cagul_demo import tiny_vlm as tv
 
 # one user turn: "USER: " + the image placeholder (if any) + the text; then " ASSISTANT:"
 TEMPLATE = (

@@ -7,92 +7,15 @@ import json
 import os
 
 import pytest
-import tiny_vlm as tv
 import torch
 from cagul import CagulConfig, CagulModel, ForgetDiscriminator, VisualTokenEncoder
+from cagul.config import MODES
 from cagul.data import VLMCollator, load_jsonl, validate_sample
-
-FAMILIES = {
-    "llava": (tv.llava, tv.LLAVA_TEMPLATE, 16),
-    "qwen2_vl": (tv.qwen2_vl, tv.QWEN_TEMPLATE, 24),
-}
-MODES = ("input", "inline")
-
-
-def build(family: str, mode: str = "input", seed: int = 0, **cfg):
-    """``(vlm, CagulModel, collator, samples)`` for a tiny VLM."""
-    make, template, size = FAMILIES[family]
-    vlm, processor = make(seed=seed)
-    config = CagulConfig(mode=mode, prompt_template=template, layer=1, **cfg)
-    model = CagulModel(vlm, config)
-    return vlm, model, VLMCollator(processor, model.config), tv.dataset(size=size)
-
-
-def perturb(model: CagulModel, seed: int = 1) -> None:
-    """Non-zero encoder weights (as after training)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.encoder.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-
-
-def gate_everything(model: CagulModel, on: bool) -> None:
-    """Makes the discriminator say forget (``on``) or not for every image."""
-    with torch.no_grad():
-        model.discriminator.head[-1].bias.fill_(100.0 if on else -100.0)
-        model.discriminator.head[-1].weight.zero_()
-
-
-# ---------------------------------------------------------------------- config
-
-
-def test_config_json_round_trip(tmp_path):
-    config = CagulConfig(k=5, ratio=None, mode="inline", forget_loss="npo", lr=3e-4, layer=4)
-    assert CagulConfig.from_json(config.to_json()) == config
-    config.save(tmp_path)  # a directory -> cagul_config.json
-    assert CagulConfig.load(tmp_path) == config
-    config.save(tmp_path / "c.json")
-    assert CagulConfig.load(tmp_path / "c.json") == config
-    assert config.replace(gate_threshold=0.7).gate_threshold == 0.7
-
-
-@pytest.mark.parametrize(
-    "changes, error, match",
-    [
-        ({"k": 4}, ValueError, "exactly one of k and ratio"),
-        ({"ratio": None}, ValueError, "exactly one of k and ratio"),
-        ({"ratio": 0.0}, ValueError, "ratio"),
-        ({"ratio": 1.5}, ValueError, "ratio"),
-        ({"k": 0, "ratio": None}, ValueError, "k must be"),
-        ({"mode": "output"}, ValueError, "mode"),
-        ({"forget_loss": "kl"}, ValueError, "forget_loss"),
-        ({"query": "everything"}, ValueError, "query"),
-        ({"encoder_activation": "tanh"}, ValueError, "encoder_activation"),
-        ({"gate_threshold": 1.0}, ValueError, "gate_threshold"),
-        ({"lr": 0.0}, ValueError, "lr"),
-        ({"steps": 0}, ValueError, "steps"),
-        ({"layer": -1}, ValueError, "layer"),
-        ({"retain_weight": -1.0}, ValueError, "retain_weight"),
-        ({"prompt_template": "{question}"}, ValueError, "prompt_template"),
-        ({"layer": "2"}, TypeError, "layer"),
-        ({"steps": True}, TypeError, "steps"),
-        ({"lr": float("nan")}, ValueError, "finite"),
-        ({"hidden": 3}, ValueError, "unknown fields"),
-    ],
-)
-def test_config_rejects_bad_values(changes, error, match):
-    with pytest.raises(error, match=match):
-        CagulConfig.from_dict({**CagulConfig().to_dict(), **changes})
-
-
-def test_config_bad_json_and_missing_file(tmp_path):
-    with pytest.raises(ValueError, match="invalid JSON"):
-        CagulConfig.from_json("{mode: input")
-    with pytest.raises(TypeError, match="JSON object"):
-        CagulConfig.from_json("[1, 2]")
-    with pytest.raises(FileNotFoundError, match="no config file"):
-        CagulConfig.load(tmp_path / "missing.json")
-
+from cagul_demo import tiny_vlm as tv
+from cagul_demo.tiny_vlm import FAMILIES
+from cagul_demo.tiny_vlm import force_gate as gate_everything
+from cagul_demo.tiny_vlm import perturb_encoder as perturb
+from cagul_demo.tiny_vlm import tiny_cagul as build
 
 # ---------------------------------------------------------------------- modules
 
@@ -136,7 +59,7 @@ def test_discriminator_pools_only_valid_tokens():
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("mode", MODES)
 def test_untrained_encoder_equals_wrapped_model(family, mode):
-    vlm, model, collate, data = build(family, mode)
+    vlm, model, collate, data, _args = build(family, mode)
     inputs = collate(data[:4])["inputs"]
     with torch.no_grad():
         want = vlm(**inputs).logits
@@ -147,7 +70,7 @@ def test_untrained_encoder_equals_wrapped_model(family, mode):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("mode", MODES)
 def test_gate_off_is_bit_identical(family, mode):
-    vlm, model, collate, data = build(family, mode)
+    vlm, model, collate, data, _args = build(family, mode)
     perturb(model)
     gate_everything(model, on=False)
     inputs = collate(data[:4])["inputs"]
@@ -165,7 +88,7 @@ def test_gate_off_is_bit_identical(family, mode):
 def test_gate_selects_samples(family, mode):
     """Gated samples change, the others keep the wrapped model's logits (exactly for
     mode="input"; in one "inline" pass the batch runs the cagul attention, equal to sdpa)."""
-    vlm, model, collate, data = build(family, mode)
+    vlm, model, collate, data, _args = build(family, mode)
     perturb(model)
     inputs = collate(data[:4])["inputs"]
     gate = torch.tensor([True, False, True, False])
@@ -199,7 +122,7 @@ def _layer_input(layer: torch.nn.Module, run) -> torch.Tensor:
 def test_transform_touches_only_selected_visual_tokens(mode):
     """k tokens per sample are rewritten, all of them image tokens: in the LLM inputs
     (mode="input": layer 0's input) or in layer L's output (layer L + 1's input)."""
-    vlm, model, collate, data = build("llava", mode, k=3, ratio=None)
+    vlm, model, collate, data, _args = build("llava", mode, k=3, ratio=None)
     perturb(model)
     inputs = collate(data[:2])["inputs"]
     layers = vlm.model.language_model.layers
@@ -214,7 +137,7 @@ def test_transform_touches_only_selected_visual_tokens(mode):
 
 
 def test_vlm_is_frozen_and_stays_in_eval_mode():
-    vlm, model, _, _ = build("llava")
+    vlm, model, _, _, _args = build("llava")
     assert not any(p.requires_grad for p in vlm.parameters())
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith(("encoder.", "discriminator.")) for n in trainable)
@@ -229,7 +152,7 @@ def test_generate_batch_with_padding(family, mode):
     """Left-padded prompts of different lengths, batch > 1, mixed gates: each sample
     generates as when alone. (ratio=1: the selection must not hinge on near-ties of the
     importance, which padding perturbs at rounding level.)"""
-    _, model, collate, data = build(family, mode, ratio=1.0)
+    _, model, collate, data, _args = build(family, mode, ratio=1.0)
     perturb(model)
     samples = [data[0], {**data[5], "question": "What is the job"}, data[8]]
     prompts = collate.prompts(samples)
@@ -249,7 +172,7 @@ def test_generate_batch_with_padding(family, mode):
 
 
 def test_forget_probability_and_text_only_samples():
-    vlm, model, collate, data = build("llava")
+    vlm, model, collate, data, _args = build("llava")
     prompts = collate.prompts(data[:2])
     prob = model.forget_probability(**prompts)
     assert prob.shape == (2,) and ((prob > 0) & (prob < 1)).all()
@@ -267,7 +190,7 @@ def test_forget_probability_and_text_only_samples():
 
 @pytest.mark.parametrize("mode", MODES)
 def test_save_load_round_trip(tmp_path, mode):
-    vlm, model, collate, data = build(
+    vlm, model, collate, data, _args = build(
         "llava", mode, k=4, ratio=None, gate_threshold=0.3, encoder_rank=8, discriminator_hidden=16
     )
     perturb(model)
@@ -280,7 +203,8 @@ def test_save_load_round_trip(tmp_path, mode):
 
     vlm2, _ = FAMILIES["llava"][0](seed=0)
     loaded = CagulModel.from_pretrained(vlm2, tmp_path)
-    assert loaded.config == model.config
+    assert loaded.config == model.config.replace(cagul_version=loaded.config.cagul_version)
+    assert loaded.config.cagul_version  # stamped by save_pretrained
     inputs = collate(data[:4])["inputs"]
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, loaded(**inputs).logits)
@@ -294,7 +218,7 @@ def test_save_load_round_trip(tmp_path, mode):
 
 
 def test_load_rejects_mismatched_hidden_size_and_bad_dirs(tmp_path):
-    _, model, _, _ = build("llava")
+    _, model, _, _, _args = build("llava")
     model.save_pretrained(tmp_path)
     bigger, _ = tv.llava(hidden=64)
     with pytest.raises(ValueError, match=r"hidden size 48.*hidden size 64"):
@@ -317,7 +241,7 @@ def test_load_rejects_mismatched_hidden_size_and_bad_dirs(tmp_path):
 
 
 def test_model_bad_input():
-    vlm, model, collate, data = build("llava")
+    vlm, model, collate, data, _args = build("llava")
     with pytest.raises(TypeError, match="CagulConfig"):
         CagulModel(vlm, {"layer": 1})
     with pytest.raises(TypeError, match="transformers VLM"):
@@ -350,7 +274,7 @@ def test_sample_format_and_jsonl(tmp_path):
     samples = load_jsonl(tmp_path / "d.jsonl")
     assert [s["is_forget"] for s in samples] == [True, False] and samples[1]["id"] == 7
     assert samples[0]["image"] == str(tmp_path / "a.png")
-    _, _, collate, _ = build("llava")
+    _, _, collate, _, _args = build("llava")
     batch = collate(samples)  # paths are loaded with PIL
     assert batch["is_forget"].tolist() == [True, False]
 
@@ -377,7 +301,7 @@ def test_sample_format_and_jsonl(tmp_path):
 
 
 def test_collator_labels_cover_the_target_only():
-    _, model, collate, data = build("llava")
+    _, model, collate, data, _args = build("llava")
     batch = collate([data[0], data[-1]])  # forget (refusal target), retain (answer)
     ids, labels = batch["inputs"]["input_ids"], batch["inputs"]["labels"]
     tok = collate.processor.tokenizer
