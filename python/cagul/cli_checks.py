@@ -27,8 +27,8 @@ def reading_inputs() -> Iterator[None]:
     keep their traceback."""
     try:
         yield
-    except UsageError:
-        raise
+    except (UsageError, ModuleNotFoundError):
+        raise  # a missing module: the command names the extra to install
     except INPUT_ERRORS as e:
         raise UsageError(str(e) or type(e).__name__) from e
 

@@ -452,7 +452,7 @@ def _evaluate(name: str, model, vanilla, processor, splits, config: DemoConfig, 
         desc=f"eval {name}",
     )
     found["judging"] = judging_inputs(
-        model, splits, processor, cagul_config, max_new_tokens=cagul_config.max_new_tokens
+        model, splits, processor, cagul_config, max_new_tokens=config.max_new_tokens
     )
     return found
 

@@ -77,9 +77,11 @@ def test_query_policies_match_the_integration():
 def test_without_the_framework_extra_the_command_names_it(tmp_path, monkeypatch, capsys):
     from cagul.cli import main
 
-    monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed
+    from PIL import Image
+
     image = tmp_path / "image.png"
-    image.write_bytes(b"")
+    Image.new("RGB", (4, 4)).save(image)  # a readable image: the model load is what fails
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed
     code = main(["generate", "--model", str(tmp_path), "--image", str(image), "--question", "q"])
     assert code == 2
     err = capsys.readouterr().err.strip()
