@@ -76,7 +76,6 @@ def test_query_policies_match_the_integration():
 
 def test_without_the_framework_extra_the_command_names_it(tmp_path, monkeypatch, capsys):
     from cagul.cli import main
-
     from PIL import Image
 
     image = tmp_path / "image.png"
