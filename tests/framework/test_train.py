@@ -87,7 +87,7 @@ def test_bf16_autocast_training_runs():
     )
     before_hash = vlm_hash(vlm)
     trainer = CagulTrainer(CagulMethod(model, args), data, collate, args, progress=False)
-    assert trainer.amp_dtype == torch.bfloat16
+    assert trainer.args.bf16 and trainer.accelerator.mixed_precision == "bf16"
     history = trainer.train()
     assert math.isfinite(history[-1]["loss"]) and vlm_hash(vlm) == before_hash
     assert model.encoder.w2.dtype == torch.float32 and model.encoder.w2.abs().max() > 0
@@ -269,7 +269,7 @@ def test_trainer_bad_input():
         CagulTrainer(method, data, collate, model.config)
     trainer = CagulTrainer(method, data, collate, args)
     with pytest.raises(FileNotFoundError, match="incomplete checkpoint"):
-        trainer.load_checkpoint("/nonexistent")
+        trainer.train(resume="/nonexistent")
 
 
 def _env() -> dict[str, str]:

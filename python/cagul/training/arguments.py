@@ -40,6 +40,8 @@ class UnlearningArguments(Settings):
             ``"fp16"`` or ``"none"``.
         log_every, eval_every, save_every: steps between log lines, eval hook calls and
             checkpoints (0 = never; a checkpoint is always written at the end).
+        gradient_checkpointing: recompute the wrapped VLM's activations in the backward
+            pass (less memory, one more forward).
     """
 
     forget_loss: str = "idk"
@@ -66,6 +68,7 @@ class UnlearningArguments(Settings):
     log_every: int = 10
     eval_every: int = 0
     save_every: int = 0
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self)
