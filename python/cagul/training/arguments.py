@@ -72,9 +72,7 @@ class UnlearningArguments(Settings):
 
     def __post_init__(self) -> None:
         check_fields(self)
-        check_choices(
-            self, forget_loss=FORGET_LOSSES, autocast=AUTOCAST, lr_schedule=LR_SCHEDULES
-        )
+        check_choices(self, forget_loss=FORGET_LOSSES, autocast=AUTOCAST, lr_schedule=LR_SCHEDULES)
         check_at_least(self, 1, "steps", "batch_size", "grad_accum")
         check_at_least(
             self,

@@ -194,9 +194,7 @@ class CagulTrainer(Trainer):
         )
         if config.gradient_checkpointing:
             enable_gradient_checkpointing(method)
-        super().__init__(
-            model=method, args=args, train_dataset=dataset, data_collator=collate_fn
-        )
+        super().__init__(model=method, args=args, train_dataset=dataset, data_collator=collate_fn)
         self.add_callback(_EvalAndFinalLog(self))
         if not progress:
             self.remove_callback(PrinterCallback)  # it prints every log line
@@ -223,7 +221,9 @@ class CagulTrainer(Trainer):
         """A permutation of the data seeded by ``seed + epoch`` (the engine shards its
         batches across processes)."""
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        return DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=self.args.seed)
+        return DistributedSampler(
+            dataset, num_replicas=1, rank=0, shuffle=True, seed=self.args.seed
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """``method(batch) -> (loss, metrics)``; the metrics are summed for the log."""
@@ -301,7 +301,9 @@ class CagulTrainer(Trainer):
         keys = sorted(self._metric_sums)
         count = max(1, self._metric_count)
         values = torch.tensor(
-            [self._metric_sums[k] / count for k in keys], dtype=torch.float64, device=self.args.device
+            [self._metric_sums[k] / count for k in keys],
+            dtype=torch.float64,
+            device=self.args.device,
         )
         self._metric_sums, self._metric_count = {}, 0
         if self.world > 1:
