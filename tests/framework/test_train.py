@@ -93,6 +93,29 @@ def test_bf16_autocast_training_runs():
     assert model.encoder.w2.dtype == torch.float32 and model.encoder.w2.abs().max() > 0
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_gradient_checkpointing_matches_plain_run(mode):
+    """gradient_checkpointing=True recomputes the wrapped VLM's activations in backward:
+    the same losses and trained weights as without it, the VLM bit-identical."""
+    runs = []
+    for checkpointing in (False, True):
+        vlm, model, collate, data, args = build(
+            "llava", mode, steps=3, batch_size=4, log_every=1, gradient_checkpointing=checkpointing
+        )
+        before_hash = vlm_hash(vlm)
+        history = CagulTrainer(
+            CagulMethod(model, args), data, collate, args, progress=False
+        ).train()
+        assert vlm.is_activation_checkpointing == checkpointing
+        assert vlm_hash(vlm) == before_hash
+        runs.append(([r["loss"] for r in history], model.trainable_state_dict()))
+    (plain_losses, plain), (checkpointed_losses, checkpointed) = runs
+    assert checkpointed_losses == pytest.approx(plain_losses, rel=1e-5)
+    assert plain["encoder.w2"].abs().max() > 0  # it trained
+    for name, value in plain.items():
+        torch.testing.assert_close(checkpointed[name], value, rtol=1e-4, atol=1e-6)
+
+
 def test_bf16_autocast_inline_mode():
     _, model, collate, data, args = build("llava", "inline")
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -392,13 +392,13 @@ class CagulTrainer(Trainer):
 
 
 def enable_gradient_checkpointing(method: nn.Module) -> None:
-    """Turns on (non-reentrant) gradient checkpointing in every outermost
+    """Turns on (non-reentrant) activation checkpointing in every outermost
     ``PreTrainedModel`` inside ``method`` (the wrapped VLM, a reference copy...)."""
     found = False
     for module in method.modules():
         if isinstance(module, PreTrainedModel) and module.supports_gradient_checkpointing:
-            if not module.is_gradient_checkpointing:
-                module.gradient_checkpointing_enable({"use_reentrant": False})
+            if not module.is_activation_checkpointing:
+                module.activation_checkpointing_enable()
             found = True
     if not found:
         raise ValueError("gradient_checkpointing: the method wraps no model that supports it")
