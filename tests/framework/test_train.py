@@ -300,18 +300,18 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
 
 
-def test_ddp_two_processes_end_with_identical_weights(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--standalone",
-        os.path.join(ROOT, "tests", "framework", "ddp_worker.py"),
-        str(tmp_path),
-    ]
+def _torchrun_worker(out, *args: str) -> subprocess.CompletedProcess:
+    """tests/framework/ddp_worker.py under a 2-process CPU torchrun (gloo)."""
+    worker = os.path.join(ROOT, "tests", "framework", "ddp_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
     env = {**_env(), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [*cmd, worker, str(out), *args], env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_ddp_two_processes_end_with_identical_weights(tmp_path):
+    proc = _torchrun_worker(tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rank0 = load_file(tmp_path / "rank0.safetensors")
     rank1 = load_file(tmp_path / "rank1.safetensors")
@@ -319,6 +319,31 @@ def test_ddp_two_processes_end_with_identical_weights(tmp_path):
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), name
     assert rank0["encoder.w2"].abs().max() > 0  # it trained
+
+
+FSDP_CONFIG = os.path.join(ROOT, "examples", "fsdp_config.json")
+
+
+def test_shipped_fsdp_config_parses_into_an_fsdp2_plugin():
+    """accelerate runs FSDP on GPUs only (on CPU it falls back to DDP); the shipped config
+    must at least become a valid FSDP2 plugin wrapping the decoder layers."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from cagul.training import UnlearningArguments, training_arguments
+
+    args = training_arguments(
+        UnlearningArguments(fsdp_config=FSDP_CONFIG), None, torch.device("cpu")
+    )
+    plugin_args = args.fsdp_plugin_args
+    assert plugin_args["fsdp_version"] == 2 and plugin_args["reshard_after_forward"] is True
+    assert "LlamaDecoderLayer" in plugin_args["transformer_cls_names_to_wrap"].split(",")
+    plugin = FullyShardedDataParallelPlugin(**plugin_args)
+    assert plugin.fsdp_version == 2 and plugin.state_dict_type.name == "FULL_STATE_DICT"
+
+
+def test_fsdp_on_cpu_is_refused_not_silently_ddp(tmp_path):
+    """On CPU accelerate would silently run DDP instead of FSDP: the trainer says so."""
+    proc = _torchrun_worker(tmp_path, FSDP_CONFIG)
+    assert proc.returncode != 0 and "FSDP was requested" in proc.stderr, proc.stderr[-4000:]
 
 
 # ---------------------------------------------------------------------- CLI

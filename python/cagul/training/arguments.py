@@ -42,6 +42,8 @@ class UnlearningArguments(Settings):
             checkpoints (0 = never; a checkpoint is always written at the end).
         gradient_checkpointing: recompute the wrapped VLM's activations in the backward
             pass (less memory, one more forward).
+        fsdp_config: path of a ``TrainingArguments.fsdp_config`` JSON file (e.g.
+            ``examples/fsdp_config.json``): shard the method with FSDP (multi-GPU only).
     """
 
     forget_loss: str = "idk"
@@ -69,6 +71,7 @@ class UnlearningArguments(Settings):
     eval_every: int = 0
     save_every: int = 0
     gradient_checkpointing: bool = False
+    fsdp_config: str | None = None
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -98,8 +98,7 @@ def training_arguments(
 ) -> TrainingArguments:
     """The :class:`transformers.TrainingArguments` of ``args`` for a method on ``device``;
     checkpoints go to ``output_dir/checkpoints`` (none without ``output_dir``), every
-    ``save_every`` steps and at the end. ``extra`` overrides or adds fields (``fsdp``,
-    ``fsdp_config``, ...)."""
+    ``save_every`` steps and at the end; ``extra``: more fields."""
     cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     fields: dict[str, Any] = dict(
         output_dir=os.path.join(output_dir, CHECKPOINT_DIR) if output_dir else None,
@@ -126,7 +125,9 @@ def training_arguments(
         ddp_find_unused_parameters=True,
         ddp_broadcast_buffers=False,
     )
-    return TrainingArguments(**{**fields, **extra})
+    if args.fsdp_config is not None:
+        fields.update(fsdp=True, fsdp_config=args.fsdp_config)
+    return TrainingArguments(**fields, **extra)
 
 
 class _EvalAndFinalLog(TrainerCallback):
@@ -152,8 +153,7 @@ class _EvalAndFinalLog(TrainerCallback):
 class CagulTrainer(Trainer):
     """Trains a :class:`Method` on ``dataset`` (a sequence of samples) batched by
     ``collate_fn``, with the schedule of ``config`` (:func:`training_arguments` maps it
-    onto ``TrainingArguments``; ``training_args`` adds or overrides fields, e.g.
-    ``fsdp="full_shard"``).
+    onto ``TrainingArguments``).
 
     Under ``torchrun`` / ``accelerate launch`` every process runs this trainer; the engine
     wraps the method in DDP (or FSDP) and only the method's trainable parameters are
@@ -175,7 +175,6 @@ class CagulTrainer(Trainer):
         output_dir: str | None = None,
         eval_fn: Callable[[nn.Module, int], dict[str, float]] | None = None,
         progress: bool = True,
-        training_args: dict[str, Any] | None = None,
     ):
         if not isinstance(config, UnlearningArguments):
             raise TypeError(
@@ -189,12 +188,15 @@ class CagulTrainer(Trainer):
         if not params:
             raise ValueError("CagulTrainer: the method has no trainable parameters")
         self.config, self.output_root, self.eval_fn = config, output_dir, eval_fn
-        args = training_arguments(
-            config, output_dir, params[0].device, disable_tqdm=not progress, **(training_args or {})
-        )
+        args = training_arguments(config, output_dir, params[0].device, disable_tqdm=not progress)
         if config.gradient_checkpointing:
             enable_gradient_checkpointing(method)
         super().__init__(model=method, args=args, train_dataset=dataset, data_collator=collate_fn)
+        if args.fsdp and not self.is_fsdp_enabled:  # accelerate falls back to DDP silently
+            raise ValueError(
+                "CagulTrainer: FSDP was requested but accelerate enabled it not: it shards "
+                "only across several GPUs (torchrun / accelerate launch), never on CPU"
+            )
         self.add_callback(_EvalAndFinalLog(self))
         if not progress:
             self.remove_callback(PrinterCallback)  # it prints every log line
