@@ -2,7 +2,7 @@
 training steps with DDP (gloo on CPU); every rank writes its modules' weights to
 ``<out>/rank<r>.safetensors``. Each rank initialises its modules from a different seed and
 sees a different data shard, so equal weights at the end need DDP's initial broadcast and
-its gradient all-reduce."""
+its gradient all-reduce. An optional second argument is an FSDP config file to train with."""
 
 import os
 import sys
@@ -13,13 +13,15 @@ from cagul_demo import tiny_vlm as tv
 from safetensors.torch import save_file
 
 
-def main(out: str) -> None:
+def main(out: str, fsdp_config: str | None = None) -> None:
     vlm, processor = tv.llava(seed=0)
     torch.manual_seed(100 + int(os.environ["RANK"]))
     config = CagulConfig(
         prompt_template=tv.LLAVA_TEMPLATE, layer=1, encoder_rank=8, discriminator_hidden=16
     )
-    args = UnlearningArguments(steps=3, batch_size=2, grad_accum=2, lr=1e-2)
+    args = UnlearningArguments(
+        steps=3, batch_size=2, grad_accum=2, lr=1e-2, fsdp_config=fsdp_config
+    )
     model = CagulModel(vlm, config)
     method = CagulMethod(model, args)
     trainer = CagulTrainer(method, tv.dataset(), method.collator(processor), args, progress=False)
@@ -32,4 +34,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

@@ -87,10 +87,33 @@ def test_bf16_autocast_training_runs():
     )
     before_hash = vlm_hash(vlm)
     trainer = CagulTrainer(CagulMethod(model, args), data, collate, args, progress=False)
-    assert trainer.amp_dtype == torch.bfloat16
+    assert trainer.args.bf16 and trainer.accelerator.mixed_precision == "bf16"
     history = trainer.train()
     assert math.isfinite(history[-1]["loss"]) and vlm_hash(vlm) == before_hash
     assert model.encoder.w2.dtype == torch.float32 and model.encoder.w2.abs().max() > 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gradient_checkpointing_matches_plain_run(mode):
+    """gradient_checkpointing=True recomputes the wrapped VLM's activations in backward:
+    the same losses and trained weights as without it, the VLM bit-identical."""
+    runs = []
+    for checkpointing in (False, True):
+        vlm, model, collate, data, args = build(
+            "llava", mode, steps=3, batch_size=4, log_every=1, gradient_checkpointing=checkpointing
+        )
+        before_hash = vlm_hash(vlm)
+        history = CagulTrainer(
+            CagulMethod(model, args), data, collate, args, progress=False
+        ).train()
+        assert vlm.is_activation_checkpointing == checkpointing
+        assert vlm_hash(vlm) == before_hash
+        runs.append(([r["loss"] for r in history], model.trainable_state_dict()))
+    (plain_losses, plain), (checkpointed_losses, checkpointed) = runs
+    assert checkpointed_losses == pytest.approx(plain_losses, rel=1e-5)
+    assert plain["encoder.w2"].abs().max() > 0  # it trained
+    for name, value in plain.items():
+        torch.testing.assert_close(checkpointed[name], value, rtol=1e-4, atol=1e-6)
 
 
 def test_bf16_autocast_inline_mode():
@@ -269,7 +292,7 @@ def test_trainer_bad_input():
         CagulTrainer(method, data, collate, model.config)
     trainer = CagulTrainer(method, data, collate, args)
     with pytest.raises(FileNotFoundError, match="incomplete checkpoint"):
-        trainer.load_checkpoint("/nonexistent")
+        trainer.train(resume="/nonexistent")
 
 
 def _env() -> dict[str, str]:
@@ -277,18 +300,18 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
 
 
-def test_ddp_two_processes_end_with_identical_weights(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--standalone",
-        os.path.join(ROOT, "tests", "framework", "ddp_worker.py"),
-        str(tmp_path),
-    ]
+def _torchrun_worker(out, *args: str) -> subprocess.CompletedProcess:
+    """tests/framework/ddp_worker.py under a 2-process CPU torchrun (gloo)."""
+    worker = os.path.join(ROOT, "tests", "framework", "ddp_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
     env = {**_env(), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [*cmd, worker, str(out), *args], env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_ddp_two_processes_end_with_identical_weights(tmp_path):
+    proc = _torchrun_worker(tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rank0 = load_file(tmp_path / "rank0.safetensors")
     rank1 = load_file(tmp_path / "rank1.safetensors")
@@ -296,6 +319,31 @@ def test_ddp_two_processes_end_with_identical_weights(tmp_path):
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), name
     assert rank0["encoder.w2"].abs().max() > 0  # it trained
+
+
+FSDP_CONFIG = os.path.join(ROOT, "examples", "fsdp_config.json")
+
+
+def test_shipped_fsdp_config_parses_into_an_fsdp2_plugin():
+    """accelerate runs FSDP on GPUs only (on CPU it falls back to DDP); the shipped config
+    must at least become a valid FSDP2 plugin wrapping the decoder layers."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from cagul.training import UnlearningArguments, training_arguments
+
+    args = training_arguments(
+        UnlearningArguments(fsdp_config=FSDP_CONFIG), None, torch.device("cpu")
+    )
+    plugin_args = args.fsdp_plugin_args
+    assert plugin_args["fsdp_version"] == 2 and plugin_args["reshard_after_forward"] is True
+    assert "LlamaDecoderLayer" in plugin_args["transformer_cls_names_to_wrap"].split(",")
+    plugin = FullyShardedDataParallelPlugin(**plugin_args)
+    assert plugin.fsdp_version == 2 and plugin.state_dict_type.name == "FULL_STATE_DICT"
+
+
+def test_fsdp_on_cpu_is_refused_not_silently_ddp(tmp_path):
+    """On CPU accelerate would silently run DDP instead of FSDP: the trainer says so."""
+    proc = _torchrun_worker(tmp_path, FSDP_CONFIG)
+    assert proc.returncode != 0 and "FSDP was requested" in proc.stderr, proc.stderr[-4000:]
 
 
 # ---------------------------------------------------------------------- CLI

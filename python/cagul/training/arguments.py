@@ -40,6 +40,10 @@ class UnlearningArguments(Settings):
             ``"fp16"`` or ``"none"``.
         log_every, eval_every, save_every: steps between log lines, eval hook calls and
             checkpoints (0 = never; a checkpoint is always written at the end).
+        gradient_checkpointing: recompute the wrapped VLM's activations in the backward
+            pass (less memory, one more forward).
+        fsdp_config: path of a ``TrainingArguments.fsdp_config`` JSON file (e.g.
+            ``examples/fsdp_config.json``): shard the method with FSDP (multi-GPU only).
     """
 
     forget_loss: str = "idk"
@@ -66,12 +70,12 @@ class UnlearningArguments(Settings):
     log_every: int = 10
     eval_every: int = 0
     save_every: int = 0
+    gradient_checkpointing: bool = False
+    fsdp_config: str | None = None
 
     def __post_init__(self) -> None:
         check_fields(self)
-        check_choices(
-            self, forget_loss=FORGET_LOSSES, autocast=AUTOCAST, lr_schedule=LR_SCHEDULES
-        )
+        check_choices(self, forget_loss=FORGET_LOSSES, autocast=AUTOCAST, lr_schedule=LR_SCHEDULES)
         check_at_least(self, 1, "steps", "batch_size", "grad_accum")
         check_at_least(
             self,

@@ -1,23 +1,26 @@
-"""``CagulTrainer``: runs any :class:`cagul.methods.Method` -- an ``nn.Module`` whose
-``forward(batch)`` returns ``(loss, metrics)`` and that names its trainable parameters --
-so CAGUL and every finetuning baseline share one loop: progress bar, gradient
-accumulation, autocast, clipping, warmup / cosine schedule, periodic eval hook, atomic
-checkpoints of the trainable state (safetensors + JSON, never pickle) and bit-identical
-resume, seeds, and DDP under ``torchrun`` (gloo on CPU, nccl on GPU) over the trainable
-parameters only.
+"""``CagulTrainer``: a :class:`transformers.Trainer` that trains any
+:class:`cagul.methods.Method` -- an ``nn.Module`` whose ``forward(batch)`` returns
+``(loss, metrics)`` and that names its trainable parameters -- so CAGUL and every
+finetuning baseline share one engine: schedule, gradient accumulation, mixed precision,
+clipping, seeding, device placement and DDP / FSDP under ``torchrun`` or
+``accelerate launch`` all come from transformers / accelerate.
+
+What this subclass adds: the optimizer over the method's trainable parameters only (its
+param groups, e.g. a discriminator learning rate), the method's metrics in the log, an
+eval hook, a sampler that visits the data in the order of a seeded per-epoch permutation,
+and checkpoints that hold only the trainable state plus the optimizer / scheduler /
+scaler / RNG states, written atomically as safetensors + JSON (never pickle).
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import glob
 import json
-import math
 import os
 import random
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,20 +29,30 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DistributedSampler
-from tqdm.auto import tqdm
+from transformers import (
+    PreTrainedModel,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 from cagul_kernels.memory import PeakMemory
 
-from ..errors import MissingInputError
+from ..errors import InputError, MissingInputError
 from ..files import read_json, read_safetensors
 from ..methods.base import Method
 from ..state import atomic_directory, load_nested, save_nested
 from .arguments import UnlearningArguments
 
 CHECKPOINT_DIR = "checkpoints"
+WEIGHTS_FILE = "trainable.safetensors"
+STATE_FILE = "training_state"  # .json + .safetensors: optimizer, scheduler, scaler, RNG
+POSITION_FILE = "trainer_state.json"  # transformers' TrainerState (step, epoch, log)
+CHECKPOINT_FILES = (WEIGHTS_FILE, f"{STATE_FILE}.json", f"{STATE_FILE}.safetensors", POSITION_FILE)
 
 
-# ---------------------------------------------------------------------- distributed
+# ---------------------------------------------------------------------- helpers
 
 
 def distributed_context() -> tuple[int, int, torch.device]:
@@ -72,16 +85,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    if setting == "bf16":
-        return torch.bfloat16
-    if setting == "fp16":
-        return torch.float16
-    if setting == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
 def to_device(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.to(device, non_blocking=True)
@@ -92,21 +95,74 @@ def to_device(obj: Any, device: torch.device) -> Any:
     return obj
 
 
+def training_arguments(
+    args: UnlearningArguments, output_dir: str | None, device: torch.device, **extra: Any
+) -> TrainingArguments:
+    """The :class:`transformers.TrainingArguments` of ``args`` for a method on ``device``;
+    checkpoints go to ``output_dir/checkpoints`` (none without ``output_dir``), every
+    ``save_every`` steps and at the end; ``extra``: more fields."""
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    fields: dict[str, Any] = dict(
+        output_dir=os.path.join(output_dir, CHECKPOINT_DIR) if output_dir else None,
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum,
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        lr_scheduler_type="cosine" if args.lr_schedule == "cosine" else "constant_with_warmup",
+        max_grad_norm=args.max_grad_norm or 0.0,  # 0 = no clipping
+        bf16=args.autocast == "bf16" or (args.autocast == "auto" and cuda_bf16),
+        fp16=args.autocast == "fp16",
+        seed=args.seed,
+        data_seed=args.seed,
+        logging_strategy="steps",
+        logging_steps=max(1, args.log_every),
+        save_strategy="steps" if output_dir else "no",
+        save_steps=args.save_every or args.steps,
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_pin_memory=False,
+        use_cpu=device.type == "cpu",
+        ddp_find_unused_parameters=True,
+        ddp_broadcast_buffers=False,
+    )
+    if args.fsdp_config is not None:
+        fields.update(fsdp=True, fsdp_config=args.fsdp_config)
+    return TrainingArguments(**fields, **extra)
+
+
+class _EvalAndFinalLog(TrainerCallback):
+    """Runs the trainer's eval hook every ``eval_every`` steps (that step is logged) and
+    logs the last step."""
+
+    def __init__(self, trainer: CagulTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        every = self.trainer.config.eval_every
+        if every and state.global_step % every == 0 and state.global_step < state.max_steps:
+            self.trainer.pending_eval = self.trainer.evaluate_hook()
+            control.should_log = True
+        if state.global_step >= state.max_steps:
+            control.should_log = True
+        return control
+
+
 # ---------------------------------------------------------------------- trainer
 
 
-class CagulTrainer:
+class CagulTrainer(Trainer):
     """Trains a :class:`Method` on ``dataset`` (a sequence of samples) batched by
-    ``collate_fn``, with the schedule of ``config`` (steps, batch size, grad accumulation,
-    lr, autocast, logging / eval / checkpoint intervals, seed).
+    ``collate_fn``, with the schedule of ``config`` (:func:`training_arguments` maps it
+    onto ``TrainingArguments``).
 
-    Under ``torchrun`` every process runs this same loop: the trainer initialises the
-    process group, shards the data with a ``DistributedSampler`` and wraps the method in
-    ``DistributedDataParallel`` over its trainable parameters only (the frozen VLM is
-    neither broadcast nor all-reduced). Rank 0 logs, evaluates and writes checkpoints.
+    Under ``torchrun`` / ``accelerate launch`` every process runs this trainer; the engine
+    wraps the method in DDP (or FSDP) and only the method's trainable parameters are
+    optimised. Rank 0 logs, evaluates and writes checkpoints.
 
     ``eval_fn(method, step) -> dict`` is called on rank 0 every ``config.eval_every`` steps
-    and at the end (in eval mode, gradients off); its floats join the log.
+    and at the end (in eval mode, gradients off); its floats join the log as ``eval/*``.
     ``output_dir`` receives ``checkpoints/step-XXXXXXX/``, ``log.jsonl`` and the final
     ``method.save_pretrained`` output.
     """
@@ -130,176 +186,142 @@ class CagulTrainer:
             raise TypeError("CagulTrainer: method must be an nn.Module implementing Method")
         if len(dataset) == 0:
             raise ValueError("CagulTrainer: the dataset is empty")
-        self.method, self.dataset, self.collate_fn = method, dataset, collate_fn
-        self.config, self.output_dir, self.eval_fn = config, output_dir, eval_fn
-        self.rank, self.world, device = distributed_context()
         params = [p for p in method.parameters() if p.requires_grad]
         if not params:
             raise ValueError("CagulTrainer: the method has no trainable parameters")
-        self.device = params[0].device
-        if self.world > 1 and device.type == "cuda" and self.device != device:
+        self.config, self.output_root, self.eval_fn = config, output_dir, eval_fn
+        args = training_arguments(config, output_dir, params[0].device, disable_tqdm=not progress)
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(method)
+        super().__init__(model=method, args=args, train_dataset=dataset, data_collator=collate_fn)
+        if args.fsdp and not self.is_fsdp_enabled:  # accelerate falls back to DDP silently
             raise ValueError(
-                f"CagulTrainer: the method is on {self.device} but this process owns "
-                f"{device}; move the model to cuda:LOCAL_RANK first"
+                "CagulTrainer: FSDP was requested but accelerate enabled it not: it shards "
+                "only across several GPUs (torchrun / accelerate launch), never on CPU"
             )
-        self.progress = progress and self.rank == 0
+        self.add_callback(_EvalAndFinalLog(self))
+        if not progress:
+            self.remove_callback(PrinterCallback)  # it prints every log line
+        self.rank, self.world = args.process_index, args.world_size
         self.history: list[dict[str, float]] = []
-        seed_everything(config.seed)
-        self.optimizer = torch.optim.AdamW(
-            method.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.amp_dtype = _autocast_dtype(config.autocast, self.device)
-        use_scaler = self.amp_dtype == torch.float16 and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
-        self.sampler = DistributedSampler(
-            dataset, num_replicas=self.world, rank=self.rank, shuffle=True, seed=config.seed
-        )
-        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.pending_eval: dict[str, float] = {}
         self.peak_memory_bytes: int | None = None
-        self.ddp = None
-        if self.world > 1:
-            ignore = [n for n, p in method.named_parameters() if not p.requires_grad]
-            ignore += [n for n, _ in method.named_buffers()]
-            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-                method, ignore
+        self._metric_sums: dict[str, float] = {}
+        self._metric_count = 0
+
+    # -------------------------------------------------------------- engine hooks
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """AdamW over ``method.trainable_parameters()`` (its param groups kept)."""
+        if self.optimizer is None:
+            self.optimizer = torch.optim.AdamW(
+                self.model.trainable_parameters(),
+                lr=self.args.learning_rate,
+                weight_decay=self.args.weight_decay,
             )
-            self.ddp = nn.parallel.DistributedDataParallel(
-                method,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=True,
-            )
+        return self.optimizer
 
-    # -------------------------------------------------------------- schedule
+    def _get_train_sampler(self, train_dataset=None) -> torch.utils.data.Sampler:
+        """A permutation of the data seeded by ``seed + epoch`` (the engine shards its
+        batches across processes)."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return DistributedSampler(
+            dataset, num_replicas=1, rank=0, shuffle=True, seed=self.args.seed
+        )
 
-    def _lr_factor(self, step: int) -> float:
-        cfg = self.config
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.lr_schedule == "cosine":
-            span = max(1, cfg.steps - cfg.warmup_steps)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - cfg.warmup_steps) / span)))
-        return 1.0
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """``method(batch) -> (loss, metrics)``; the metrics are summed for the log."""
+        loss, metrics = model(inputs)
+        for key, value in metrics.items():
+            self._metric_sums[key] = self._metric_sums.get(key, 0.0) + float(value)
+        self._metric_count += 1
+        return (loss, metrics) if return_outputs else loss
 
-    def _batches(self) -> Iterator[Any]:
-        """Micro-batches forever, epoch after epoch; resumes mid-epoch where it left off."""
-        bs = self.config.batch_size
-        while True:
-            self.sampler.set_epoch(self.epoch)
-            indices = list(self.sampler)
-            chunks = [indices[i : i + bs] for i in range(0, len(indices), bs)]
-            while self.batch_in_epoch < len(chunks):
-                chunk = chunks[self.batch_in_epoch]
-                self.batch_in_epoch += 1
-                yield self.collate_fn([self.dataset[i] for i in chunk])
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """A training log line becomes ``{step, lr, grad_norm, <method metrics averaged
+        over the micro-batches since the last line and over processes>, eval/*}``, kept in
+        ``history`` and appended to ``output_dir/log.jsonl`` (rank 0)."""
+        if "loss" not in logs:  # the end-of-training summary (runtime, ...)
+            super().log(logs, start_time)
+            return
+        record: dict[str, float] = {"step": self.state.global_step, "lr": logs["learning_rate"]}
+        if "grad_norm" in logs:
+            record["grad_norm"] = float(logs["grad_norm"])
+        record.update(self._mean_metrics())
+        record.update(self.pending_eval)
+        self.pending_eval = {}
+        self._record(record)
+        super().log(dict(record), start_time)
 
-    # -------------------------------------------------------------- loop
+    # -------------------------------------------------------------- training
 
-    def train(self, resume: bool | str = False) -> list[dict[str, float]]:
+    def train(self, resume: bool | str = False, **kwargs: Any) -> list[dict[str, float]]:
         """Runs until ``config.steps`` optimizer steps; returns the log history.
 
-        ``resume``: ``True`` continues from the latest checkpoint in ``output_dir`` (if
-        any), a path from that checkpoint. Sets ``peak_memory_bytes``: the peak extra
-        memory of the run (:class:`cagul_kernels.memory.PeakMemory`).
+        ``resume``: ``True`` continues from the newest complete checkpoint in
+        ``output_dir`` (if any), a path from that checkpoint. Sets ``peak_memory_bytes``:
+        the peak extra memory of the run (:class:`cagul_kernels.memory.PeakMemory`).
         """
-        with PeakMemory(self.device) as peak:
-            history = self._train(resume)
-        self.peak_memory_bytes = peak.bytes
-        return history
-
-    def _train(self, resume: bool | str) -> list[dict[str, float]]:
-        cfg = self.config
-        if resume:
-            path = resume if isinstance(resume, str) else self.latest_checkpoint()
-            if path is not None:
-                self.load_checkpoint(path)
-                if self.rank == 0:
-                    print(f"cagul train: resuming from {path} (step {self.step})", flush=True)
-        model = self.ddp or self.method
-        self.method.train()
-        batches = self._batches()
-        bar = tqdm(
-            total=cfg.steps, initial=self.step, desc="cagul train", disable=not self.progress
-        )
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        while self.step < cfg.steps:
-            sums: dict[str, float] = {}
-            for micro in range(cfg.grad_accum):
-                batch = to_device(next(batches), self.device)
-                last = micro == cfg.grad_accum - 1
-                sync = contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync()
-                with sync, self._autocast():
-                    loss, metrics = model(batch)
-                    self.scaler.scale(loss / cfg.grad_accum).backward()
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
-            self.scaler.unscale_(self.optimizer)
-            if cfg.max_grad_norm is not None:
-                sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
-            record = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], **self._mean(sums)}
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in _SHOWN})
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
-                record.update(self._evaluate())
-            if self.step % max(1, cfg.log_every) == 0 or self.step == cfg.steps:
-                self._log(record)
-            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
-                self.save_checkpoint()
-        bar.close()
-        if cfg.eval_every and self.eval_fn is not None:
-            self._log({"step": self.step, **self._evaluate()})
-        if self.output_dir is not None:
-            self.save_checkpoint()
+        checkpoint = self.latest_checkpoint() if resume is True else resume or None
+        step = 0
+        if checkpoint is not None:
+            missing = _missing_files(checkpoint)
+            if missing:
+                raise MissingInputError(
+                    f"CagulTrainer: incomplete checkpoint {checkpoint}, missing {missing}"
+                )
+            position = read_json(os.path.join(checkpoint, POSITION_FILE))
+            if not isinstance(position, dict) or not isinstance(position.get("global_step"), int):
+                raise InputError(f"{checkpoint}/{POSITION_FILE}: no integer 'global_step'")
+            step = position["global_step"]
             if self.rank == 0:
-                self.method.save_pretrained(self.output_dir)
-        self._barrier()
+                print(f"cagul train: resuming from {checkpoint} (step {step})", flush=True)
+        with PeakMemory(self.args.device) as peak:
+            if step < self.args.max_steps:  # the engine would run one more step
+                super().train(resume_from_checkpoint=checkpoint, **kwargs)
+            else:
+                self._load_from_checkpoint(checkpoint)
+        self.peak_memory_bytes = peak.bytes
+        if self.config.eval_every and self.eval_fn is not None:
+            self._record({"step": self.state.global_step, **self.evaluate_hook()})
+        if self.output_root is not None and self.rank == 0:
+            self.model.save_pretrained(self.output_root)
+        self.accelerator.wait_for_everyone()
         return self.history
 
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-    def _mean(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Averages the metrics over processes (same keys everywhere)."""
-        if self.world == 1:
-            return metrics
-        keys = sorted(metrics)
-        t = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return {k: float(v) / self.world for k, v in zip(keys, t.tolist(), strict=True)}
-
-    def _evaluate(self) -> dict[str, float]:
+    def evaluate_hook(self) -> dict[str, float]:
+        """``eval_fn(method, step)`` on rank 0 in eval mode without gradients, keys
+        prefixed ``eval/``; ``{}`` elsewhere."""
         if self.eval_fn is None or self.rank != 0:
             return {}
-        self.method.eval()
+        self.model.eval()
         try:
             with torch.no_grad():
-                result = self.eval_fn(self.method, self.step)
+                result = self.eval_fn(self.model, self.state.global_step)
         finally:
-            self.method.train()
+            self.model.train()
         return {f"eval/{k}": float(v) for k, v in (result or {}).items()}
 
-    def _log(self, record: dict[str, float]) -> None:
-        self.history.append(record)
-        if self.rank != 0:
-            return
-        if self.progress:
-            tqdm.write(" ".join(f"{k}={v:.4g}" for k, v in record.items()))
-        if self.output_dir is not None:
-            os.makedirs(self.output_dir, exist_ok=True)
-            with open(os.path.join(self.output_dir, "log.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def _barrier(self) -> None:
+    def _mean_metrics(self) -> dict[str, float]:
+        """The method's metrics averaged since the last log line, then over processes."""
+        keys = sorted(self._metric_sums)
+        count = max(1, self._metric_count)
+        values = torch.tensor(
+            [self._metric_sums[k] / count for k in keys],
+            dtype=torch.float64,
+            device=self.args.device,
+        )
+        self._metric_sums, self._metric_count = {}, 0
         if self.world > 1:
-            dist.barrier()
+            values = self.accelerator.reduce(values, reduction="mean")
+        return dict(zip(keys, values.tolist(), strict=True))
+
+    def _record(self, record: dict[str, float]) -> None:
+        self.history.append(record)
+        if self.rank == 0 and self.output_root is not None:
+            os.makedirs(self.output_root, exist_ok=True)
+            with open(os.path.join(self.output_root, "log.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
 
     # -------------------------------------------------------------- checkpoints
 
@@ -307,9 +329,9 @@ class CagulTrainer:
         """The newest complete checkpoint in ``output_dir`` (incomplete ones -- a write
         killed before its rename, or a directory missing files -- are skipped with a
         warning), or ``None``."""
-        if self.output_dir is None:
+        if self.output_root is None:
             return None
-        found = sorted(glob.glob(os.path.join(self.output_dir, CHECKPOINT_DIR, "step-*")))
+        found = sorted(glob.glob(os.path.join(self.output_root, CHECKPOINT_DIR, "step-*")))
         for path in reversed(found):
             missing = _missing_files(path)
             if not missing:
@@ -320,53 +342,72 @@ class CagulTrainer:
             )
         return None
 
-    def save_checkpoint(self) -> str | None:
-        """Writes ``checkpoints/step-XXXXXXX`` (rank 0) atomically (a temporary directory,
-        renamed when complete): the trained state, the optimizer / scheduler / scaler / RNG
-        states (safetensors + JSON) and the loop position."""
-        if self.output_dir is None:
-            return None
-        path = os.path.join(self.output_dir, CHECKPOINT_DIR, f"step-{self.step:07d}")
-        if self.rank == 0:
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """Writes ``checkpoints/step-XXXXXXX`` atomically (a temporary directory renamed
+        when complete, by rank 0): the trainable state, the optimizer / scheduler / scaler /
+        RNG states (safetensors + JSON) and the engine's ``trainer_state.json``."""
+        path = os.path.join(self.args.output_dir, f"step-{self.state.global_step:07d}")
+        trainable = self.model.trainable_state_dict()
+        states = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.lr_scheduler.state_dict(),
+            "rng": _rng_state(),
+        }
+        if getattr(self.accelerator, "scaler", None) is not None:
+            states["scaler"] = self.accelerator.scaler.state_dict()
+        if self.args.should_save:
             with atomic_directory(path) as tmp:
-                state = self.method.trainable_state_dict()
                 save_file(
-                    {k: v.detach().cpu().contiguous() for k, v in state.items()},
+                    {k: v.detach().cpu().contiguous() for k, v in trainable.items()},
                     os.path.join(tmp, WEIGHTS_FILE),
                 )
-                save_nested(
-                    {
-                        "optimizer": self.optimizer.state_dict(),
-                        "scheduler": self.scheduler.state_dict(),
-                        "scaler": self.scaler.state_dict(),
-                        "rng": _rng_state(),
-                    },
-                    os.path.join(tmp, STATE_FILE),
-                )
-                position = {"step": self.step, "epoch": self.epoch, "batch": self.batch_in_epoch}
-                with open(os.path.join(tmp, POSITION_FILE), "w") as f:
-                    json.dump({**position, "arguments": self.config.to_dict()}, f, indent=2)
-        self._barrier()
-        return path
+                save_nested(states, os.path.join(tmp, STATE_FILE))
+                self.state.save_to_json(os.path.join(tmp, POSITION_FILE))
+        self.accelerator.wait_for_everyone()
 
-    def load_checkpoint(self, path: str) -> None:
-        """Restores a checkpoint written by :meth:`save_checkpoint` (every rank)."""
-        missing = _missing_files(path)
-        if missing:
-            raise MissingInputError(
-                f"CagulTrainer: incomplete checkpoint {path}, missing {missing}"
-            )
-        device = str(self.device)
-        self.method.load_trainable_state_dict(
-            read_safetensors(os.path.join(path, WEIGHTS_FILE), device=device)
-        )
-        state = load_nested(os.path.join(path, STATE_FILE), device=device)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
-        pos = read_json(os.path.join(path, POSITION_FILE))
-        self.step, self.epoch, self.batch_in_epoch = pos["step"], pos["epoch"], pos["batch"]
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        weights = read_safetensors(os.path.join(resume_from_checkpoint, WEIGHTS_FILE))
+        device = next(iter(self.model.trainable_state_dict().values())).device
+        self.model.load_trainable_state_dict({k: v.to(device) for k, v in weights.items()})
+
+    def _training_states(self, checkpoint: str) -> dict[str, Any]:
+        return load_nested(os.path.join(checkpoint, STATE_FILE), device=str(self.args.device))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if checkpoint is None:
+            return
+        states = self._training_states(checkpoint)
+        self.optimizer.load_state_dict(states["optimizer"])
+        self.lr_scheduler.load_state_dict(states["scheduler"])
+
+    def _load_scaler(self, checkpoint: str | None) -> None:
+        if checkpoint is None or getattr(self.accelerator, "scaler", None) is None:
+            return
+        self.accelerator.scaler.load_state_dict(self._training_states(checkpoint)["scaler"])
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        if checkpoint is not None:
+            _set_rng_state(self._training_states(checkpoint)["rng"])
+
+    # The engine's own writers pickle (torch.save); every state goes through
+    # _save_checkpoint above instead.
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        raise NotImplementedError("CagulTrainer writes optimizer states in _save_checkpoint")
+
+    _save_rng_state = _save_scaler = _save_optimizer_and_scheduler
+
+
+def enable_gradient_checkpointing(method: nn.Module) -> None:
+    """Turns on (non-reentrant) activation checkpointing in every outermost
+    ``PreTrainedModel`` inside ``method`` (the wrapped VLM, a reference copy...)."""
+    found = False
+    for module in method.modules():
+        if isinstance(module, PreTrainedModel) and module.supports_gradient_checkpointing:
+            if not module.is_activation_checkpointing:
+                module.activation_checkpointing_enable()
+            found = True
+    if not found:
+        raise ValueError("gradient_checkpointing: the method wraps no model that supports it")
 
 
 def _rng_state() -> dict[str, Any]:
@@ -392,10 +433,3 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def _missing_files(path: str) -> list[str]:
     return [name for name in CHECKPOINT_FILES if not os.path.isfile(os.path.join(path, name))]
-
-
-_SHOWN = ("loss", "forget_loss", "retain_kl", "disc_acc")
-WEIGHTS_FILE = "trainable.safetensors"
-STATE_FILE = "training_state"  # .json + .safetensors
-POSITION_FILE = "trainer_state.json"
-CHECKPOINT_FILES = (WEIGHTS_FILE, f"{STATE_FILE}.json", f"{STATE_FILE}.safetensors", POSITION_FILE)
