@@ -341,7 +341,7 @@ def _train(args: argparse.Namespace) -> None:
             "method": args.method,
             "trainable_params": sum(p.numel() for p in method.parameters() if p.requires_grad),
             "peak_memory_mb": mib(trainer.peak_memory_bytes),
-            **trainer.history[-1],
+            **(trainer.history[-1] if trainer.history else {}),  # empty: already done
         }
         print(json.dumps(summary), flush=True)
         if args.method != "cagul" and not args.lora_rank:

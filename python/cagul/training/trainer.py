@@ -40,7 +40,7 @@ from transformers import (
 from cagul_kernels.memory import PeakMemory
 
 from ..errors import InputError, MissingInputError
-from ..files import read_json, read_safetensors
+from ..files import check_safetensors, read_json, read_safetensors
 from ..methods.base import Method
 from ..state import atomic_directory, load_nested, save_nested
 from .arguments import UnlearningArguments
@@ -270,6 +270,7 @@ class CagulTrainer(Trainer):
                 raise MissingInputError(
                     f"CagulTrainer: incomplete checkpoint {checkpoint}, missing {missing}"
                 )
+            _check_readable(checkpoint)  # a damaged file is named before any work
             position = read_json(os.path.join(checkpoint, POSITION_FILE))
             if not isinstance(position, dict) or not isinstance(position.get("global_step"), int):
                 raise InputError(f"{checkpoint}/{POSITION_FILE}: no integer 'global_step'")
@@ -433,3 +434,14 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def _missing_files(path: str) -> list[str]:
     return [name for name in CHECKPOINT_FILES if not os.path.isfile(os.path.join(path, name))]
+
+
+def _check_readable(path: str) -> None:
+    """Every file of checkpoint ``path`` parses (JSON) or is whole (safetensors header),
+    else an :class:`~cagul.errors.InputError` naming it."""
+    for name in CHECKPOINT_FILES:
+        file = os.path.join(path, name)
+        if name.endswith(".safetensors"):
+            check_safetensors(file)
+        else:
+            read_json(file)
