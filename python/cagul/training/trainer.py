@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import glob
 import json
+import math
 import os
 import random
 import warnings
@@ -220,6 +221,27 @@ class CagulTrainer(Trainer):
                 weight_decay=self.args.weight_decay,
             )
         return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """Linear warmup that reaches ``lr * (step + 1) / warmup_steps`` at step ``step``
+        (the first step already learns, as the project's schedule always did; the engine's
+        own warmup starts at 0), then constant or cosine decay to 0 over the rest."""
+        if self.lr_scheduler is None:
+            warmup = self.config.warmup_steps
+            span = max(1, self.config.steps - warmup)
+            cosine = self.config.lr_schedule == "cosine"
+
+            def factor(step: int) -> float:
+                if step < warmup:
+                    return (step + 1) / warmup
+                if not cosine:
+                    return 1.0
+                return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
+
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer if optimizer is not None else self.optimizer, factor
+            )
+        return self.lr_scheduler
 
     def _get_train_sampler(self, train_dataset=None) -> torch.utils.data.Sampler:
         """A permutation of the data seeded by ``seed + epoch`` (the engine shards its
