@@ -89,7 +89,8 @@ def attention_with_lse(
         out, lse = _flash_attn(q, k, v, causal, scale, attn_mask)
     else:
         out, lse = _sdpa(q, k, v, causal, scale, attn_mask)
-        out, lse = _propagate_nan_query_rows(q, out, lse)
+        if q.device.type == "cpu":  # only the CPU flash kernel zeroes NaN rows
+            out, lse = _propagate_nan_query_rows(q, out, lse)
     return out, _no_key_rows_to_neg_inf(lse, causal, attn_mask, sk)
 
 
