@@ -35,6 +35,7 @@ from cagul.config import CagulConfig
 from cagul.data.benchmark import EVAL_SPLITS, Benchmark
 from cagul.evaluation.diagnostics import evaluate_splits
 from cagul.evaluation.synthetic import judge_models, judging_inputs
+from cagul.files import write_text_atomic
 from cagul.methods import baseline_names, get_method
 from cagul.methods.cagul import CagulMethod
 from cagul.methods.finetune import load_finetuned, lora_config
@@ -760,9 +761,4 @@ def run_sweep(
 
 
 def _write_json(path: str, obj: Any) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import torch
 
 from ..data import VLMCollator
+from ..files import write_text_atomic
 from ..losses import answer_log_probs, target_log_probs
 from .diagnostics import _answer_logits, _chunks, generate_answers
 
@@ -95,23 +95,10 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_results(results: dict[str, Any], table: str, json_path: str) -> str:
     """Writes ``results`` to ``json_path`` and ``table`` next to it (``.md``), each
     atomically; returns the markdown path."""
-    _write_atomic(json_path, json.dumps(results, indent=2) + "\n")
+    write_text_atomic(json_path, json.dumps(results, indent=2) + "\n")
     md_path = os.path.splitext(json_path)[0] + ".md"
-    _write_atomic(md_path, table)
+    write_text_atomic(md_path, table)
     return md_path
