@@ -28,6 +28,7 @@ the only timed run, as each run takes minutes on a small CPU.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import importlib.util
 import sys
@@ -39,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cagul_demo.toy_vlm import llava_config
+from cagul_demo.toy_vlm import ToyVLMConfig, llava_config
 from transformers import LlavaForConditionalGeneration
 
 from benchmarks.common import markdown_table, median_time, peak_memory, plot_lines, write_results
@@ -51,6 +52,19 @@ from cagul_kernels.integrations.transformers import (
 )
 
 HIDDEN, HEADS, MLP, VOCAB = 2048, 16, 5632, 32064
+# The model: that decoder (no GQA) and a small vision tower, which does not run (the visual
+# tokens are fed as embeddings).
+ARCH = ToyVLMConfig(
+    hidden=HIDDEN,
+    heads=HEADS,
+    kv_heads=HEADS,
+    intermediate=MLP,
+    image_size=224,
+    patch_size=32,
+    vision_hidden=64,
+    vision_layers=1,
+    vision_heads=2,
+)
 PREFIX, QUESTION, IMG, NEWLINE = 5, 64, 32000, 13
 GIB = 2**30
 # visual tokens -> (layout, tokens per image)
@@ -63,21 +77,8 @@ LAYOUTS = {
 
 
 def build_model(layers: int, device, dtype) -> LlavaForConditionalGeneration:
-    config = llava_config(
-        vocab_size=VOCAB,
-        image_token_id=IMG,
-        hidden=HIDDEN,
-        layers=layers,
-        heads=HEADS,
-        kv_heads=HEADS,
-        intermediate=MLP,
-        vision_hidden=64,
-        vision_layers=1,
-        vision_heads=2,
-        image_size=224,
-        patch_size=32,
-        max_positions=32768,
-    )
+    arch = dataclasses.replace(ARCH, layers=layers)
+    config = llava_config(arch, vocab_size=VOCAB, image_token_id=IMG, max_positions=32768)
     return LlavaForConditionalGeneration(config).to(device=device, dtype=dtype).eval()
 
 
