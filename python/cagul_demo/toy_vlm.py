@@ -289,16 +289,16 @@ def pretrain_vision(
     return losses
 
 
+#: The ``UnlearningArguments`` fields that :class:`ToyVLMConfig` sets under the same name.
+SCHEDULE_FIELDS = ("steps", "batch_size", "lr", "warmup_steps", "weight_decay", "seed")
+
+
 def training_config(config: ToyVLMConfig) -> UnlearningArguments:
-    """The ``CagulTrainer`` schedule for training the toy VLM."""
+    """The ``CagulTrainer`` schedule for training the toy VLM: :data:`SCHEDULE_FIELDS` of
+    ``config``, a cosine decay, fp32, a log line every tenth of the steps."""
     return UnlearningArguments(
-        steps=config.steps,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        warmup_steps=config.warmup_steps,
+        **{name: getattr(config, name) for name in SCHEDULE_FIELDS},
         lr_schedule="cosine",
-        weight_decay=config.weight_decay,
-        seed=config.seed,
         log_every=max(1, config.steps // 10),
         autocast="none",
     )
