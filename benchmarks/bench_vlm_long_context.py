@@ -43,7 +43,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cagul_demo.toy_vlm import ToyVLMConfig, llava_config
 from transformers import LlavaForConditionalGeneration
 
-from benchmarks.common import markdown_table, median_time, peak_memory, plot_lines, write_results
+from benchmarks.common import (
+    add_device_arguments,
+    device_and_dtype,
+    markdown_table,
+    median_time,
+    peak_memory,
+    plot_lines,
+    write_results,
+)
 from cagul_kernels import reference
 from cagul_kernels.integrations.transformers import (
     capture_importance,
@@ -207,8 +215,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, help="float32 (CPU default) / bfloat16 (GPU)")
+    add_device_arguments(parser)
     parser.add_argument(
         "--visual", type=int, nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS)
     )
@@ -223,12 +230,7 @@ def main(argv=None):
     parser.add_argument("--budget-gib", type=float, default=24.0, help="CPU memory budget")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    dtype = (
-        getattr(torch, args.dtype)
-        if args.dtype
-        else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    )
+    device, dtype = device_and_dtype(args)
     print(
         f"VLM long context on {device} ({dtype}): hidden {HIDDEN}, {HEADS} heads, MLP {MLP}, "
         f"{args.layers} layers, importance at layer {args.layer}"
