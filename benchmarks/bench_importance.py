@@ -32,11 +32,11 @@ import gc
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (
+    add_device_arguments,
+    device_and_dtype,
     markdown_table,
     matmul_rate,
     median_time,
@@ -119,22 +119,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument(
-        "--dtype", default=None, help="float32 (CPU default) / bfloat16 (GPU default)"
-    )
+    add_device_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="two small sizes, no files written")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--nvs", type=int, nargs="+", help="visual token counts (sweep)")
     parser.add_argument("--hkvs", type=int, nargs="+", help="kv head counts (sweep)")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    dtype = (
-        getattr(torch, args.dtype)
-        if args.dtype
-        else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    )
+    device, dtype = device_and_dtype(args)
     backends = ["triton", "cuda"] if device.type == "cuda" else ["cpu"]
     if args.quick:
         nvs, hkvs, repeats = [576, 2304], [16], 3

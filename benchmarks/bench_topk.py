@@ -26,13 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (
-    markdown_table,
-    median_time,
-    peak_memory,
-    plot_lines,
-    write_results,
-)
+from benchmarks.common import markdown_table, median_time, peak_memory, plot_lines, write_results
 from benchmarks.providers import TOPK_RATIO, topk_inputs, topk_providers
 
 BATCHES = (1, 8)

@@ -28,6 +28,7 @@ the only timed run, as each run takes minutes on a small CPU.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import importlib.util
 import sys
@@ -39,10 +40,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cagul_demo.toy_vlm import llava_config
+from cagul_demo.toy_vlm import ToyVLMConfig, llava_config
 from transformers import LlavaForConditionalGeneration
 
-from benchmarks.common import markdown_table, median_time, peak_memory, plot_lines, write_results
+from benchmarks.common import (
+    add_device_arguments,
+    device_and_dtype,
+    markdown_table,
+    median_time,
+    peak_memory,
+    plot_lines,
+    write_results,
+)
 from cagul_kernels import reference
 from cagul_kernels.integrations.transformers import (
     capture_importance,
@@ -51,6 +60,19 @@ from cagul_kernels.integrations.transformers import (
 )
 
 HIDDEN, HEADS, MLP, VOCAB = 2048, 16, 5632, 32064
+# The model: that decoder (no GQA) and a small vision tower, which does not run (the visual
+# tokens are fed as embeddings).
+ARCH = ToyVLMConfig(
+    hidden=HIDDEN,
+    heads=HEADS,
+    kv_heads=HEADS,
+    intermediate=MLP,
+    image_size=224,
+    patch_size=32,
+    vision_hidden=64,
+    vision_layers=1,
+    vision_heads=2,
+)
 PREFIX, QUESTION, IMG, NEWLINE = 5, 64, 32000, 13
 GIB = 2**30
 # visual tokens -> (layout, tokens per image)
@@ -63,21 +85,8 @@ LAYOUTS = {
 
 
 def build_model(layers: int, device, dtype) -> LlavaForConditionalGeneration:
-    config = llava_config(
-        vocab_size=VOCAB,
-        image_token_id=IMG,
-        hidden=HIDDEN,
-        layers=layers,
-        heads=HEADS,
-        kv_heads=HEADS,
-        intermediate=MLP,
-        vision_hidden=64,
-        vision_layers=1,
-        vision_heads=2,
-        image_size=224,
-        patch_size=32,
-        max_positions=32768,
-    )
+    arch = dataclasses.replace(ARCH, layers=layers)
+    config = llava_config(arch, vocab_size=VOCAB, image_token_id=IMG, max_positions=32768)
     return LlavaForConditionalGeneration(config).to(device=device, dtype=dtype).eval()
 
 
@@ -206,8 +215,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, help="float32 (CPU default) / bfloat16 (GPU)")
+    add_device_arguments(parser)
     parser.add_argument(
         "--visual", type=int, nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS)
     )
@@ -222,12 +230,7 @@ def main(argv=None):
     parser.add_argument("--budget-gib", type=float, default=24.0, help="CPU memory budget")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    dtype = (
-        getattr(torch, args.dtype)
-        if args.dtype
-        else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    )
+    device, dtype = device_and_dtype(args)
     print(
         f"VLM long context on {device} ({dtype}): hidden {HIDDEN}, {HEADS} heads, MLP {MLP}, "
         f"{args.layers} layers, importance at layer {args.layer}"

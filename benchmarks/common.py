@@ -7,6 +7,7 @@ the machine.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import platform
@@ -34,6 +35,29 @@ def machine() -> dict:
         info["gpu"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda
     return info
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device`` (default: CUDA when available) and ``--dtype`` (one of :data:`DTYPES`;
+    default: :func:`default_dtype`), read back by :func:`device_and_dtype`."""
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--dtype", default=None, choices=DTYPES, help="default: float32 on CPU, bfloat16 on GPU"
+    )
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """What the kernels are measured in on ``device``: bf16 on CUDA, fp32 on CPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
+    """``(device, dtype)`` of the arguments of :func:`add_device_arguments`."""
+    device = torch.device(args.device)
+    return device, getattr(torch, args.dtype) if args.dtype else default_dtype(device)
 
 
 def device_tag(device: torch.device) -> str:

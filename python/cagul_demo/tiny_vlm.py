@@ -4,6 +4,8 @@ fixtures of the framework tests and of the DDP worker."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 from transformers import (
@@ -14,7 +16,7 @@ from transformers import (
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from .toy_vlm import ToyVLMConfig, build_vlm
+from .toy_vlm import ToyVLMConfig, build_vlm, text_fields
 
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "<|vision_start|>", "<|vision_end|>"]
 SPECIAL += ["<|video_pad|>", "<|image_pad|>"]
@@ -23,6 +25,7 @@ WORDS += ["name", "of", "this", "person?", "Where", "does", "live?"]
 NAMES = [f"n{i}" for i in range(24)]
 VOCAB = SPECIAL + WORDS + NAMES
 PAD, BOS, EOS = 0, 1, 2
+SPECIAL_IDS = {"pad_token_id": PAD, "bos_token_id": BOS, "eos_token_id": EOS}
 LLAVA_TEMPLATE = "USER: {image} {question} ASSISTANT:"
 QWEN_TEMPLATE = "USER: <|vision_start|>{image}<|vision_end|> {question} ASSISTANT:"
 HIDDEN = 48
@@ -37,42 +40,23 @@ def tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def _text(layers: int, **extra) -> dict:
-    return dict(
-        vocab_size=len(VOCAB),
-        hidden_size=HIDDEN,
-        intermediate_size=96,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=PAD,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-        # large enough weights that the logits are not near-uniform (the model is steerable)
-        initializer_range=0.15,
-        **extra,
-    )
+#: The architecture of the tiny VLMs (LLaVA and Qwen2-VL; ToyVLMConfig's defaults for the
+#: rest: 2 vision layers, 3 decoder layers, 4 heads over 2 kv heads): 16x16 images in 4x4
+#: patches, a 32-wide vision tower, a 48-wide decoder.
+TINY = ToyVLMConfig(
+    image_size=16, patch_size=4, vision_hidden=32, vision_heads=2, hidden=HIDDEN, intermediate=96
+)
+#: The std of the tiny VLMs' text weights: large enough that the logits are not
+#: near-uniform (the model is steerable).
+INITIALIZER_RANGE = 0.15
 
 
 def llava(seed: int = 0, layers: int = 3, hidden: int = HIDDEN):
-    """``(model, processor)``: CLIP 16x16 images, patch 4 -> 16 visual tokens per image
+    """``(model, processor)``: :data:`TINY` with ``layers`` and ``hidden`` as a LLaVA: CLIP
+    16x16 images, patch 4 -> 16 visual tokens per image
     (:func:`cagul_demo.toy_vlm.build_vlm` with the word-level tokenizer)."""
-    config = ToyVLMConfig(
-        image_size=16,
-        patch_size=4,
-        vision_hidden=32,
-        vision_layers=2,
-        vision_heads=2,
-        hidden=hidden,
-        layers=layers,
-        heads=4,
-        kv_heads=2,
-        intermediate=96,
-        seed=seed,
-    )
-    # large enough weights that the logits are not near-uniform (the model is steerable)
-    return build_vlm(config, tokenizer(), initializer_range=0.15, convert_rgb=False)
+    config = dataclasses.replace(TINY, layers=layers, hidden=hidden, seed=seed)
+    return build_vlm(config, tokenizer(), initializer_range=INITIALIZER_RANGE, convert_rgb=False)
 
 
 class _QwenProcessor(Qwen2VLProcessor):
@@ -89,22 +73,22 @@ class _QwenProcessor(Qwen2VLProcessor):
 def qwen2_vl(seed: int = 0, layers: int = 3):
     """``(model, processor)``: patch 4, merge 2 -> (H/8) * (W/8) visual tokens per image."""
     torch.manual_seed(seed)
+    arch = dataclasses.replace(TINY, layers=layers)
+    text = {**text_fields(arch, len(VOCAB)), **SPECIAL_IDS, "initializer_range": INITIALIZER_RANGE}
+    rope = {"rope_type": "default", "mrope_section": [2, 2, 2], "rope_theta": 1e4}  # M-RoPE
     config = Qwen2VLConfig(
         vision_config=dict(
-            depth=2,
-            embed_dim=32,
-            hidden_size=HIDDEN,
-            num_heads=2,
+            depth=arch.vision_layers,
+            embed_dim=arch.vision_hidden,
+            num_heads=arch.vision_heads,
+            patch_size=arch.patch_size,
+            hidden_size=arch.hidden,  # the merger's output: the decoder's width
             mlp_ratio=2,
-            patch_size=4,
             spatial_merge_size=2,
             temporal_patch_size=2,
             in_channels=3,
         ),
-        text_config=_text(
-            layers,
-            rope_parameters={"rope_type": "default", "mrope_section": [2, 2, 2], "rope_theta": 1e4},
-        ),
+        text_config={**text, "rope_parameters": rope},
         image_token_id=VOCAB.index("<|image_pad|>"),
         video_token_id=VOCAB.index("<|video_pad|>"),
         vision_start_token_id=VOCAB.index("<|vision_start|>"),

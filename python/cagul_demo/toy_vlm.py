@@ -5,7 +5,9 @@
   questions and answers plus the prompt template and the refusal, wrapped as a
   ``PreTrainedTokenizerFast`` (``<pad>``, ``<s>``, ``</s>``, ``<image>`` special tokens).
 - :func:`llava_config`: the one toy-LLaVA builder of the project (demo, tests,
-  benchmarks); :func:`build_vlm`: ``LlavaForConditionalGeneration`` from
+  benchmarks), from the architecture fields of a :class:`ToyVLMConfig`
+  (:func:`text_fields` and :func:`vision_fields`: the same as transformers config fields,
+  for the other tiny VLMs); :func:`build_vlm`: ``LlavaForConditionalGeneration`` from
   :class:`ToyVLMConfig` (a CLIP vision tower, the LLaVA MLP projector, a Llama decoder) +
   its ``LlavaProcessor``.
 - :func:`train_vlm`: two stages, like a LLaVA built on a pretrained vision encoder:
@@ -123,57 +125,61 @@ def tokenizer_corpus(benchmark: Benchmark, prompt_template: str) -> list[str]:
     return [*texts, REFUSAL]
 
 
+def text_fields(arch: ToyVLMConfig, vocab_size: int, max_positions: int = 256) -> dict[str, Any]:
+    """The decoder of ``arch`` (``hidden``, ``layers``, ``heads``, ``kv_heads``,
+    ``intermediate``) as ``LlamaConfig`` fields, which the other text configs of
+    transformers (Qwen2, Gemma3, ...) share."""
+    return dict(
+        vocab_size=vocab_size,
+        hidden_size=arch.hidden,
+        intermediate_size=arch.intermediate,
+        num_hidden_layers=arch.layers,
+        num_attention_heads=arch.heads,
+        num_key_value_heads=arch.kv_heads,
+        max_position_embeddings=max_positions,
+    )
+
+
+def vision_fields(arch: ToyVLMConfig) -> dict[str, Any]:
+    """The vision tower of ``arch`` (``vision_hidden``, ``vision_layers``,
+    ``vision_heads``, ``image_size``, ``patch_size``; MLP width ``2 * vision_hidden``) as
+    ``CLIPVisionConfig`` fields."""
+    if arch.image_size % arch.patch_size:
+        raise ValueError(
+            f"ToyVLMConfig: image_size ({arch.image_size}) must be a multiple of patch_size "
+            f"({arch.patch_size})"
+        )
+    return dict(
+        hidden_size=arch.vision_hidden,
+        intermediate_size=2 * arch.vision_hidden,
+        num_hidden_layers=arch.vision_layers,
+        num_attention_heads=arch.vision_heads,
+        image_size=arch.image_size,
+        patch_size=arch.patch_size,
+    )
+
+
 def llava_config(
+    arch: ToyVLMConfig,
     *,
     vocab_size: int,
     image_token_id: int,
-    hidden: int,
-    layers: int,
-    heads: int,
-    kv_heads: int,
-    intermediate: int,
-    vision_hidden: int,
-    vision_layers: int,
-    vision_heads: int,
-    image_size: int,
-    patch_size: int,
     max_positions: int = 256,
     attn_implementation: str | None = None,
     **text: Any,
 ):
     """The ``LlavaConfig`` of every toy LLaVA in the project (the demo's vanilla model, the
-    tests' tiny VLMs, the benchmarks): a CLIP vision tower (``vision_hidden``,
-    ``vision_layers``, ``vision_heads``; ``(image_size / patch_size) ** 2`` visual tokens
-    per image, CLS dropped), the LLaVA projector and a Llama decoder (``hidden``,
-    ``layers``, ``heads``, ``kv_heads``, ``intermediate``). ``attn_implementation``: for
-    every sub-model; ``text``: more ``LlamaConfig`` fields (token ids, ``initializer_range``,
-    ``attention_dropout``, ...)."""
+    tests' tiny VLMs, the benchmarks) with the architecture fields of ``arch`` (its
+    training fields are not read): a CLIP vision tower (:func:`vision_fields`;
+    ``(image_size / patch_size) ** 2`` visual tokens per image, CLS dropped), the LLaVA
+    projector and a Llama decoder (:func:`text_fields`). ``attn_implementation``: for
+    every sub-model; ``text``: more ``LlamaConfig`` fields (token ids,
+    ``initializer_range``, ``attention_dropout``, ...)."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
-    if image_size % patch_size:
-        raise ValueError(
-            f"llava_config: image_size ({image_size}) must be a multiple of patch_size "
-            f"({patch_size})"
-        )
     return LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=vision_hidden,
-            intermediate_size=2 * vision_hidden,
-            num_hidden_layers=vision_layers,
-            num_attention_heads=vision_heads,
-            image_size=image_size,
-            patch_size=patch_size,
-        ),
-        text_config=LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=hidden,
-            intermediate_size=intermediate,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=kv_heads,
-            max_position_embeddings=max_positions,
-            **text,
-        ),
+        vision_config=CLIPVisionConfig(**vision_fields(arch)),
+        text_config=LlamaConfig(**text_fields(arch, vocab_size, max_positions), **text),
         image_token_id=image_token_id,
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
@@ -185,7 +191,7 @@ def build_vlm(
     config: ToyVLMConfig, tokenizer, *, initializer_range: float = 0.02, convert_rgb: bool = True
 ):
     """``(model, processor)``: a randomly initialised ``LlavaForConditionalGeneration``
-    (:func:`llava_config` from ``config``, text weights drawn with std
+    (:func:`llava_config` of ``config``, text weights drawn with std
     ``initializer_range``, seeded with ``config.seed``) and the ``LlavaProcessor`` for it
     (``convert_rgb=False`` for images given as ``[3, H, W]`` tensors)."""
     from transformers import LlavaForConditionalGeneration, LlavaProcessor
@@ -194,18 +200,9 @@ def build_vlm(
     vocab = tokenizer.get_vocab()
     torch.manual_seed(config.seed)
     vlm_config = llava_config(
+        config,
         vocab_size=len(vocab),
         image_token_id=vocab[IMAGE_TOKEN],
-        hidden=config.hidden,
-        layers=config.layers,
-        heads=config.heads,
-        kv_heads=config.kv_heads,
-        intermediate=config.intermediate,
-        vision_hidden=config.vision_hidden,
-        vision_layers=config.vision_layers,
-        vision_heads=config.vision_heads,
-        image_size=config.image_size,
-        patch_size=config.patch_size,
         pad_token_id=vocab["<pad>"],
         bos_token_id=vocab["<s>"],
         eos_token_id=vocab["</s>"],
@@ -292,16 +289,16 @@ def pretrain_vision(
     return losses
 
 
+#: The ``UnlearningArguments`` fields that :class:`ToyVLMConfig` sets under the same name.
+SCHEDULE_FIELDS = ("steps", "batch_size", "lr", "warmup_steps", "weight_decay", "seed")
+
+
 def training_config(config: ToyVLMConfig) -> UnlearningArguments:
-    """The ``CagulTrainer`` schedule for training the toy VLM."""
+    """The ``CagulTrainer`` schedule for training the toy VLM: :data:`SCHEDULE_FIELDS` of
+    ``config``, a cosine decay, fp32, a log line every tenth of the steps."""
     return UnlearningArguments(
-        steps=config.steps,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        warmup_steps=config.warmup_steps,
+        **{name: getattr(config, name) for name in SCHEDULE_FIELDS},
         lr_schedule="cosine",
-        weight_decay=config.weight_decay,
-        seed=config.seed,
         log_every=max(1, config.steps // 10),
         autocast="none",
     )

@@ -30,6 +30,7 @@ from cagul_demo.runner import DemoConfig, run_demo, weights_hash
 from cagul_demo.toy_vlm import (
     ToyVLMConfig,
     build_vlm,
+    llava_config,
     load_or_train,
     tokenizer_corpus,
     train_tokenizer,
@@ -182,6 +183,26 @@ def test_tokenizer_round_trip(bench):
     )
     image_id = tok.convert_tokens_to_ids("<image>")
     assert int((inputs["input_ids"] == image_id).sum()) == config.visual_tokens == 16
+
+
+def test_llava_config_maps_every_architecture_field():
+    """Each architecture field of a ``ToyVLMConfig`` lands in its transformers field (all
+    values distinct, so a swap shows); a patch size that does not divide the image size is
+    an error naming both."""
+    arch = ToyVLMConfig(image_size=24, patch_size=6, vision_hidden=40, vision_layers=3,
+                        vision_heads=5, hidden=56, layers=2, heads=7, kv_heads=1,
+                        intermediate=72)  # fmt: skip
+    config = llava_config(arch, vocab_size=50, image_token_id=4, max_positions=99, pad_token_id=3)
+    vision, text = config.vision_config, config.text_config
+    assert (vision.hidden_size, vision.intermediate_size, vision.num_hidden_layers) == (40, 80, 3)
+    assert (vision.num_attention_heads, vision.image_size, vision.patch_size) == (5, 24, 6)
+    assert (text.vocab_size, text.hidden_size, text.intermediate_size) == (50, 56, 72)
+    assert (text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads) == (2, 7, 1)
+    assert (text.max_position_embeddings, text.pad_token_id, config.image_token_id) == (99, 3, 4)
+    with pytest.raises(
+        ValueError, match=r"image_size \(20\) must be a multiple of patch_size \(6\)"
+    ):
+        llava_config(ToyVLMConfig(image_size=20, patch_size=6), vocab_size=50, image_token_id=4)
 
 
 # ---------------------------------------------------------------------- metrics

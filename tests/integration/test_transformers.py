@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from cagul_demo.toy_vlm import llava_config
+from cagul_demo.tiny_vlm import TINY
+from cagul_demo.toy_vlm import llava_config, text_fields, vision_fields
 from transformers import (
     AttentionInterface,
     CLIPVisionConfig,
@@ -39,26 +40,12 @@ from cagul_kernels import reference
 from cagul_kernels.integrations import transformers as ct
 
 PAD, BOS, EOS, IMG, VSTART, VEND, VIDEO = 0, 1, 2, 100, 101, 102, 103
-TEXT = dict(
-    vocab_size=128,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=2,  # GQA
-    max_position_embeddings=256,
-    pad_token_id=PAD,
-    bos_token_id=BOS,
-    eos_token_id=EOS,
-)
-VISION = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    image_size=16,
-    patch_size=4,
-)
+VOCAB_SIZE = 128
+# The tests' tiny architecture, wider (64: head dim 16) and with one vision layer; GQA.
+ARCH = dataclasses.replace(TINY, hidden=64, vision_layers=1)
+SPECIAL_IDS = {"pad_token_id": PAD, "bos_token_id": BOS, "eos_token_id": EOS}
+TEXT = {**text_fields(ARCH, VOCAB_SIZE), **SPECIAL_IDS}
+VISION = vision_fields(ARCH)
 
 
 @dataclasses.dataclass
@@ -79,36 +66,23 @@ def _images(n: int, *shape) -> torch.Tensor:
     return torch.randn(n, *shape, generator=torch.Generator().manual_seed(n))
 
 
-def _tiny_llava_config(attn_implementation: str | None = None, **text):
-    """The shared toy-LLaVA config (:func:`cagul_demo.toy_vlm.llava_config`) at this file's
-    sizes; ``text``: more ``LlamaConfig`` fields."""
+def _tiny_llava_config(attn_implementation: str | None = None):
+    """The shared toy-LLaVA config (:func:`cagul_demo.toy_vlm.llava_config`) of ``ARCH``."""
     return llava_config(
-        attn_implementation=attn_implementation,
-        vocab_size=TEXT["vocab_size"],
+        ARCH,
+        vocab_size=VOCAB_SIZE,
         image_token_id=IMG,
-        hidden=TEXT["hidden_size"],
-        layers=TEXT["num_hidden_layers"],
-        heads=TEXT["num_attention_heads"],
-        kv_heads=TEXT["num_key_value_heads"],
-        intermediate=TEXT["intermediate_size"],
-        vision_hidden=VISION["hidden_size"],
-        vision_layers=VISION["num_hidden_layers"],
-        vision_heads=VISION["num_attention_heads"],
-        image_size=VISION["image_size"],
-        patch_size=VISION["patch_size"],
-        max_positions=TEXT["max_position_embeddings"],
-        pad_token_id=PAD,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-        **text,
+        attn_implementation=attn_implementation,
+        **SPECIAL_IDS,
     )
 
 
 def _llava() -> Family:
     model = LlavaForConditionalGeneration(_tiny_llava_config())
-    n = (VISION["image_size"] // VISION["patch_size"]) ** 2
     return Family(
-        model, [n] * 2, lambda kinds: {"pixel_values": _images(sum(map(len, kinds)), 3, 16, 16)}
+        model,
+        [ARCH.visual_tokens] * 2,
+        lambda kinds: {"pixel_values": _images(sum(map(len, kinds)), 3, 16, 16)},
     )
 
 

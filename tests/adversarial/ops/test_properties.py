@@ -24,6 +24,12 @@ TOLERANCE = {
     torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
     torch.float16: dict(rtol=2e-3, atol=2e-3),
 }
+# What several properties draw alike.
+SEEDS = st.integers(0, 2**16)
+THREADS = st.sampled_from([1, 2])
+KV_HEADS = st.integers(1, 2)
+HEAD_DIMS = st.integers(1, 16)
+DTYPES = st.sampled_from([torch.float32, torch.bfloat16, torch.float16])
 
 
 @contextlib.contextmanager
@@ -61,17 +67,17 @@ def _assert_lse_equal(got: torch.Tensor, want: torch.Tensor, dtype) -> None:
 
 @given(
     b=st.integers(0, 2),
-    hkv=st.integers(1, 2),
+    hkv=KV_HEADS,
     group=st.integers(1, 2),
     sq=st.integers(0, 7),
     sk=st.integers(0, 7),
-    d=st.integers(1, 16),
+    d=HEAD_DIMS,
     dtype=st.sampled_from([torch.float32, torch.bfloat16]),
     causal=st.booleans(),
     mask=st.sampled_from(["none", "bool", "key_padding", "additive"]),
     bshd=st.booleans(),
-    threads=st.sampled_from([1, 2]),
-    seed=st.integers(0, 2**16),
+    threads=THREADS,
+    seed=SEEDS,
 )
 def test_attention_matches_reference(
     b, hkv, group, sq, sk, d, dtype, causal, mask, bshd, threads, seed
@@ -103,7 +109,7 @@ def test_attention_matches_reference(
     sq=st.integers(1, 6),
     d=st.integers(1, 8),
     row=st.integers(0, 5),
-    seed=st.integers(0, 2**16),
+    seed=SEEDS,
 )
 def test_attention_never_hides_nan(sq, d, row, seed):
     g = torch.Generator().manual_seed(seed)
@@ -118,18 +124,18 @@ def test_attention_never_hides_nan(sq, d, row, seed):
 
 @given(
     b=st.integers(1, 2),
-    hkv=st.integers(1, 2),
+    hkv=KV_HEADS,
     group=st.integers(1, 3),
     s=st.integers(1, 12),
-    d=st.integers(1, 16),
+    d=HEAD_DIMS,
     nq=st.integers(0, 5),
     nv=st.integers(0, 8),
-    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+    dtype=DTYPES,
     causal=st.booleans(),
     per_head=st.booleans(),
     reduce=st.sampled_from(["mean", "sum"]),
     bshd=st.booleans(),
-    seed=st.integers(0, 2**16),
+    seed=SEEDS,
 )
 def test_importance_matches_reference_and_ignores_threads(
     b, hkv, group, s, d, nq, nv, dtype, causal, per_head, reduce, bshd, seed
@@ -159,9 +165,9 @@ def test_importance_matches_reference_and_ignores_threads(
     use_ratio=st.booleans(),
     ratio=st.floats(0.01, 1.0),
     transposed=st.booleans(),
-    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
-    threads=st.sampled_from([1, 2]),
-    seed=st.integers(0, 2**16),
+    dtype=DTYPES,
+    threads=THREADS,
+    seed=SEEDS,
 )
 def test_selection_matches_reference(
     b, nv, levels, use_ratio, ratio, transposed, dtype, threads, seed
@@ -200,7 +206,7 @@ def _scatter_case(draw):
         activation=draw(st.sampled_from(ACTIVATIONS)),
         gate=draw(st.sampled_from(["none", "float", "bool"])),
         sbd=draw(st.booleans()),
-        seed=draw(st.integers(0, 2**16)),
+        seed=draw(SEEDS),
     )
 
 
