@@ -32,7 +32,10 @@ class Benchmark:
     name -> samples; images as absolute paths or PIL images), ``root`` (its directory) and
     ``eval_splits`` (the splits that ``cagul eval`` scores, those present in ``splits``) and
     ``train_splits`` (the splits that ``cagul train`` trains on, :meth:`train_samples`); the
-    two never share a sample."""
+    two never share a sample. ``context``: named sample sets that a protocol runner reads
+    but neither scores nor trains on (MLLMU-Bench's ``Full_Set`` few-shot exemplars); kept
+    apart from ``splits`` so that nothing that walks every split (the demo's tokenizer
+    corpus) sees them."""
 
     root: str
     config: Any
@@ -40,6 +43,7 @@ class Benchmark:
     splits: dict[str, list[dict]]
     eval_splits: tuple[str, ...] = EVAL_SPLITS
     train_splits: tuple[str, ...] = ("forget", "retain")
+    context: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
 
     def train_samples(self) -> list[dict]:
         """What ``cagul train`` trains on: the samples of ``train_splits``."""
@@ -60,12 +64,15 @@ class Benchmark:
         return sum(1.0 / n for n in sizes) / len(sizes) if sizes else 1.0 / N_OPTIONS
 
     def samples(self, *splits: str) -> list[dict]:
-        """The samples of ``splits`` (in order), images as PIL images (each file read once)."""
+        """The samples of ``splits`` or ``context`` sets (in order), images as PIL images
+        (each file read once)."""
         out = []
         for split in splits:
-            if split not in self.splits:
-                raise KeyError(f"Benchmark: no split {split!r} (have {sorted(self.splits)})")
-            out.extend({**s, "image": self.image(s["image"])} for s in self.splits[split])
+            source = self.splits if split in self.splits else self.context
+            if split not in source:
+                known = sorted([*self.splits, *self.context])
+                raise KeyError(f"Benchmark: no split {split!r} (have {known})")
+            out.extend({**s, "image": self.image(s["image"])} for s in source[split])
         return out
 
     def image(self, image: Any):
