@@ -770,7 +770,7 @@ def test_protocol_fiubench(model_dir, tmp_path, capsys):
         for key in ("rougeL_recall", "probability", "truth_ratio", "em", "ape", "min_k"):
             assert 0.0 <= row[key] <= 1.0, key
     assert result["forget_quality"] == {"absent": "needs --reference (the retain-only model)"}
-    assert "absent" in result["privleak"]
+    assert result["privleak"]["absent"].startswith("FIUBench defines no holdout (non-member) set")
     retain = result["splits"]["retain5"]
     parts = [retain["probability"], retain["rougeL_recall"], retain["truth_ratio"]]
     assert result["model_utility"] == pytest.approx(metrics.model_utility(parts))
@@ -942,7 +942,7 @@ def test_protocol_synthetic(model_dir, tmp_path, capsys):
     from cagul_demo.synthetic import ANSWER_SENTENCES, SyntheticConfig, write
 
     config = SyntheticConfig(
-        n_people=4, forget_fraction=0.25, n_strangers=0, train_poses=1, test_poses=1,
+        n_people=4, forget_fraction=0.25, n_strangers=1, train_poses=1, test_poses=1,
         templates=2, image_size=16,
     )  # fmt: skip
     data = write(config, tmp_path / "synthetic")
@@ -955,16 +955,37 @@ def test_protocol_synthetic(model_dir, tmp_path, capsys):
     assert short["keywords"] == [short["answer"]] and len(short["paraphrased_questions"]) == 1
     assert short["question"] not in short["paraphrased_questions"]
 
+    # the MIA's non-members: the stranger's true facts (5 facts x 2 templates, one pose)
+    assert len(bench.context["holdout"]) == 10
+
     out = tmp_path / "synthetic.json"
     model = str(model_dir / "model")
     args = ["eval", "--model", model, "--data", data, "--protocol", "synthetic"]
-    args += ["--max-new-tokens", "2", "--no-progress", "--output", str(out), "--reference", model]
-    assert main(args) == 0
+    args += ["--max-new-tokens", "2", "--no-progress", "--output", str(out)]
+    assert main(args) == 0  # without the retain-only model: privleak absent, with the reason
     result = json.loads(out.read_text())
     assert set(result["splits"]) == {"forget", "forget_test", "retain", "retain_test"}
     for row in result["splits"].values():
         assert 0.0 <= row["mc_acc_likelihood"] <= 1.0 and "mc_acc" not in row
         assert 0.0 <= row["truth_ratio"] <= 1.0 and 0.0 <= row["ape"] <= 1.0
-    assert result["forget_quality"] == pytest.approx(1.0)  # the model is its own reference
-    assert "mc_acc_likelihood" in (tmp_path / "synthetic.md").read_text()
+    assert result["forget_quality"] == {"absent": "needs --reference (the retain-only model)"}
+    assert result["privleak"] == {"absent": "needs --reference (the retain-only model)"}
+    auc = result["mia_auc"]
+    assert isinstance(auc, float) and 0.0 <= auc <= 1.0
+    mia = result["options"]["mia"]
+    assert mia["score"] == "min_k_prob" and mia["k"] == 0.4
+    table = (tmp_path / "synthetic.md").read_text()
+    assert "mc_acc_likelihood" in table and "- privleak: absent (needs --reference" in table
+
+    reference = tmp_path / "reference"  # another tiny LLaVA as the retain-only model
+    vlm, processor = tv.llava(seed=1, layers=2)
+    vlm.save_pretrained(reference)
+    processor.save_pretrained(reference)
+    assert main([*args, "--reference", str(reference)]) == 0
+    result = json.loads(out.read_text())
+    assert result["mia_auc"] == pytest.approx(auc)
+    theirs = result["reference_mia_auc"]
+    assert 0.0 <= theirs < 1.0 and theirs != pytest.approx(auc)
+    assert result["privleak"] == pytest.approx(metrics.privleak(auc, theirs))
+    assert 0.0 <= result["forget_quality"] <= 1.0
     capsys.readouterr()
