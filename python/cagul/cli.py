@@ -405,9 +405,11 @@ def _eval_splits(
     format: str = "auto",
     forget_split: str | None = None,
     strict_paths: bool = False,
+    context: bool = False,
 ) -> dict[str, list[dict]]:
-    """Samples per split (the benchmarks' ``eval_splits``) from JSONL files and / or
-    benchmark directories."""
+    """Samples per split (the benchmarks' ``eval_splits``, and with ``context`` their
+    ``context`` sets, which a protocol runner reads) from JSONL files and / or benchmark
+    directories."""
     from .data import load_dataset
 
     splits: dict[str, list[dict]] = {}
@@ -415,6 +417,8 @@ def _eval_splits(
         bench = load_dataset(path, format, forget_split=forget_split, strict_paths=strict_paths)
         for split in bench.eval_splits:
             splits.setdefault(split, []).extend(bench.splits[split])
+        for name, samples in bench.context.items() if context else ():
+            splits.setdefault(name, []).extend(samples)
     return splits
 
 
@@ -429,7 +433,9 @@ def _eval(args: argparse.Namespace) -> None:
     if args.protocol and (len(args.data) != 1 or not args.output):
         raise UsageError("--protocol needs exactly one --data directory and --output")
     with reading_inputs():
-        splits = _eval_splits(args.data, args.format, args.forget_split, args.strict_paths)
+        splits = _eval_splits(
+            args.data, args.format, args.forget_split, args.strict_paths, bool(args.protocol)
+        )
         vlm, processor = _load_vlm(args)
         overrides = dict(args.overrides)
         if args.adapter and is_lora_adapter(args.adapter):  # a baseline: evaluated as a VLM

@@ -247,11 +247,18 @@ def mia_auc(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -
 
 @register("privleak")
 def privleak(auc: float, retain_model_auc: float) -> float:
-    """open-unlearning privleak: ``(auc - retain_model_auc) / retain_model_auc * 100``, the
-    relative MIA AUC gap to the retain-only model (0 = as private as never training on it)."""
-    if float(retain_model_auc) <= 0:
-        raise ValueError(f"retain_model_auc must be positive, got {retain_model_auc}")
-    return (float(auc) - float(retain_model_auc)) / float(retain_model_auc) * 100
+    """MUSE / open-unlearning privleak of the MIA AUCs (:func:`mia_auc`: 1 = the forget data
+    far more likely than the holdout) of the model and of the retain-only model:
+    ``(a - a_retain) / a_retain * 100`` on MUSE's AUC ``a = 1 - auc`` (open-unlearning's
+    ``privleak`` flips both AUCs so), i.e. ``(retain_model_auc - auc) / (1 - retain_model_auc)
+    * 100``. 0 = as private as never training on the forget set; negative = the forget set
+    still recognisable (under-unlearning), positive = over-unlearning."""
+    auc, reference = float(auc), float(retain_model_auc)
+    if not 0 <= auc <= 1:
+        raise ValueError(f"auc must be in [0, 1], got {auc}")
+    if not 0 <= reference < 1:
+        raise ValueError(f"retain_model_auc must be in [0, 1), got {reference}")
+    return ((1 - auc) - (1 - reference)) / (1 - reference) * 100
 
 
 @register("model_utility")

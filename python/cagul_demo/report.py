@@ -41,6 +41,8 @@ def results_table(results: dict[str, Any], markdown: bool = False) -> str:
     model_cols = [
         "forget_quality",
         "model_utility",
+        "mia_auc",
+        "privleak",
         "retain_kl",
         "trainable_params",
         "train_seconds",

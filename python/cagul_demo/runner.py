@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from cagul.config import CagulConfig
-from cagul.data.benchmark import EVAL_SPLITS, Benchmark
+from cagul.data.benchmark import EVAL_SPLITS, HOLDOUT, Benchmark
 from cagul.evaluation.diagnostics import evaluate_splits
 from cagul.evaluation.synthetic import judge_models, judging_inputs
 from cagul.files import write_text_atomic
@@ -274,6 +274,13 @@ def eval_splits(bench: Benchmark, config: DemoConfig) -> dict[str, list[dict]]:
     return out
 
 
+def holdout_samples(bench: Benchmark) -> list[dict]:
+    """The privleak attack's non-members: every short-answer question about a stranger with
+    the stranger's true fact as the answer (:func:`cagul.data.benchmark.stranger_holdout`,
+    derived at load: no file of the cached benchmark changes); none without strangers."""
+    return bench.samples(HOLDOUT) if HOLDOUT in bench.context else []
+
+
 def training_samples(bench: Benchmark, config: DemoConfig) -> Sequence[dict]:
     """What CAGUL and the baselines train on: every forget sample (with its forget loss per
     question form, ``config.forget_losses``, which only CAGUL reads) and
@@ -437,9 +444,12 @@ def train_methods(
     return {n: (_load_trained(n, vlm, config, output_dir), infos[n]) for n in names}
 
 
-def _evaluate(name: str, model, vanilla, processor, splits, config: DemoConfig, progress: bool):
+def _evaluate(
+    name: str, model, vanilla, processor, splits, holdout, config: DemoConfig, progress: bool
+):
     """The metrics of one model (``retain_kl`` against ``vanilla`` for all but itself) and,
-    under ``"judging"``, what its forget quality and model utility need."""
+    under ``"judging"``, what its forget quality, model utility and privleak need
+    (``holdout``: the MIA's non-members)."""
     cagul_config = config.cagul_config()
     found = evaluate_splits(
         model,
@@ -453,7 +463,12 @@ def _evaluate(name: str, model, vanilla, processor, splits, config: DemoConfig, 
         desc=f"eval {name}",
     )
     found["judging"] = judging_inputs(
-        model, splits, processor, cagul_config, max_new_tokens=config.max_new_tokens
+        model,
+        splits,
+        processor,
+        cagul_config,
+        max_new_tokens=config.max_new_tokens,
+        holdout=holdout,
     )
     return found
 
@@ -470,13 +485,15 @@ def _evaluate_job(name: str, config: DemoConfig, cache_dir: str, output_dir: str
     else:
         model = _load_trained(name, vanilla, config, output_dir)
     splits = eval_splits(bench, config)
-    return _evaluate(name, model, vanilla, processor, splits, config, progress=False)
+    holdout = holdout_samples(bench)
+    return _evaluate(name, model, vanilla, processor, splits, holdout, config, progress=False)
 
 
 def evaluate_models(
     models: dict[str, Any],
     processor,
     splits: dict[str, list[dict]],
+    holdout: list[dict],
     config: DemoConfig,
     output_dir: str,
     *,
@@ -485,9 +502,11 @@ def evaluate_models(
     progress: bool,
 ) -> dict[str, dict]:
     """``{name: evaluate_splits metrics}`` of ``models`` on ``splits``
-    (:func:`eval_splits`), with ``retain_kl`` against ``models["vanilla"]``. With a
+    (:func:`eval_splits`), with ``retain_kl`` against ``models["vanilla"]`` and the
+    judging inputs (privleak's non-members: ``holdout``, :func:`holdout_samples`). With a
     ``pool`` each model is evaluated in a worker that loads it from the cache /
-    ``output_dir`` (the weights of ``models``) and draws the same ``eval_splits``."""
+    ``output_dir`` (the weights of ``models``) and draws the same ``eval_splits`` and
+    ``holdout``."""
     if pool is not None:
         names = list(models)
         return _run_jobs(
@@ -495,7 +514,8 @@ def evaluate_models(
         )
     vanilla = models["vanilla"]
     return {
-        n: _evaluate(n, m, vanilla, processor, splits, config, progress) for n, m in models.items()
+        n: _evaluate(n, m, vanilla, processor, splits, holdout, config, progress)
+        for n, m in models.items()
     }
 
 
@@ -626,6 +646,7 @@ def run_demo(
             {n: m[0] for n, m in models.items()},
             processor,
             splits,
+            holdout_samples(bench),
             config,
             output_dir,
             pool=pool,

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from cagul import metrics as metrics_lib
 from cagul.data import load_jsonl
 from cagul.data.benchmark import EVAL_SPLITS
 from cagul.evaluation.diagnostics import (
@@ -302,9 +303,10 @@ def _check_results(results: dict, models: set[str]) -> None:
     assert set(results["models"]) == models
     assert results["chance_mc_acc"] == 0.25
     for m in results["models"].values():
-        assert set(m) == {*EVAL_SPLITS, "forget_quality", "model_utility", "retain_kl",
-                          "trainable_params", "train_seconds", "peak_memory_mb",
-                          "base_weights_changed"}  # fmt: skip
+        assert set(m) == {*EVAL_SPLITS, "forget_quality", "model_utility", "mia_auc",
+                          "privleak", "retain_kl", "trainable_params", "train_seconds",
+                          "peak_memory_mb", "base_weights_changed"}  # fmt: skip
+        assert isinstance(m["mia_auc"], float) and 0.0 <= m["mia_auc"] <= 1.0
         for split in EVAL_SPLITS:
             assert set(m[split]) == set(METRICS)
             assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in m[split].values())
@@ -346,6 +348,14 @@ def test_demo_end_to_end(tmp_path):
     assert models["cagul"]["trainable_params"] < models["vanilla"]["trainable_params"]
     assert results["config"]["data"]["n_people"] == DemoConfig.tiny().data.n_people
     assert models["retain_only"]["forget_quality"] == pytest.approx(1.0)  # its own reference
+    assert models["retain_only"]["privleak"] == 0.0  # likewise
+    for m in models.values():  # privleak of each model against the retain-only model's AUC
+        theirs = models["retain_only"]["mia_auc"]
+        assert m["privleak"] == pytest.approx(metrics_lib.privleak(m["mia_auc"], theirs))
+    report = (out / "report.md").read_text().splitlines()
+    header = next(line for line in report if "forget_quality" in line)
+    cells = [c.strip() for c in header.strip("| ").split("|")]
+    assert cells[:5] == ["model", "forget_quality", "model_utility", "mia_auc", "privleak"]
     for m in models.values():
         assert 0.0 <= m["forget_quality"] <= 1.0 and 0.0 <= m["model_utility"] <= 1.0
     for name in ("report.md", "accuracy.png", "tradeoff.png", "tradeoff_mc_acc.png",
@@ -404,6 +414,49 @@ def test_trained_model_reloads_from_its_output(bench, tmp_path, name):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     if name != "cagul":  # the LoRA adapter changed the model
         assert not torch.allclose(vlm(**batch).logits, got)
+
+
+def test_stranger_holdout(bench, bench_dir):
+    """privleak's non-members: every short-answer question about a stranger with the
+    stranger's true fact, derived at load (no file, no split: the tokenizer corpus and the
+    cached data stay as they were) and never a training pair of any demo model."""
+    holdout = bench.context["holdout"]
+    strangers = [s for s in bench.splits["strangers"] if s["form"] == "short"]
+    n = SMALL.n_strangers * SMALL.train_poses * len(syn.FACTS) * SMALL.templates
+    assert len(holdout) == len(strangers) == n
+    people = {p["id"]: p for p in bench.people}
+    for h, s in zip(holdout, strangers, strict=True):
+        assert people[h["person"]]["role"] == "stranger" and s["answer"] == syn.REFUSAL
+        assert (
+            h["answer"]
+            == people[s["person"]]["facts"][s["fact"]]
+            == h["options"][h["answer_index"]]
+        )
+        assert (h["image"], h["question"]) == (s["image"], s["question"])
+        assert h["split"] == "holdout" and h["is_forget"] is False
+    assert "holdout" not in bench.splits and not os.path.exists(
+        os.path.join(bench_dir, "holdout.jsonl")
+    )
+    trained = {(s["image"], s["question"], s["answer"]) for v in bench.splits.values() for s in v}
+    assert not trained & {(h["image"], h["question"], h["answer"]) for h in holdout}
+    assert len(bench.samples("holdout")) == n
+
+
+def test_judge_models_privleak():
+    from cagul.evaluation.synthetic import NO_HOLDOUT, judge_models
+
+    def found(auc):
+        retain = {"probability": 0.5, "rougeL_recall": 0.5, "truth_ratio": 0.5}
+        return {"forget_truth_ratios": [1.0, 2.0], "retain": retain, "mia_auc": auc}
+
+    judged = judge_models({"retain_only": found(0.6), "cagul": found(0.9)})
+    assert judged["cagul"]["privleak"] == pytest.approx(-75.0)  # (0.1 - 0.4) / 0.4
+    assert judged["retain_only"]["privleak"] == 0.0 and judged["cagul"]["mia_auc"] == 0.9
+    alone = judge_models({"cagul": found(0.9)})["cagul"]
+    assert alone["privleak"] == {"absent": "no retain_only model (the demo ran without it)"}
+    no_holdout = {"absent": NO_HOLDOUT}
+    judged = judge_models({"retain_only": found(no_holdout), "cagul": found(no_holdout)})
+    assert judged["cagul"]["privleak"] == no_holdout == judged["cagul"]["mia_auc"]
 
 
 def test_dominating_baselines():

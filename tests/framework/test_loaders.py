@@ -13,9 +13,11 @@ import struct
 import zlib
 
 import pytest
+import torch
 from cagul import metrics
 from cagul.cli import main
-from cagul.data import detect_format, load_dataset, load_fiubench, load_mllmu
+from cagul.config import CagulConfig
+from cagul.data import VLMCollator, detect_format, load_dataset, load_fiubench, load_mllmu
 from cagul.data._records import EncodedImage
 from cagul.data.mllmu import CLOZE_INSTRUCTION, TASKS
 from cagul_demo import tiny_vlm as tv
@@ -29,6 +31,10 @@ def _png(seed: int) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def _decoded(data: bytes) -> bytes:
+    return Image.open(io.BytesIO(data)).convert("RGB").tobytes()
 
 
 def _pixels(image) -> bytes:
@@ -144,9 +150,25 @@ def _mllmu_rows() -> dict[str, list[dict]]:
         del row["image"]
         row["images"] = [{"bytes": _png(20 + i), "path": None}, {"bytes": _png(30 + i)}]
         rows["Test_Set"].append(row)
-    rows["Retain_Set"] = [_profile("c0", 40)]
+    rows["Retain_Set"] = [_profile("c0", 40), _profile("c1", 41)]
     rows["ft_Data"] = [_ft_row(p, i) for i, p in enumerate(PEOPLE)]  # the profile images
+    rows["Full_Set"] = [_full_set_row(p, i) for i, p in enumerate(PEOPLE)]
     return rows
+
+
+FULL_SET_MARK = " (Full_Set)"
+
+
+def _full_set_row(pid: str, seed: int) -> dict:
+    """A ``Full_Set`` row: the profile with every question marked, so that a test can tell
+    an exemplar read from it; p1's image differs from its forget / retain row's."""
+    row = _profile(pid, 51 if pid == "p1" else seed)
+    for kind in ("Image_Textual_Questions", "Pure_Text_Questions"):
+        for item in row["Classification_Task"][kind]:
+            item["Question"] += FULL_SET_MARK
+    for item in row["Mask_Task"] + row["Generation_Task"]:
+        item["Question"] += FULL_SET_MARK
+    return row
 
 
 def _json_image(image: dict) -> dict:
@@ -236,32 +258,52 @@ def _check_mllmu(bench, rows, forget_split: str) -> None:
         for r in rows["Test_Set"]
         if r["ID"] in forget
     }
+    celebrities = {r["ID"]: r for r in rows["Retain_Set"]}
     for split, people in (
         ("forget", forget),
         ("retain", retain),
         ("forget_test", forget),
-        ("retain_celebrity", ["c0"]),
+        ("retain_celebrity", list(celebrities)),
     ):
         samples = bench.splits[split]
         expected = []
         for p in people:
-            row = by_id.get(p) or tests.get(p) or rows["Retain_Set"][0]
+            row = by_id.get(p) or tests.get(p) or celebrities[p]
             base = {"person": p, "split": split, "is_forget": p in forget}
             expected += [{**e, **base} for e in _expected(row)]
-        got = [{k: v for k, v in s.items() if k != "image"} for s in samples]
+        got = [{k: v for k, v in s.items() if k not in ("image", "image_choices")} for s in samples]
         assert got == expected, split
         for s in samples:
+            if split == "forget_test":  # the row's candidate images, for the protocol runner
+                choices = [_pixels(im) for im in s["image_choices"]]
+                assert choices == [_decoded(im["bytes"]) for im in tests[s["person"]]["images"]]
             if s["question_type"] == "Pure_Text":
                 assert s["image"] is None  # text only: CAGUL's gate stays off
                 continue
             if split == "forget_test":
                 image = tests[s["person"]]["images"][test_pick[s["person"]][s["task"]]]["bytes"]
             elif split == "retain_celebrity":
-                image = rows["Retain_Set"][0]["image"]["bytes"]
+                image = celebrities[s["person"]]["image"]["bytes"]
             else:
                 image = by_id[s["person"]]["image"]["bytes"]
-            assert _pixels(s["image"]) == Image.open(io.BytesIO(image)).convert("RGB").tobytes()
-    assert [p["id"] for p in bench.people] == [*forget, *retain, "c0"]
+            assert _pixels(s["image"]) == _decoded(image)
+    assert [p["id"] for p in bench.people] == [*forget, *retain, *celebrities]
+    # Full_Set: the few-shot context of the loaded profiles, neither scored nor trained on
+    full = bench.context["few_shot"]
+    assert [(s["person"], s["task"], s["question_type"]) for s in full] == [
+        (p, e["task"], e["question_type"]) for p in PEOPLE for e in _expected(by_id[p])
+    ]
+    assert all(FULL_SET_MARK in s["question"] for s in full)
+    profile = {
+        s["person"]: s["image"]
+        for s in bench.splits["forget"] + bench.splits["retain"]
+        if s["image"] is not None
+    }
+    for s in full:
+        if s["question_type"] == "Image_Textual":  # p1's Full_Set image differs: its own
+            assert (s["image"] is profile[s["person"]]) == (s["person"] != "p1")
+            seed = 51 if s["person"] == "p1" else PEOPLE.index(s["person"])
+            assert _pixels(s["image"]) == _decoded(_png(seed))
     train = bench.train_samples()
     assert [(s["split"], s["person"], s["question"], s["answer"]) for s in train] == [
         ("train_forget" if p in forget else "train_retain", p, f"Who is {p}?", f"name {p}")
@@ -728,7 +770,7 @@ def test_protocol_fiubench(model_dir, tmp_path, capsys):
         for key in ("rougeL_recall", "probability", "truth_ratio", "em", "ape", "min_k"):
             assert 0.0 <= row[key] <= 1.0, key
     assert result["forget_quality"] == {"absent": "needs --reference (the retain-only model)"}
-    assert "absent" in result["privleak"]
+    assert result["privleak"]["absent"].startswith("FIUBench defines no holdout (non-member) set")
     retain = result["splits"]["retain5"]
     parts = [retain["probability"], retain["rougeL_recall"], retain["truth_ratio"]]
     assert result["model_utility"] == pytest.approx(metrics.model_utility(parts))
@@ -740,6 +782,129 @@ def test_protocol_fiubench(model_dir, tmp_path, capsys):
     assert main([*args, "--output", str(out), "--reference", model]) == 0
     assert json.loads(out.read_text())["forget_quality"] == pytest.approx(1.0)
     capsys.readouterr()
+
+
+def _replay_eval_py(seed: int) -> tuple[dict, dict]:
+    """The draws of MLLMU-Bench's eval.py (LLaVA: 1 classification, 2 cloze profiles) after
+    ``random.seed(seed)`` on the forget_10 fixture, call by call in its order: forget
+    (cloze, classification), test (classification + one image per Test_Set row, cloze +
+    images, generation images), retain (cloze, classification), celebrity (cloze,
+    classification)."""
+    rng = random.Random(seed)
+    forget, retain, celebrities = ["p0", "p1"], ["p2", "p3"], ["c0", "c1"]
+    people: dict = {"forget": {"cloze": rng.sample(forget, 2)}}
+    people["forget"]["classification"] = rng.sample(forget, 1)
+    images: dict = {p: {} for p in forget}
+    people["forget_test"] = {}
+    for task in ("classification", "cloze", "generation"):
+        if task != "generation":
+            people["forget_test"][task] = rng.sample(forget, {"classification": 1}.get(task, 2))
+        for p in forget:  # eval.py: random.choice(row["images"]), two images per row
+            images[p][task] = rng.choice([0, 1])
+    people["retain"] = {"cloze": rng.sample(retain, 2), "classification": rng.sample(retain, 1)}
+    people["retain_celebrity"] = {"cloze": rng.sample(celebrities, 2)}
+    people["retain_celebrity"]["classification"] = rng.sample(celebrities, 1)
+    return people, images
+
+
+def test_mllmu_few_shot_prompts_as_eval_py(mllmu_dir):
+    """The few-shot prompts of MLLMU-Bench's eval.py: the seeded draws in its order, the
+    exemplars read from Full_Set with their Full_Set image, the drawn profiles skipped (on
+    the test set too), no classification exemplars on celebrities (and none at all there:
+    Full_Set has no celebrity), one user turn per exemplar, every image to the processor."""
+    from cagul.evaluation.mllmu import LETTER_INSTRUCTION, mllmu_prompts
+
+    bench = load_mllmu(mllmu_dir, "forget_10")
+    splits = {**{s: bench.splits[s] for s in bench.eval_splits}, **bench.context}
+    prompts, draws = mllmu_prompts(splits, seed=5)
+    people, images = _replay_eval_py(5)
+    assert draws == {"few_shot_people": people, "test_images": images}
+
+    def asked(split, task, kind="Image_Textual"):
+        return [p for p in prompts[split] if p["task"] == task and p["question_type"] == kind]
+
+    (shot,) = people["forget_test"]["classification"]
+    (other,) = {"p0", "p1"} - {shot}
+    (test_prompt,) = asked("forget_test", "classification")  # the drawn profile is skipped
+    assert test_prompt["person"] == other
+    (image_turn,) = test_prompt["few_shot"]  # its Image_Textual question, from Full_Set
+    assert image_turn["text"] == (
+        f"Question: What is the job of {shot}?{FULL_SET_MARK}\nA: baker\nB: pilot\n"
+        f"C: job {shot}\nD: nurse\nCorrect Answer: C"
+    )
+    shot_seed = 51 if shot == "p1" else PEOPLE.index(shot)  # p1's Full_Set image is its own
+    assert _pixels(image_turn["image"]) == _decoded(_png(shot_seed))
+    test_row = next(r for r in _mllmu_rows()["Test_Set"] if r["ID"] == other)
+    picked = test_row["images"][images[other]["classification"]]["bytes"]
+    assert _pixels(test_prompt["image"]) == _decoded(picked)
+    assert test_prompt["question"].endswith(f"\nD: nurse\n{LETTER_INSTRUCTION}")
+    (text_prompt,) = asked("forget_test", "classification", "Pure_Text")
+    assert text_prompt["image"] is None and [t["image"] for t in text_prompt["few_shot"]] == [None]
+    assert text_prompt["few_shot"][0]["text"].endswith("D: d\nCorrect Answer: A")
+    assert asked("forget_test", "cloze") == []  # both forget profiles are the 2 cloze shots
+    assert not asked("forget", "cloze")
+    for prompt in asked("forget_test", "generation"):  # zero-shot, on the drawn image
+        assert prompt["few_shot"] == [] and prompt["question"].endswith("accurately in ENGLISH.")
+        row = next(r for r in _mllmu_rows()["Test_Set"] if r["ID"] == prompt["person"])
+        picked = row["images"][images[prompt["person"]]["generation"]]["bytes"]
+        assert _pixels(prompt["image"]) == _decoded(picked)
+    for task in ("classification", "cloze"):  # celebrities: nothing from Full_Set, none skipped
+        assert [p["person"] for p in asked("retain_celebrity", task)] == ["c0", "c1"]
+        assert all(p["few_shot"] == [] for p in asked("retain_celebrity", task))
+    (retain_prompt,) = asked("retain", "classification")
+    (retain_shot,) = people["retain"]["classification"]
+    assert retain_prompt["person"] != retain_shot
+    assert f"job {retain_shot}" in retain_prompt["few_shot"][0]["text"]
+
+    # without Full_Set: the test set's exemplars are the forget rows (their own image object)
+    fallback, _ = mllmu_prompts({s: bench.splits[s] for s in bench.eval_splits}, seed=5)
+    (turn,) = next(p for p in fallback["forget_test"] if p["task"] == "classification")["few_shot"]
+    forget_image = next(s["image"] for s in bench.splits["forget"] if s["person"] == shot)
+    assert FULL_SET_MARK not in turn["text"] and turn["image"] is forget_image
+
+    # the collator: one user turn per exemplar, then the question; both images to the processor
+    _, processor = tv.llava(layers=1)
+    collator = VLMCollator(processor, CagulConfig(prompt_template=tv.LLAVA_TEMPLATE))
+    assert collator.prompt(test_prompt) == (
+        f"USER: <image> {image_turn['text']}\nUSER: <image> {test_prompt['question']} ASSISTANT:"
+    )
+    assert collator.prompts([test_prompt])["pixel_values"].shape[0] == 2
+    assert collator.prompt(text_prompt).startswith(f"USER:  {text_prompt['few_shot'][0]['text']}\n")
+
+
+class _OneImageVLM(torch.nn.Module):
+    """A stub VLM that takes one image per prompt and answers one token to everything."""
+
+    def __init__(self, answer_id: int):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.answer_id = answer_id
+        self.images_per_prompt: list[int] = []
+
+    def generate(self, input_ids, pixel_values=None, max_new_tokens=1, **kwargs):
+        n = 0 if pixel_values is None else pixel_values.shape[0] // input_ids.shape[0]
+        if pixel_values is not None and pixel_values.shape[0] != input_ids.shape[0]:
+            raise ValueError("one image per prompt")
+        self.images_per_prompt.append(n)
+        new = torch.full((input_ids.shape[0], max_new_tokens), self.answer_id)
+        return torch.cat([input_ids, new], dim=1)
+
+
+def test_mllmu_one_image_model_gets_text_only_exemplars(mllmu_dir):
+    from cagul.evaluation.mllmu import evaluate_mllmu
+
+    bench = load_mllmu(mllmu_dir, "forget_10")
+    splits = {**{s: bench.splits[s] for s in bench.eval_splits}, **bench.context}
+    _, processor = tv.llava(layers=1)
+    stub = _OneImageVLM(processor.tokenizer.convert_tokens_to_ids("A"))
+    config = CagulConfig(prompt_template=tv.LLAVA_TEMPLATE)
+    result = evaluate_mllmu(stub, splits, processor, config, seed=5, max_new_tokens=1)
+    options = result["options"]
+    assert options["few_shot_images"] is False
+    assert options["few_shot_images_off"] == "ValueError: one image per prompt"
+    assert options["few_shot_source"] == "Full_Set"
+    assert set(stub.images_per_prompt) == {0, 1}  # after the probe: at most one image each
+    assert result["rows"][0]["n"] == {"classification": 1, "cloze": 0, "generation": 2}
 
 
 def test_protocol_mllmu(model_dir, mllmu_dir, tmp_path, capsys):
@@ -756,12 +921,15 @@ def test_protocol_mllmu(model_dir, mllmu_dir, tmp_path, capsys):
     ]
     options = result["options"]
     assert options["seed"] == 3 and options["shots"] == {"classification": 1, "cloze": 2}
+    people, images = _replay_eval_py(3)  # eval.py's draws after random.seed(3)
+    assert options["few_shot_people"] == people and options["test_images"] == images
+    assert options["few_shot_source"] == "Full_Set"
+    assert options["few_shot_images"] is True  # the tiny LLaVA takes several images
     # the few-shot profiles' own questions are skipped: forget_10 has p0, p1
-    skipped = options["few_shot_people"]["forget"]["classification"]
     forget = result["rows"][0]
-    assert len(skipped) == 1 and forget["n"] == {"classification": 1, "cloze": 0, "generation": 2}
-    celebrity = result["rows"][6]
-    assert celebrity["n"] == {"classification": 1, "cloze": 1, "generation": 1}
+    assert forget["n"] == {"classification": 1, "cloze": 0, "generation": 2}
+    celebrity = result["rows"][6]  # Full_Set has no celebrity: nothing skipped
+    assert celebrity["n"] == {"classification": 2, "cloze": 2, "generation": 2}
     assert 0.0 <= celebrity["classification_acc"] <= 100.0 and 0.0 <= celebrity["bleu"] <= 1.0
     table = (tmp_path / "mllmu.md").read_text()
     assert "| retain_celebrity | Pure_Text |" in table and "gate stays off" in table
@@ -774,7 +942,7 @@ def test_protocol_synthetic(model_dir, tmp_path, capsys):
     from cagul_demo.synthetic import ANSWER_SENTENCES, SyntheticConfig, write
 
     config = SyntheticConfig(
-        n_people=4, forget_fraction=0.25, n_strangers=0, train_poses=1, test_poses=1,
+        n_people=4, forget_fraction=0.25, n_strangers=1, train_poses=1, test_poses=1,
         templates=2, image_size=16,
     )  # fmt: skip
     data = write(config, tmp_path / "synthetic")
@@ -787,16 +955,37 @@ def test_protocol_synthetic(model_dir, tmp_path, capsys):
     assert short["keywords"] == [short["answer"]] and len(short["paraphrased_questions"]) == 1
     assert short["question"] not in short["paraphrased_questions"]
 
+    # the MIA's non-members: the stranger's true facts (5 facts x 2 templates, one pose)
+    assert len(bench.context["holdout"]) == 10
+
     out = tmp_path / "synthetic.json"
     model = str(model_dir / "model")
     args = ["eval", "--model", model, "--data", data, "--protocol", "synthetic"]
-    args += ["--max-new-tokens", "2", "--no-progress", "--output", str(out), "--reference", model]
-    assert main(args) == 0
+    args += ["--max-new-tokens", "2", "--no-progress", "--output", str(out)]
+    assert main(args) == 0  # without the retain-only model: privleak absent, with the reason
     result = json.loads(out.read_text())
     assert set(result["splits"]) == {"forget", "forget_test", "retain", "retain_test"}
     for row in result["splits"].values():
         assert 0.0 <= row["mc_acc_likelihood"] <= 1.0 and "mc_acc" not in row
         assert 0.0 <= row["truth_ratio"] <= 1.0 and 0.0 <= row["ape"] <= 1.0
-    assert result["forget_quality"] == pytest.approx(1.0)  # the model is its own reference
-    assert "mc_acc_likelihood" in (tmp_path / "synthetic.md").read_text()
+    assert result["forget_quality"] == {"absent": "needs --reference (the retain-only model)"}
+    assert result["privleak"] == {"absent": "needs --reference (the retain-only model)"}
+    auc = result["mia_auc"]
+    assert isinstance(auc, float) and 0.0 <= auc <= 1.0
+    mia = result["options"]["mia"]
+    assert mia["score"] == "min_k_prob" and mia["k"] == 0.4
+    table = (tmp_path / "synthetic.md").read_text()
+    assert "mc_acc_likelihood" in table and "- privleak: absent (needs --reference" in table
+
+    reference = tmp_path / "reference"  # another tiny LLaVA as the retain-only model
+    vlm, processor = tv.llava(seed=1, layers=2)
+    vlm.save_pretrained(reference)
+    processor.save_pretrained(reference)
+    assert main([*args, "--reference", str(reference)]) == 0
+    result = json.loads(out.read_text())
+    assert result["mia_auc"] == pytest.approx(auc)
+    theirs = result["reference_mia_auc"]
+    assert 0.0 <= theirs < 1.0 and theirs != pytest.approx(auc)
+    assert result["privleak"] == pytest.approx(metrics.privleak(auc, theirs))
+    assert 0.0 <= result["forget_quality"] <= 1.0
     capsys.readouterr()

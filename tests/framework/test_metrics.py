@@ -89,7 +89,13 @@ def test_mia_auc_privleak_model_utility():
     # pairs member > nonmember: 3 > 1, 3 > 2, 4 > 1, 4 > 2, 4 > 3.5 -> 5 of 6
     assert metrics.mia_auc([3.0, 4.0], [1.0, 2.0, 3.5]) == pytest.approx(5 / 6)
     assert metrics.mia_auc([1.0, 2.0], [1.0, 2.0]) == pytest.approx(0.5)
-    assert metrics.privleak(0.6, 0.5) == pytest.approx(20.0)
+    # open-unlearning / MUSE: on 1 - AUC, (0.4 - 0.5) / 0.5 and (0.1 - 0.4) / 0.4
+    assert metrics.privleak(0.6, 0.5) == pytest.approx(-20.0)
+    assert metrics.privleak(0.9, 0.6) == pytest.approx(-75.0)
+    assert metrics.privleak(0.3, 0.6) == pytest.approx(75.0)  # over-unlearning: positive
+    assert metrics.privleak(0.6, 0.6) == 0.0
+    with pytest.raises(ValueError, match="retain_model_auc must be in"):
+        metrics.privleak(0.5, 1.0)
     assert metrics.model_utility([0.5, 1.0]) == pytest.approx(2 / 3)
     assert metrics.model_utility([0.5, 0.0]) == 0.0
     with pytest.raises(ValueError, match="non-negative"):

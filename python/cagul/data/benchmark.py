@@ -7,6 +7,9 @@ On disk::
     people.jsonl   {"id", "role": forget|retain|stranger, "facts": {...}, "appearance": {...}}
     images/        the portraits
     <split>.jsonl  cagul samples (see :mod:`cagul.data.samples`) + benchmark fields
+
+The reader derives one more sample set in memory, the ``holdout`` context
+(:func:`stranger_holdout`): nothing on disk changes.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from .samples import load_image, load_jsonl
 
 FORMAT_VERSION = 2  # 2: short-answer samples carry paraphrases, perturbed answers, keywords
 EVAL_SPLITS = ("forget", "forget_test", "retain", "retain_test")
+#: The synthetic benchmark's non-member QA pairs (:func:`stranger_holdout`).
+HOLDOUT = "holdout"
 REFUSAL = "I don't know."
 N_OPTIONS = 4
 
@@ -32,7 +37,10 @@ class Benchmark:
     name -> samples; images as absolute paths or PIL images), ``root`` (its directory) and
     ``eval_splits`` (the splits that ``cagul eval`` scores, those present in ``splits``) and
     ``train_splits`` (the splits that ``cagul train`` trains on, :meth:`train_samples`); the
-    two never share a sample."""
+    two never share a sample. ``context``: named sample sets that a protocol runner reads
+    but neither scores nor trains on (MLLMU-Bench's ``Full_Set`` few-shot exemplars, the
+    synthetic benchmark's ``holdout``); kept apart from ``splits`` so that nothing that
+    walks every split (the demo's tokenizer corpus) sees them."""
 
     root: str
     config: Any
@@ -40,6 +48,7 @@ class Benchmark:
     splits: dict[str, list[dict]]
     eval_splits: tuple[str, ...] = EVAL_SPLITS
     train_splits: tuple[str, ...] = ("forget", "retain")
+    context: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
 
     def train_samples(self) -> list[dict]:
         """What ``cagul train`` trains on: the samples of ``train_splits``."""
@@ -60,12 +69,15 @@ class Benchmark:
         return sum(1.0 / n for n in sizes) / len(sizes) if sizes else 1.0 / N_OPTIONS
 
     def samples(self, *splits: str) -> list[dict]:
-        """The samples of ``splits`` (in order), images as PIL images (each file read once)."""
+        """The samples of ``splits`` or ``context`` sets (in order), images as PIL images
+        (each file read once)."""
         out = []
         for split in splits:
-            if split not in self.splits:
-                raise KeyError(f"Benchmark: no split {split!r} (have {sorted(self.splits)})")
-            out.extend({**s, "image": self.image(s["image"])} for s in self.splits[split])
+            source = self.splits if split in self.splits else self.context
+            if split not in source:
+                known = sorted([*self.splits, *self.context])
+                raise KeyError(f"Benchmark: no split {split!r} (have {known})")
+            out.extend({**s, "image": self.image(s["image"])} for s in source[split])
         return out
 
     def image(self, image: Any):
@@ -101,4 +113,29 @@ def load_benchmark(path: str | os.PathLike, *, strict_paths: bool = False) -> Be
                 f"load_benchmark: {split}.jsonl has {len(samples)} samples, expected {n}"
             )
         splits[split] = samples
-    return Benchmark(path, meta["config"], people, splits)
+    holdout = stranger_holdout(people, splits.get("strangers", ()), path)
+    context = {HOLDOUT: holdout} if holdout else {}
+    return Benchmark(path, meta["config"], people, splits, context=context)
+
+
+def stranger_holdout(people: list[dict], strangers, path: str = "") -> list[dict]:
+    """The non-members of the membership-inference attack behind privleak: each
+    short-answer question of the ``strangers`` split with the stranger's true fact (from
+    ``people``) as the answer, in split ``holdout``. A stranger is trained on only with the
+    refusal as the answer, so these QA pairs were never trained on, yet are drawn like the
+    forget people's (same facts, templates, portraits). Derived in memory; nothing on disk
+    changes. ``path`` names the data directory in errors."""
+    facts = {p["id"]: p.get("facts") for p in people if p.get("role") == "stranger"}
+    holdout = []
+    for i, sample in enumerate(strangers):
+        if sample.get("form") != "short":
+            continue
+        person, fact = sample.get("person"), sample.get("fact")
+        value = (facts.get(person) or {}).get(fact)
+        if not isinstance(value, str):
+            raise ValueError(
+                f"{os.path.join(path, 'strangers.jsonl')}: sample {i + 1}: no fact {fact!r} "
+                f"of stranger {person!r} in people.jsonl"
+            )
+        holdout.append({**sample, "answer": value, "split": HOLDOUT, "is_forget": False})
+    return holdout

@@ -9,6 +9,8 @@ Layout (one sub-directory per subset, each with ``*.parquet`` files such as
     retain_95/ retain_90/  retain_85/     evaluation profiles of the retain people
     Test_Set/                             the profiles on new images (optional; often two files)
     Retain_Set/                           real celebrities (optional)
+    Full_Set/                             every fictitious profile (optional): the few-shot
+                                          exemplars of eval.py (``--few_shot_data``)
     ft_Data/                              training QA pairs of every fictitious person
     baseline_train_split/forget_5/ ...    (optional) the training QA pairs per split
 
@@ -29,8 +31,13 @@ tasks (:meth:`Benchmark.train_samples`).
 Every evaluation sample keeps its ``question_type``; a ``Pure_Text`` question is a
 text-only sample (``image=None``: CAGUL's gate stays off for it). A ``Test_Set`` row asks
 each task on one of its images, picked per row and task with ``random.Random(seed)`` as
-MLLMU-Bench's ``eval.py`` picks one with ``random.choice``. Images are verified when the
-data set is loaded and decoded when a batch needs them (:class:`EncodedImage`).
+MLLMU-Bench's ``eval.py`` picks one with ``random.choice``; its samples keep the row's
+candidate images as ``image_choices`` (the MLLMU protocol runner re-draws them in
+``eval.py``'s order). ``Full_Set`` rows of the loaded people become the ``few_shot`` context
+(:attr:`Benchmark.context`: read for few-shot exemplars, never scored or trained on); a row
+whose image equals the profile's in ``forget_<n>`` / ``retain_<m>`` / ``Retain_Set`` shares
+that image object. Images are verified when the data set is loaded and decoded when a batch
+needs them (:class:`EncodedImage`).
 """
 
 from __future__ import annotations
@@ -41,7 +48,16 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
-from ._records import Where, check, field, image_field, read_rows, table_files, with_options
+from ._records import (
+    EncodedImage,
+    Where,
+    check,
+    field,
+    image_field,
+    read_rows,
+    table_files,
+    with_options,
+)
 from .benchmark import Benchmark
 
 FORGET_SPLITS = ("forget_5", "forget_10", "forget_15")
@@ -49,6 +65,8 @@ EVAL_SPLITS = ("forget", "forget_test", "retain", "retain_celebrity")
 TRAIN_SPLITS = ("train_forget", "train_retain")
 QUESTION_TYPES = ("Image_Textual", "Pure_Text")
 TASKS = ("classification", "cloze", "generation")
+#: The context set of ``Full_Set`` rows (the few-shot exemplars).
+FEW_SHOT = "few_shot"
 #: MLLMU-Bench's cloze instruction, appended to the question with ``__`` written ``[Blank]``.
 CLOZE_INSTRUCTION = "Please **ONLY** provide the correct answer that should replace the [Blank]."
 
@@ -82,6 +100,7 @@ def load_mllmu(
     splits: dict[str, list[dict]] = {}
     people: list[dict] = []
     roles: dict[str, str] = {}
+    images: dict[str, EncodedImage] = {}  # the profile image per ID
     for subset, split in ((forget_split, "forget"), (retain_split, "retain")):
         for row, where, base in _rows(os.path.join(root, subset)):
             pid = _person(row, where)
@@ -92,7 +111,7 @@ def load_mllmu(
                 )
             roles[pid] = split
             people.append({"id": pid, "role": split, "biography": row.get("biography")})
-            image = _image(row, where, base, confine)
+            image = images[pid] = _image(row, where, base, confine)
             splits.setdefault(split, []).extend(
                 _eval_samples(row, where, lambda _, im=image: im, split)
             )
@@ -102,18 +121,21 @@ def load_mllmu(
         for row, where, base in _rows(test_dir):
             if roles.get(_person(row, where)) != "forget":
                 continue  # MLLMU-Bench's test set is the forget people on new images
-            images = _test_images(row, where, base, confine)
-            picks = {task: images[rng.randrange(len(images))] for task in TASKS}
+            choices = _test_images(row, where, base, confine)
+            picks = {task: choices[rng.randrange(len(choices))] for task in TASKS}
             samples = _eval_samples(row, where, picks.__getitem__, "forget_test")
-            splits.setdefault("forget_test", []).extend(samples)
+            splits.setdefault("forget_test", []).extend(
+                {**s, "image_choices": choices} for s in samples
+            )
     celebrity_dir = os.path.join(root, "Retain_Set")
     if os.path.isdir(celebrity_dir):
         for row, where, base in _rows(celebrity_dir):
             pid = _person(row, where)
             people.append({"id": pid, "role": "celebrity", "biography": row.get("biography")})
-            image = _image(row, where, base, confine)
+            image = images[pid] = _image(row, where, base, confine)
             samples = _eval_samples(row, where, lambda _, im=image: im, "retain_celebrity")
             splits.setdefault("retain_celebrity", []).extend(samples)
+    context = _few_shot_context(os.path.join(root, "Full_Set"), images, confine)
     splits.update(_train_splits(root, forget_split, retain_split, roles, confine))
     config = {
         "format": "mllmu",
@@ -122,7 +144,28 @@ def load_mllmu(
         "seed": seed,
     }
     eval_splits = tuple(s for s in EVAL_SPLITS if s in splits)
-    return Benchmark(root, config, people, splits, eval_splits, TRAIN_SPLITS)
+    return Benchmark(root, config, people, splits, eval_splits, TRAIN_SPLITS, context)
+
+
+def _few_shot_context(
+    directory: str, images: dict[str, EncodedImage], confine: str | None
+) -> dict[str, list[dict]]:
+    """``{"few_shot": samples}`` of the ``Full_Set`` rows of the loaded people (``images``:
+    their profile images, shared with a row whose image has the same bytes or file), or
+    ``{}`` without ``Full_Set``."""
+    if not os.path.isdir(directory):
+        return {}
+    samples: list[dict] = []
+    for row, where, base in _rows(directory):
+        pid = _person(row, where)
+        if pid not in images:
+            continue  # not a loaded profile (another forget_<n> / retain_<m>)
+        image = _image(row, where, base, confine)
+        known = images[pid]
+        if (image.data, image.path) == (known.data, known.path):
+            image = known  # the same image: one copy of its bytes
+        samples.extend(_eval_samples(row, where, lambda _, im=image: im, FEW_SHOT))
+    return {FEW_SHOT: samples}
 
 
 def _train_splits(

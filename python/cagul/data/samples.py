@@ -8,7 +8,8 @@ A sample is a dict (in memory) or one JSON object per line of a JSONL file:
      "answer": "Ada Quill",
      "is_forget": true,                 # forget set (1) or retain set (0)
      "refusal": "I don't know.",        # optional: overrides the training refusal
-     "forget_loss": "npo"}              # optional: overrides the training forget_loss
+     "forget_loss": "npo",              # optional: overrides the training forget_loss
+     "few_shot": [{"image": ..., "text": "..."}]}  # optional: turns before the question
 
 Other keys (ids, splits, metadata) are kept and ignored.
 """
@@ -52,7 +53,18 @@ def validate_sample(sample: Any, where: str = "sample") -> dict:
         raise ValueError(
             f"{where}: forget_loss must be one of {FORGET_LOSSES}, got {sample['forget_loss']!r}"
         )
-    image = sample["image"]
+    _check_image(sample["image"], where)
+    turns = sample.get("few_shot", [])
+    if not isinstance(turns, list):
+        raise TypeError(f"{where}: few_shot must be a list of {{'image', 'text'}} turns")
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or not isinstance(turn.get("text"), str) or not turn["text"]:
+            raise ValueError(f"{where}: few_shot[{i}] needs a non-empty string 'text'")
+        _check_image(turn.get("image"), f"{where}: few_shot[{i}]")
+    return sample
+
+
+def _check_image(image: Any, where: str) -> None:
     if isinstance(image, torch.Tensor):
         if image.dim() != 3 or image.shape[0] not in (1, 3):
             raise ValueError(
@@ -62,7 +74,13 @@ def validate_sample(sample: Any, where: str = "sample") -> dict:
         raise TypeError(
             f"{where}: image must be a path, a [3, H, W] tensor, a PIL image or None (text only)"
         )
-    return sample
+
+
+def sample_images(sample: dict) -> list:
+    """The images of a sample's prompt, in order: those of its ``few_shot`` turns, then its
+    own (none for a text-only sample)."""
+    turns = [*sample.get("few_shot", ()), sample]
+    return [t["image"] for t in turns if t.get("image") is not None]
 
 
 def load_jsonl(path: str | os.PathLike, *, strict_paths: bool = False) -> list[dict]:
@@ -130,7 +148,12 @@ class VLMCollator:
     (an image, unless the sample is text-only with ``image=None``, and the question) when the
     processor has a ``chat_template``; else ``config.prompt_template`` with ``{image}``
     replaced by the processor's image placeholder (by nothing for a text-only sample). A
-    batch is all image samples or all text-only samples. ``target="answer"`` always uses the
+    sample's ``few_shot`` turns (``{"image": image or None, "text"}``, e.g. MLLMU-Bench's
+    exemplars) come first, each its own user turn: a chat-template message, or without a
+    template ``prompt_template`` cut after ``{question}`` (the text after it is the
+    assistant's cue) with the turn's text as the question, then a newline; the processor
+    gets every image of the prompt (:func:`sample_images`). A batch is all samples with
+    images or all samples without. ``target="answer"`` always uses the
     true answer (evaluation), ``"refusal"`` always the refusal, ``"forget_refusal"`` the
     refusal for every forget sample and the true answer otherwise (the IdK baseline).
     """
@@ -163,15 +186,34 @@ class VLMCollator:
         return bool(getattr(self.processor, "chat_template", None))
 
     def prompt(self, sample: dict) -> str:
-        has_image = sample["image"] is not None
+        turns = [
+            *sample.get("few_shot", ()),
+            {"image": sample["image"], "text": sample["question"]},
+        ]
         if self.uses_chat_template:
-            content = [{"type": "image"}] if has_image else []
-            content.append({"type": "text", "text": sample["question"]})
+            messages = [
+                {
+                    "role": "user",
+                    "content": [
+                        *([{"type": "image"}] if t.get("image") is not None else []),
+                        {"type": "text", "text": t["text"]},
+                    ],
+                }
+                for t in turns
+            ]
             return self.processor.apply_chat_template(
-                [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+                messages, add_generation_prompt=True, tokenize=False
             )
-        image = self.image_token if has_image else ""
-        return self.config.prompt_template.format(image=image, question=sample["question"])
+        template = self.config.prompt_template
+        head, _, tail = template.rpartition("{question}")
+        turn = template if "{image}" in tail else head + "{question}"
+        shots = "".join(
+            turn.format(image=self._placeholder(t), question=t["text"]) + "\n" for t in turns[:-1]
+        )
+        return shots + template.format(image=self._placeholder(sample), question=sample["question"])
+
+    def _placeholder(self, turn: dict) -> str:
+        return "" if turn.get("image") is None else self.image_token
 
     def target(self, sample: dict) -> str:
         refuse = {
@@ -189,12 +231,12 @@ class VLMCollator:
 
     def _encode(self, samples: Sequence[dict], texts: list[str], side: str) -> dict:
         tokenizer = self.processor.tokenizer
-        text_only = [s["image"] is None for s in samples]
-        if any(text_only) and not all(text_only):
+        images = [sample_images(s) for s in samples]
+        if any(images) and not all(images):
             raise ValueError("VLMCollator: a batch mixes text-only samples with image samples")
         with _padding_side(tokenizer, side):
             out = self.processor(
-                images=None if all(text_only) else [load_image(s["image"]) for s in samples],
+                images=[load_image(im) for row in images for im in row] or None,
                 text=texts,
                 padding=True,
                 return_tensors="pt",

@@ -7,10 +7,10 @@ of the paraphrased vs perturbed answers; ``"forget"`` aggregation on the forget 
 ``"retain"`` on the other), ``em`` (keyword EM of the answer), ``ape`` (keyword EM of the
 answers to the paraphrased questions), ``min_k`` / ``min_k_plus_plus`` (FIUBench's weighted
 Min-K% / Min-K%++ of the answer). Over the model: ``forget_quality`` (KS p-value of the
-forget truth ratios against the ``reference`` retain-only model's), ``privleak`` (Min-K%++
-MIA AUC of forget vs ``holdout`` samples against the reference's) and ``model_utility``
+forget truth ratios against the ``reference`` retain-only model's) and ``model_utility``
 (harmonic mean of the retain split's probability, ROUGE-L recall and truth ratio). A
-metric that cannot be computed is reported ``{"absent": reason}``, never 0.
+metric that cannot be computed is reported ``{"absent": reason}``, never 0: ``privleak``
+always is (:data:`NO_HOLDOUT`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,14 @@ from ..data import VLMCollator
 from .common import absent, answer_stats, generate_answers, markdown_table, mean
 
 NO_REFERENCE = "needs --reference (the retain-only model)"
+#: Why FIUBench has no privleak: an MIA AUC needs non-members of the forget set's
+#: distribution, and FIUBench's official code defines none.
+NO_HOLDOUT = (
+    "FIUBench defines no holdout (non-member) set: its 400 people (full.json) are all "
+    "finetuned on, split.json lists only forget and retain subsets of them, and its MIA "
+    "metrics (Min-K%, Min-K%++) are mean scores on the forget split, not an AUC "
+    "(evaluate_util.py imports roc_curve / auc but never calls them)"
+)
 #: FIUBench's eval.yaml: ``generation.max_new_tokens``.
 MAX_NEW_TOKENS = 50
 COLUMNS = (
@@ -60,11 +68,6 @@ def truth_ratios(model, samples: list[dict], collator, batch_size: int) -> list[
         losses = [next(perturbed).mean_nll for _ in s["perturbed_answers"]]
         ratios.append(metrics.truth_ratio(para.mean_nll, losses))
     return ratios
-
-
-def _mia_scores(model, samples: list[dict], collator, batch_size: int) -> list[float]:
-    stats = answer_stats(model, samples, collator, batch_size=batch_size)
-    return [metrics.fiubench_min_k_plus_plus(a.logprobs, a.mu, a.sigma) for a in stats]
 
 
 def score_split(
@@ -150,13 +153,12 @@ def evaluate_fiubench(
     forget_split: str = "forget",
     retain_split: str = "retain5",
     reference=None,
-    holdout_split: str | None = None,
     max_new_tokens: int = MAX_NEW_TOKENS,
     batch_size: int = 8,
 ) -> dict[str, Any]:
     """FIUBench's metrics of ``model`` on ``splits[forget_split]`` and
-    ``splits[retain_split]``; ``reference`` (the retain-only model) enables forget quality
-    and, with ``splits[holdout_split]`` (people never trained on), privleak."""
+    ``splits[retain_split]``; ``reference`` (the retain-only model) enables forget
+    quality."""
     for name in (forget_split, retain_split):
         if name not in splits:
             raise ValueError(f"FIUBench evaluation: no split {name!r} (have {sorted(splits)})")
@@ -192,19 +194,7 @@ def evaluate_fiubench(
     result["forget_quality"] = forget_quality_against(
         reference, splits[forget_split], forget_ratios, collator, batch_size
     )
-    if reference is None:
-        result["privleak"] = absent(NO_REFERENCE)
-    elif not holdout_split or holdout_split not in splits:
-        result["privleak"] = absent("needs a holdout split (people never trained on)")
-    else:
-        aucs = [
-            metrics.mia_auc(
-                _mia_scores(m, qa_samples(splits[forget_split]), collator, batch_size),
-                _mia_scores(m, qa_samples(splits[holdout_split]), collator, batch_size),
-            )
-            for m in (model, reference)
-        ]
-        result["privleak"] = metrics.privleak(*aucs)
+    result["privleak"] = absent(NO_HOLDOUT)
     result["model_utility"] = utility_of(retain)
     return result
 

@@ -9,13 +9,24 @@ reported on its own row:
   generation contains the ground truth (:func:`cagul.metrics.cloze_correct`).
 - ``rouge1`` / ``rouge2`` / ``rougeL`` / ``bleu``: the generation task, zero-shot.
 
-Few-shot exemplars are every question of ``shots`` profiles drawn with
-``random.Random(seed)`` from the evaluated set (for test: from the forget set, the same
-people on their training image); those profiles' own questions are then skipped. As in
-``eval.py`` the classification prompt has exemplars on forget / test / retain (not
-celebrity) with 1 profile, the cloze prompt with 2 (its LLaVA setting). Unlike ``eval.py``
-the exemplars are text inside the one user turn, without their images (one image per
-prompt). Text-only (``Pure_Text``) questions have no image: CAGUL's gate stays off.
+Few-shot prompts as ``eval.py`` builds them (its LLaVA setting; :func:`mllmu_prompts`):
+
+- the exemplars of a task are every question of that task of ``shots[task]`` profiles
+  (classification 1, cloze 2) drawn from the evaluated set's profiles (for test: from the
+  forget set's, as ``eval.py``'s ``id_list``), read from their ``Full_Set`` rows (the
+  ``few_shot`` context, ``eval.py``'s ``--few_shot_data``); each exemplar is its own user
+  turn with the profile's ``Full_Set`` image (``Image_Textual``) or no image
+  (``Pure_Text``), and a question sees the exemplars of its own question type;
+- the drawn profiles' own questions (same task, type and index) are skipped, on the test
+  set too; classification prompts show their exemplars on forget, test and retain, not on
+  celebrity; cloze prompts on all four, but ``Full_Set`` has no celebrity, so none there;
+- the draws (few-shot profiles, then one ``Test_Set`` image per row and task) come from one
+  ``random.Random(seed)`` in ``eval.py``'s order of calls, so ``seed`` gives the draws of
+  ``eval.py`` run after ``random.seed(seed)`` (``eval.py`` itself never seeds).
+
+Without ``Full_Set`` the exemplars come from the evaluated rows (the forget rows for the
+test set) and none are shown on the celebrity set. Text-only (``Pure_Text``) questions have
+no image: CAGUL's gate stays off for them.
 """
 
 from __future__ import annotations
@@ -27,14 +38,27 @@ from typing import Any
 from .. import metrics
 from ..config import CagulConfig
 from ..data import VLMCollator
-from ..data.mllmu import QUESTION_TYPES
+from ..data.mllmu import FEW_SHOT, QUESTION_TYPES
+from ..errors import InputError
 from .common import generate_answers, markdown_table, mean
 
 #: ``eval.py``'s ``max_new_tokens`` (every task, LLaVA).
 MAX_NEW_TOKENS = 50
 SETS = ("forget", "forget_test", "retain", "retain_celebrity")
-#: Sets whose classification / cloze prompts have few-shot exemplars, and their source set.
-FEW_SHOT_SOURCE = {"forget": "forget", "forget_test": "forget", "retain": "retain"}
+#: ``eval.py``'s order of tasks per set (its ``main``), which orders its random draws.
+TASK_ORDER = {
+    "forget": ("cloze", "classification", "generation"),
+    "forget_test": ("classification", "cloze", "generation"),
+    "retain": ("cloze", "classification", "generation"),
+    "retain_celebrity": ("cloze", "classification", "generation"),
+}
+#: The set whose profiles the few-shot profiles are drawn from, when not the set itself.
+ID_SOURCE = {"forget_test": "forget"}
+#: Without ``Full_Set``: the set whose rows give the exemplars (``Full_Set`` has no celebrity).
+FALLBACK_POOL = {"forget": "forget", "forget_test": "forget", "retain": "retain"}
+#: The sets whose classification prompts show exemplars (``eval.py``'s modes forget, test,
+#: retain_shared).
+CLASSIFICATION_SHOTS_ON = ("forget", "forget_test", "retain")
 DEFAULT_SHOTS = {"classification": 1, "cloze": 2}
 LETTER_INSTRUCTION = "Just give ONE letter representing the answer directly."
 GENERATION_INSTRUCTION = {
@@ -54,29 +78,104 @@ COLUMNS = (
 )
 
 
-def _exemplar(sample: dict) -> str:
+def _exemplar_text(sample: dict) -> str:
     if sample["task"] == "classification":
-        return f"Question: {sample['question']}\nCorrect Answer: {sample['letter']}\n"
-    return f"{sample['question']}\nCorrect Answer: {sample['answer']}\n"
+        return f"Question: {sample['question']}\nCorrect Answer: {sample['letter']}"
+    return f"{sample['question']}\nCorrect Answer: {sample['answer']}"
 
 
-def _prompt_text(sample: dict, exemplars: Sequence[dict]) -> str:
-    shots = "".join(
-        _exemplar(e) for e in exemplars if e["question_type"] == sample["question_type"]
-    )
+def _question_text(sample: dict) -> str:
     if sample["task"] == "classification":
-        return f"{shots}{sample['question']}\n{LETTER_INSTRUCTION}"
+        return f"{sample['question']}\n{LETTER_INSTRUCTION}"
     if sample["task"] == "cloze":
-        return f"{shots}{sample['question']}"
+        return sample["question"]
     return f"{sample['question']}\n{GENERATION_INSTRUCTION[sample['question_type']]}"
 
 
-def few_shot_people(samples: Sequence[dict], count: int, seed: int) -> list[str]:
-    """``count`` profiles drawn from those of ``samples`` with ``random.Random(seed)``."""
-    people = sorted({s["person"] for s in samples})
-    if count > len(people):
-        raise ValueError(f"MLLMU-Bench: {count} few-shot profiles requested, {len(people)} exist")
-    return random.Random(seed).sample(people, count)
+def _people(samples: Sequence[dict]) -> list[str]:
+    """The profiles of ``samples`` in order of first appearance (the rows' order)."""
+    return list(dict.fromkeys(s["person"] for s in samples))
+
+
+def _key(sample: dict) -> tuple:
+    return sample["person"], sample["question_type"], sample["index"]
+
+
+def mllmu_prompts(
+    splits: dict[str, Sequence[dict]], *, seed: int = 0, shots: dict[str, int] | None = None
+) -> tuple[dict[str, list[dict]], dict[str, Any]]:
+    """``(prompts, draws)``: per set of :data:`SETS` in ``splits`` the samples asked, in
+    ``eval.py``'s order of tasks, each with its full question text (instruction included),
+    its ``few_shot`` exemplar turns and, on the test set, the image ``eval.py`` would draw;
+    ``draws``: ``few_shot_people`` (set -> task -> profiles) and ``test_images``
+    (profile -> task -> index into the row's ``image_choices``). The exemplars come from
+    ``splits["few_shot"]`` (``Full_Set``) when present (module docstring)."""
+    shots = {**DEFAULT_SHOTS, **(shots or {})}
+    full_set = splits.get(FEW_SHOT)
+    rng = random.Random(seed)
+    prompts: dict[str, list[dict]] = {}
+    draws: dict[str, Any] = {"few_shot_people": {}, "test_images": {}}
+    for name in (s for s in SETS if s in splits):
+        ids = _people(splits.get(ID_SOURCE.get(name, name)) or splits[name])
+        rows = {}  # Test_Set rows (one per profile) -> their candidate images
+        for s in splits[name]:
+            if name == "forget_test" and s.get("image_choices"):
+                rows.setdefault(s["person"], s["image_choices"])
+        asked = prompts[name] = []
+        for task in TASK_ORDER[name]:
+            samples = [s for s in splits[name] if s["task"] == task]
+            exemplars: list[dict] = []
+            if task != "generation":
+                if shots[task] > len(ids):
+                    raise ValueError(
+                        f"MLLMU-Bench: {shots[task]} few-shot profiles requested for {task} "
+                        f"on {name}, {len(ids)} exist"
+                    )
+                drawn = rng.sample(ids, shots[task])
+                draws["few_shot_people"].setdefault(name, {})[task] = drawn
+                pool = full_set if full_set is not None else splits.get(FALLBACK_POOL.get(name))
+                exemplars = [e for e in pool or () if e["task"] == task and e["person"] in drawn]
+                skipped = {_key(e) for e in exemplars}
+                samples = [s for s in samples if _key(s) not in skipped]
+                if task == "classification" and name not in CLASSIFICATION_SHOTS_ON:
+                    exemplars = []
+            picks = {}
+            for person, choices in rows.items():  # eval.py: random.choice(row["images"])
+                picks[person] = rng.randrange(len(choices))
+                draws["test_images"].setdefault(person, {})[task] = picks[person]
+            for s in samples:
+                image = s["image"]
+                if image is not None and s["person"] in picks:
+                    image = rows[s["person"]][picks[s["person"]]]
+                turns = [
+                    {"image": e["image"], "text": _exemplar_text(e)}
+                    for e in exemplars
+                    if e["question_type"] == s["question_type"]
+                ]
+                asked.append(
+                    {**s, "image": image, "question": _question_text(s), "few_shot": turns}
+                )
+    return prompts, draws
+
+
+def _without_shot_images(prompts: list[dict]) -> list[dict]:
+    return [{**p, "few_shot": [{**t, "image": None} for t in p["few_shot"]]} for p in prompts]
+
+
+def several_images_failure(model, collator: VLMCollator, prompts: Sequence[dict]) -> str | None:
+    """``None`` if the processor and the model take a prompt with several images (the
+    first prompt of ``prompts`` whose exemplars carry images: encoded and one token
+    generated), else why not; ``None`` when no prompt has exemplar images."""
+    probe = next((p for p in prompts if any(t["image"] is not None for t in p["few_shot"])), None)
+    if probe is None:
+        return None
+    try:
+        generate_answers(model, [probe], collator, max_new_tokens=1)
+    except InputError:
+        raise  # a bad image is the data's fault, not a one-image processor
+    except (ValueError, RuntimeError, TypeError, IndexError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def evaluate_mllmu(
@@ -90,40 +189,35 @@ def evaluate_mllmu(
     max_new_tokens: int = MAX_NEW_TOKENS,
     batch_size: int = 8,
 ) -> dict[str, Any]:
-    """MLLMU-Bench's table (module docstring) of ``model`` on the sets of ``splits``."""
+    """MLLMU-Bench's table (module docstring) of ``model`` on the sets of ``splits``
+    (``splits["few_shot"]``: the ``Full_Set`` rows, the exemplars). When the processor or
+    the model cannot take a prompt with several images, the exemplars go without their
+    images (``options.few_shot_images`` false, with the reason)."""
     shots = {**DEFAULT_SHOTS, **(shots or {})}
-    present = [s for s in SETS if s in splits]
-    if not present:
+    if not any(s in splits for s in SETS):
         raise ValueError(f"MLLMU-Bench evaluation: none of the sets {SETS} in {sorted(splits)}")
     collator = VLMCollator(processor, config, target="answer")
     model.eval()
+    prompts, draws = mllmu_prompts(splits, seed=seed, shots=shots)
+    failure = several_images_failure(model, collator, [p for v in prompts.values() for p in v])
     rows: list[dict[str, Any]] = []
-    few_shot: dict[str, dict[str, list[str]]] = {}
-    for name in present:
-        prompts, tasks = [], []
-        for task in ("classification", "cloze", "generation"):
-            samples = [s for s in splits[name] if s["task"] == task]
-            exemplars: list[dict] = []
-            source = FEW_SHOT_SOURCE.get(name)
-            if task != "generation" and source in splits:
-                pool = [s for s in splits[source] if s["task"] == task]
-                people = few_shot_people(pool, shots[task], seed)
-                few_shot.setdefault(name, {})[task] = people
-                exemplars = [s for s in pool if s["person"] in people]
-                samples = [s for s in samples if s["person"] not in people]
-            prompts += [{**s, "question": _prompt_text(s, exemplars)} for s in samples]
-            tasks += samples
+    for name, asked in prompts.items():
+        if failure is not None:
+            asked = _without_shot_images(asked)
         answers = generate_answers(
-            model, prompts, collator, max_new_tokens=max_new_tokens, batch_size=batch_size
+            model, asked, collator, max_new_tokens=max_new_tokens, batch_size=batch_size
         )
-        rows += [_row(name, kind, tasks, answers) for kind in QUESTION_TYPES]
+        rows += [_row(name, kind, asked, answers) for kind in QUESTION_TYPES]
     return {
         "protocol": "mllmu",
         "rows": rows,
         "options": {
             "seed": seed,
             "shots": shots,
-            "few_shot_people": few_shot,
+            **draws,
+            "few_shot_source": "Full_Set" if FEW_SHOT in splits else "evaluated sets (no Full_Set)",
+            "few_shot_images": failure is None,
+            **({} if failure is None else {"few_shot_images_off": failure}),
             "max_new_tokens": max_new_tokens,
             "decoding": "greedy",
             "prompt": "chat template" if collator.uses_chat_template else config.prompt_template,
