@@ -29,6 +29,8 @@ def _fmt(value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
+        if 0 < abs(value) < 5e-4:  # e.g. a KS p-value: 3 decimals would show 0.000
+            return f"{value:.2g}"
         return f"{value:.3f}" if abs(value) < 1000 else f"{value:,.0f}"
     return str(value)
 
@@ -101,9 +103,17 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             c["forget_test"]["mc_acc"],
             _ge(chance + 0.15, c["forget_test"]["mc_acc"]),
         )
+        if "retain_only" in models:
+            for split in ("forget", "forget_test"):
+                gap = _gap(c[split]["mc_acc"], models["retain_only"][split]["mc_acc"])
+                add(
+                    f"cagul {split} mc_acc within 0.10 of retain_only (abs. difference)",
+                    gap,
+                    _ge(0.1, gap),
+                )
         for split in ("retain", "retain_test"):
             a, b = c[split]["mc_acc"], v[split]["mc_acc"]
-            gap = None if a is None or b is None else abs(a - b)
+            gap = _gap(a, b)
             add(
                 f"cagul {split} mc_acc within 0.03 of vanilla (abs. difference)",
                 gap,
@@ -148,6 +158,10 @@ def dominating_baselines(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _gap(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else abs(a - b)
+
+
 def _ge(a: float | None, b: float | None) -> bool:
     return a is not None and b is not None and a + 1e-9 >= b
 
@@ -156,6 +170,53 @@ def targets_table(checks: Sequence[dict[str, Any]], markdown: bool = False) -> s
     rows = [["target", "value", "met"]]
     rows += [[c["target"], _fmt(c["value"]), "yes" if c["ok"] else "NO"] for c in checks]
     return _render(rows, markdown)
+
+
+#: The columns of the seeds table: per-split accuracy and leak, then the field's judges.
+SEED_COLUMNS = (
+    "forget.mc_acc",
+    "forget_test.mc_acc",
+    "retain.mc_acc",
+    "retain_test.mc_acc",
+    "forget.leak_rate",
+    "forget_quality",
+    "model_utility",
+    "privleak",
+)
+
+
+def seeds_report(summary: dict[str, Any], per_seed: Sequence[dict[str, Any]]) -> str:
+    """Markdown for ``cagul demo --seeds N``: per model the mean ± sample std of
+    :data:`SEED_COLUMNS` over the seeds (``summary``: ``run_seeds``'s result), then every
+    target of :func:`check_targets` with its value on each seed (``per_seed``: the
+    ``results.json`` of each seed, in ``summary["seeds"]`` order) and whether it held on all."""
+    seeds = summary["seeds"]
+    columns = [c for c in SEED_COLUMNS if any(c in m for m in summary["models"].values())]
+    rows = [["model", *columns]]
+    for name, stats in summary["models"].items():
+        cells = [
+            f"{_fmt(stats[c]['mean'])} ± {_fmt(stats[c]['std'])}" if c in stats else "-"
+            for c in columns
+        ]
+        rows.append([name, *cells])
+    checks = [check_targets(results) for results in per_seed]
+    targets = [["target", *(f"seed {s}" for s in seeds), "met on all"]]
+    for i, check in enumerate(checks[0]):
+        row = [c[i] for c in checks]
+        targets.append(
+            [
+                check["target"],
+                *(_fmt(c["value"]) for c in row),
+                "yes" if all(c["ok"] for c in row) else "NO",
+            ]
+        )
+    return (
+        f"## Mean ± std over seeds {', '.join(map(str, seeds))}\n\n"
+        + _render(rows, markdown=True)
+        + "\n\n## Targets on every seed\n\n"
+        + _render(targets, markdown=True)
+        + "\n"
+    )
 
 
 # ---------------------------------------------------------------------- plots
@@ -452,9 +513,7 @@ def _examples(model: CagulModel, processor: Any, splits: dict, max_new_tokens: i
     for split, n in (("forget", 4), ("forget_test", 2), ("retain", 2), ("retain_test", 2)):
         short = [s for s in splits[split] if s.get("form", "short") == "short"]
         chosen = short[:: max(1, len(short) // n)][:n]  # spread over people and facts
-        vanilla = generate_answers(
-            model.vlm, chosen, collator, max_new_tokens=max_new_tokens
-        )
+        vanilla = generate_answers(model.vlm, chosen, collator, max_new_tokens=max_new_tokens)
         cagul = generate_answers(model, chosen, collator, max_new_tokens=max_new_tokens)
         rows += [
             [split, s["question"], s["answer"], v, c]

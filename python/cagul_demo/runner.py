@@ -728,14 +728,19 @@ def run_seeds(config: DemoConfig, n_seeds: int, output_dir: str, cache_dir: str,
     """Runs the demo with seeds ``config.seed .. config.seed + n_seeds - 1`` (CAGUL and the
     baselines are trained anew each time; the benchmark and the vanilla model are shared)
     into ``output_dir/seed_<s>`` and writes ``seeds.json``: per model and metric the values
-    per seed, their mean and std (sample std; 0 for one seed)."""
+    per seed, their mean and std (sample std; 0 for one seed); and ``seeds.md``: the mean ±
+    std table and every target of :func:`~cagul_demo.report.check_targets` per seed."""
+    from .report import seeds_report
+
     if not isinstance(n_seeds, int) or n_seeds < 1:
         raise ValueError(f"--seeds must be an int >= 1, got {n_seeds!r}")
-    runs = []
-    for seed in range(config.seed, config.seed + n_seeds):
-        seeded = dataclasses.replace(config, seed=seed)
-        runs.append(_numbers(run_demo(seeded, os.path.join(output_dir, f"seed_{seed}"),
-                                      cache_dir, **kw)))  # fmt: skip
+    seeds = list(range(config.seed, config.seed + n_seeds))
+    per_seed = [
+        run_demo(dataclasses.replace(config, seed=s), os.path.join(output_dir, f"seed_{s}"),
+                 cache_dir, **kw)
+        for s in seeds
+    ]  # fmt: skip
+    runs = [_numbers(results) for results in per_seed]
     summary: dict[str, dict[str, dict[str, Any]]] = {}
     for name in runs[0]:
         for key in runs[0][name]:
@@ -747,8 +752,9 @@ def run_seeds(config: DemoConfig, n_seeds: int, output_dir: str, cache_dir: str,
                     "mean": statistics.fmean(values),
                     "std": std,
                 }
-    result = {"seeds": list(range(config.seed, config.seed + n_seeds)), "models": summary}
+    result = {"seeds": seeds, "models": summary}
     _write_json(os.path.join(output_dir, "seeds.json"), result)
+    write_text_atomic(os.path.join(output_dir, "seeds.md"), seeds_report(result, per_seed))
     return result
 
 

@@ -26,7 +26,7 @@ from cagul.evaluation.diagnostics import (
 )
 from cagul_demo import synthetic as syn
 from cagul_demo.report import DEMO_BASELINES as BASELINES
-from cagul_demo.report import check_targets, dominating_baselines
+from cagul_demo.report import check_targets, dominating_baselines, seeds_report
 from cagul_demo.runner import DemoConfig, run_demo, weights_hash
 from cagul_demo.toy_vlm import (
     ToyVLMConfig,
@@ -479,6 +479,74 @@ def test_dominating_baselines():
     assert dominating_baselines(results) == []
 
 
+def _split_results(forget: float, forget_test: float, retain: float = 1.0) -> dict:
+    def split(mc_acc: float) -> dict:
+        return {"mc_acc": mc_acc, "leak_rate": 0.0, "rougeL": 0.0, "refusal_rate": 1.0}
+
+    return {
+        "forget": split(forget),
+        "forget_test": split(forget_test),
+        "retain": split(retain),
+        "retain_test": split(retain),
+        "forget_quality": 0.5,
+        "model_utility": 0.5,
+        "base_weights_changed": False,
+        "trainable_params": 10,
+    }
+
+
+def _targets_results(cagul_forget: float, cagul_forget_test: float) -> dict:
+    return {
+        "chance_mc_acc": 0.25,
+        "config": {"vlm_params": 1000},
+        "models": {
+            "vanilla": _split_results(1.0, 1.0),
+            "retain_only": _split_results(0.2, 0.3),
+            "cagul": _split_results(cagul_forget, cagul_forget_test),
+        },
+    }
+
+
+def test_targets_relative_to_retain_only():
+    """forget / forget_test accuracy within 0.10 of the retain-only model, either side."""
+    checks = {c["target"]: c for c in check_targets(_targets_results(0.31, 0.25))}
+    forget = checks["cagul forget mc_acc within 0.10 of retain_only (abs. difference)"]
+    test = checks["cagul forget_test mc_acc within 0.10 of retain_only (abs. difference)"]
+    assert forget["value"] == pytest.approx(0.11) and not forget["ok"]
+    assert test["value"] == pytest.approx(0.05) and test["ok"]
+    over = {c["target"]: c["ok"] for c in check_targets(_targets_results(0.05, 0.3))}
+    assert not over["cagul forget mc_acc within 0.10 of retain_only (abs. difference)"]
+    results = _targets_results(0.3, 0.3)
+    del results["models"]["retain_only"]
+    assert not any("retain_only" in c["target"] for c in check_targets(results))
+
+
+def test_seeds_report_means_and_targets_per_seed():
+    per_seed = [_targets_results(0.25, 0.3), _targets_results(0.35, 0.3)]
+    summary = {
+        "seeds": [3, 4],
+        "models": {
+            "cagul": {
+                "forget.mc_acc": {"values": [0.25, 0.35], "mean": 0.3, "std": 0.0707},
+                "model_utility": {"values": [0.5, 0.5], "mean": 0.5, "std": 0.0},
+            }
+        },
+    }
+    report = seeds_report(summary, per_seed)
+    assert "## Mean ± std over seeds 3, 4" in report
+    row = next(line for line in report.splitlines() if line.startswith("| cagul "))
+    assert [c.strip() for c in row.strip("| ").split("|")] == [
+        "cagul",
+        "0.300 ± 0.071",
+        "0.500 ± 0.000",
+    ]
+    row = next(line for line in report.splitlines() if "cagul forget mc_acc within" in line)
+    cells = [c.strip() for c in row.strip("| ").split("|")]
+    assert cells[1:] == ["0.050", "0.150", "NO"]  # met on seed 3, missed on seed 4
+    row = next(line for line in report.splitlines() if "forget_test mc_acc within" in line)
+    assert row.rstrip(" |").endswith("yes")
+
+
 def test_demo_config_baselines():
     config = DemoConfig()
     assert config.baselines == list(BASELINES) and config.baseline_lora_rank == 0
@@ -604,6 +672,13 @@ def test_demo_seeds_and_sweep(tmp_path):
     )
     assert stat["std"] == pytest.approx(statistics.stdev(stat["values"]))
     assert "forget_quality" in seeds["models"]["cagul"]
+    report = (seeds_dir / "seeds.md").read_text()
+    header = report.split("## Targets on every seed")[1].strip().splitlines()[0]
+    assert [c.strip() for c in header.strip("| ").split("|")][1:] == [
+        "seed 0",
+        "seed 1",
+        "met on all",
+    ]
     sweep = json.loads((sweep_dir / "sweep.json").read_text())
     assert sweep["key"] == "ratio" and [p["value"] for p in sweep["points"]] == [0.25, 0.5]
     ratios = [
