@@ -269,7 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_vlm(args: argparse.Namespace, path: str | None = None, flag: str = "--model"):
+def _load_vlm(
+    args: argparse.Namespace, path: str | None = None, flag: str = "--model", device=None
+):
+    """``(vlm, processor)`` from ``path`` (default ``--model``) on ``device`` (default
+    ``--device``, else this process's device)."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -278,7 +282,7 @@ def _load_vlm(args: argparse.Namespace, path: str | None = None, flag: str = "--
     path = path or args.model
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise UsageError(f"{flag} {path} has no config.json")
-    device = args.device or distributed_context()[2]  # a torch.device (_check_flags)
+    device = device or args.device or distributed_context()[2]  # torch.device (_check_flags)
     vlm = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, args.dtype))
     processor = AutoProcessor.from_pretrained(path)
     return vlm.to(device).eval(), processor
@@ -300,6 +304,12 @@ def _train(args: argparse.Namespace) -> None:
         raise UsageError("--lora-rank / --lora-alpha apply to the baselines, not --method cagul")
     with reading_inputs():
         config, training = _settings(args.config, args.overrides)
+        if training.fsdp_config and args.method != "cagul" and not args.lora_rank:
+            raise UsageError(
+                f"--set fsdp_config with --method {args.method} needs --lora-rank: FSDP shards "
+                "the frozen weights only, and full finetuning trains (and saves) the whole "
+                "language model"
+            )
         strict = args.strict_paths
         if os.path.isfile(args.data) and args.format in ("auto", "jsonl") and not args.forget_split:
             samples = load_jsonl(args.data, strict_paths=strict)  # every sample, in file order
@@ -310,7 +320,8 @@ def _train(args: argparse.Namespace) -> None:
             samples = bench.train_samples()
         eval_samples = load_jsonl(args.eval_data, strict_paths=strict) if args.eval_data else None
         seed_everything(training.seed)  # the modules' initialisation
-        vlm, processor = _load_vlm(args)
+        # Under FSDP the VLM stays on the CPU: the trainer moves each rank's shards over.
+        vlm, processor = _load_vlm(args, device="cpu" if training.fsdp_config else None)
         eval_fn = None
         if args.method == "cagul":
             method = get_method("cagul")(CagulModel(vlm, config), training)
