@@ -465,6 +465,22 @@ def test_fsdp_config_file_is_checked(tmp_path):
 # ---------------------------------------------------------------------- CLI
 
 
+def test_cli_help_lists_the_settings_flags(capsys):
+    """``train`` has a flag per CagulConfig and UnlearningArguments field, ``eval`` per
+    CagulConfig field."""
+    for command in ("train", "eval"):
+        with pytest.raises(SystemExit) as exit:
+            main([command, "--help"])
+        assert exit.value.code == 0
+        text = capsys.readouterr().out
+        assert "CagulConfig fields:" in text and "--gate_threshold GATE_THRESHOLD" in text
+        assert "--encoder_rank ENCODER_RANK, --encoder-rank ENCODER_RANK" in text
+        assert (
+            ("--lr LR" in text) == ("UnlearningArguments fields:" in text) == (command == "train")
+        )
+    assert "--fsdp_config FSDP_CONFIG" not in text  # eval's
+
+
 def _cagul(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [sys.executable, "-m", "cagul", *args],
@@ -479,6 +495,8 @@ def _cagul(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def test_cli_train_generate_eval(cli_setup):
+    """Settings from the --config file (layer, encoder_rank 8), flags (steps, encoder_rank
+    4 over the file's) and --set (batch_size) all reach the run."""
     root = cli_setup
     out = root / "adapter"
     proc = _cagul(
@@ -487,13 +505,17 @@ def test_cli_train_generate_eval(cli_setup):
         "--data", str(root / "data" / "train.jsonl"),
         "--config", str(root / "config.json"),
         "--output", str(out),
-        "--set", "steps=2",
+        "--steps", "2",
+        "--encoder-rank", "4",
         "--set", "batch_size=4",
         "--no-progress",
     )  # fmt: skip
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["step"] == 2 and math.isfinite(summary["loss"])
     assert {"cagul_modules.safetensors", "cagul_config.json", "log.jsonl"} <= set(os.listdir(out))
+    saved = json.loads((out / "cagul_config.json").read_text())
+    assert saved["encoder_rank"] == 4 and saved["layer"] == 1
+    assert load_file(out / "cagul_modules.safetensors")["encoder.w1"].shape[1] == 4
 
     image = str(root / "data" / "img" / "0.png")
     for gate in ("auto", "on"):
@@ -536,7 +558,9 @@ def test_cli_errors(cli_setup, tmp_path, capsys):
         except SystemExit as e:  # argparse errors
             code = e.code
         assert code == 2
-        return capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        return err
 
     assert "--model path does not exist" in fails(
         "train", "--model", str(tmp_path / "nope"), "--data", data, "--output", out
@@ -546,6 +570,25 @@ def test_cli_errors(cli_setup, tmp_path, capsys):
     )
     assert "--set expects key=value" in fails(
         "train", "--model", model, "--data", data, "--output", out, "--set", "steps"
+    )
+    assert "argument --lr: invalid float value: 'fast'" in fails(
+        "train", "--model", model, "--data", data, "--output", out, "--lr", "fast"
+    )
+    assert "gate_threshold must be in (0, 1), got 2.0" in fails(
+        "eval", "--model", model, "--data", data, "--gate_threshold", "2", "--no-progress"
+    )
+    assert "steps is given both as --steps and by --set" in fails(
+        "train",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--output",
+        out,
+        "--steps",
+        "2",
+        "--set",
+        "steps=3",
     )
     (tmp_path / "bad.json").write_text('{"ratio": 2}')
     assert "ratio must be in (0, 1]" in fails(
