@@ -457,6 +457,8 @@ def test_fsdp_config_file_is_checked(tmp_path):
         bad.write_text(text)
         with pytest.raises(InputError, match=message):
             read_fsdp_config(bad)
+    with pytest.raises(FileNotFoundError, match="fsdp_config: no file"):
+        read_fsdp_config(tmp_path / "missing.json")
     _, model, collate, data, args = build("llava", fsdp_config=FSDP_CONFIG)
     with pytest.raises(ValueError, match="2 or more processes"):
         CagulTrainer(CagulMethod(model, args), data, collate, args)

@@ -31,7 +31,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-from ..errors import InputError
+from ..errors import InputError, MissingInputError
 from ..files import read_json
 
 LAYER_CLASSES_KEY = "transformer_layer_cls_to_wrap"
@@ -48,9 +48,11 @@ class FsdpSettings:
 
 
 def read_fsdp_config(path: str | os.PathLike) -> FsdpSettings:
-    """The :class:`FsdpSettings` of JSON file ``path``; a bad file is an
-    :class:`~cagul.errors.InputError` naming it and the key."""
+    """The :class:`FsdpSettings` of JSON file ``path``; a missing or bad file is an
+    :class:`~cagul.errors.InputError` / ``MissingInputError`` naming it (and the key)."""
     path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MissingInputError(f"fsdp_config: no file {path}")
     data = read_json(path)
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object")
