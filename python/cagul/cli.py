@@ -160,6 +160,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
         return [settings_flags(*_settings_classes(name))]
 
+    def assignments(p: argparse.ArgumentParser, help: str) -> None:
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            type=_assignment,
+            metavar="KEY=VALUE",
+            help=help,
+        )
+
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", required=True, type=_existing("--model"), help="VLM directory")
         p.add_argument(
@@ -206,15 +217,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         type=_existing("--config"),
         help="JSON of CagulConfig and UnlearningArguments fields (the flags and --set override it)",
     )
-    train.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        type=_assignment,
-        metavar="KEY=VALUE",
-        help="a field as its flag would set it (VALUE in JSON: --set k=3 --set ratio=null)",
-    )
+    assignments(train, "a field as its flag would set it (VALUE in JSON: --set ratio=null)")
     train.add_argument("--eval-data", type=_existing("--eval-data"), help="JSONL for eval_every")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     train.add_argument(
@@ -273,15 +276,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "JSON and a markdown table next to it (docs/evaluation.md)",
     )
     ev.add_argument("--seed", type=int, default=0, help="--protocol mllmu: few-shot + test images")
-    ev.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        type=_assignment,
-        metavar="KEY=VALUE",
-        help="a CagulConfig field as its flag would set it (VALUE in JSON)",
-    )
+    assignments(ev, "a CagulConfig field as its flag would set it (VALUE in JSON)")
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--max-new-tokens", type=_positive("--max-new-tokens"), default=32)
     ev.add_argument("--output", help="write the metrics JSON here too")

@@ -553,6 +553,7 @@ def test_cli_errors(cli_setup, tmp_path, capsys):
     root = cli_setup
     model, data = str(root / "model"), str(root / "data" / "train.jsonl")
     out = str(tmp_path / "o")
+    train = ("train", "--model", model, "--data", data, "--output", out)
 
     def fails(*args: str) -> str:
         try:
@@ -567,43 +568,17 @@ def test_cli_errors(cli_setup, tmp_path, capsys):
     assert "--model path does not exist" in fails(
         "train", "--model", str(tmp_path / "nope"), "--data", data, "--output", out
     )
-    assert "mode must be one of" in fails(
-        "train", "--model", model, "--data", data, "--output", out, "--set", "mode=sideways"
-    )
-    assert "--set expects key=value" in fails(
-        "train", "--model", model, "--data", data, "--output", out, "--set", "steps"
-    )
-    assert "argument --lr: invalid float value: 'fast'" in fails(
-        "train", "--model", model, "--data", data, "--output", out, "--lr", "fast"
-    )
+    assert "mode must be one of" in fails(*train, "--set", "mode=sideways")
+    assert "--set expects key=value" in fails(*train, "--set", "steps")
+    assert "argument --lr: invalid float value: 'fast'" in fails(*train, "--lr", "fast")
     assert "gate_threshold must be in (0, 1), got 2.0" in fails(
         "eval", "--model", model, "--data", data, "--gate_threshold", "2", "--no-progress"
     )
     assert "steps is given both as --steps and by --set" in fails(
-        "train",
-        "--model",
-        model,
-        "--data",
-        data,
-        "--output",
-        out,
-        "--steps",
-        "2",
-        "--set",
-        "steps=3",
+        *train, "--steps", "2", "--set", "steps=3"
     )
     (tmp_path / "bad.json").write_text('{"ratio": 2}')
-    assert "ratio must be in (0, 1]" in fails(
-        "train",
-        "--model",
-        model,
-        "--data",
-        data,
-        "--output",
-        out,
-        "--config",
-        str(tmp_path / "bad.json"),
-    )
+    assert "ratio must be in (0, 1]" in fails(*train, "--config", str(tmp_path / "bad.json"))
     (tmp_path / "bad.jsonl").write_text('{"question": "q"}\n')
     assert "missing keys" in fails(
         "train", "--model", model, "--data", str(tmp_path / "bad.jsonl"), "--output", out
