@@ -1,12 +1,12 @@
 """The ``cagul`` command: ``train``, ``generate``, ``eval``, ``demo``.
 
     cagul train --model PATH --data train.jsonl|DIR --output OUT [--config cfg.json]
-                [--format auto] [--forget-split NAME]
-                [--set key=value ...] [--eval-data test.jsonl] [--resume]
+                [--lr 1e-3 --layer 2 ...] [--set key=value ...]
+                [--format auto] [--forget-split NAME] [--eval-data test.jsonl] [--resume]
                 [--method cagul|ga|graddiff|kl|npo|idk|simnpo|idkdpo|rmu] [--lora-rank R]
     cagul generate --model PATH [--adapter OUT] --image IMG --question "..." [--gate auto]
     cagul eval --model PATH [--adapter OUT] --data test.jsonl|DIR [--data ...]
-               [--format auto] [--forget-split NAME]
+               [--format auto] [--forget-split NAME] [--gate_threshold 0.7 ...]
                [--reference PATH] [--set key=value ...] [--output metrics.json]
     cagul demo [--output runs/demo] [--cache runs/cache] [--set data.n_people=30 ...]
                [--no-retain-only] [--quick] [--threads 1] [--jobs 0]
@@ -14,17 +14,23 @@
 ``--model`` is a local transformers checkpoint directory (model + processor), loaded with
 ``AutoModelForImageTextToText`` / ``AutoProcessor``; nothing is downloaded. ``--data`` is
 a JSONL file or a directory: the synthetic benchmark, or a local copy of MLLMU-Bench or
-FIUBench (``--format``, detected by default; see ``cagul.data.load_dataset``). ``--config``
-(JSON) and ``--set key=value`` take the fields of ``CagulConfig`` (the adapter) and of
-``UnlearningArguments`` (the training). ``--method``
-other than ``cagul`` runs a finetuning baseline (:mod:`cagul.methods`) with the same
-data and schedule: ``--output`` then holds the finetuned VLM + processor (a model for
-``--model``), or with ``--lora-rank`` a peft adapter (``--adapter`` of ``eval`` /
-``generate`` merges it). Training under
-``torchrun --nproc_per_node N -m cagul.cli train ...`` runs DDP (one process per GPU, or
-gloo on CPU). ``--strict-paths`` confines the images a data set names to its directory.
-Only the commands that need them import transformers and the methods (``cagul --help``
-is fast).
+FIUBench (``--format``, detected by default; see ``cagul.data.load_dataset``).
+
+Settings: every field of ``CagulConfig`` (the adapter) and of ``UnlearningArguments``
+(the training) is a flag of ``train`` (``--lr 1e-3``, ``--encoder_rank 32`` or
+``--encoder-rank 32``), every ``CagulConfig`` field one of ``eval``; transformers'
+``HfArgumentParser`` makes them from the dataclasses (``cagul train --help`` lists them).
+``--set key=value`` sets a field too (the value read as JSON: ``--set ratio=null``).
+Precedence: the dataclass defaults, then the ``--config`` JSON file (``train``), then the
+command line -- a flag or ``--set``; a field given both ways is an error.
+
+``--method`` other than ``cagul`` runs a finetuning baseline (:mod:`cagul.methods`) with
+the same data and schedule: ``--output`` then holds the finetuned VLM + processor (a model
+for ``--model``), or with ``--lora-rank`` a peft adapter (``--adapter`` of ``eval`` /
+``generate`` merges it). Training under ``torchrun --nproc_per_node N -m cagul.cli train
+...`` runs DDP (one process per GPU, or gloo on CPU), or FSDP with ``--fsdp_config``.
+``--strict-paths`` confines the images a data set names to its directory. Only the
+commands that need them import transformers and the methods (``cagul --help`` is fast).
 
 User errors (bad flags, paths, configs, data, model or adapter files) are found before
 any training or evaluation step and exit with status 2 and one line,
@@ -34,6 +40,7 @@ any training or evaluation step and exit with status 2 and one line,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -91,8 +98,9 @@ def _positive(flag: str):
     return check
 
 
-def _settings(path: str | None, overrides: list[tuple[str, Any]]):
-    """``(CagulConfig, UnlearningArguments)`` from the ``--config`` JSON and ``--set``."""
+def _settings(path: str | None, args: argparse.Namespace):
+    """``(CagulConfig, UnlearningArguments)``: the ``--config`` JSON, overridden by the
+    ``--set`` values and the settings flags."""
     from .training.arguments import parse_settings
 
     values: dict[str, Any] = {}
@@ -101,9 +109,30 @@ def _settings(path: str | None, overrides: list[tuple[str, Any]]):
         if not isinstance(values, dict):
             raise UsageError(f"--config {path}: expected a JSON object")
     try:
-        return parse_settings({**values, **dict(overrides)})
+        return parse_settings({**values, **_overrides(args)})
     except (ValueError, TypeError) as e:
-        raise UsageError(f"--config / --set: {e}") from None
+        raise UsageError(f"settings: {e}") from None
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line: ``--set key=value`` and the settings flags
+    (``--lr 1e-3``); a field given both ways is a :class:`UsageError`."""
+    fields = {f.name for c in _settings_classes(args.command) for f in dataclasses.fields(c)}
+    sets = dict(args.overrides)
+    flags = {k: v for k, v in vars(args).items() if k in fields}
+    both = sorted(sets.keys() & flags.keys())
+    if both:
+        raise UsageError(f"{both[0]} is given both as --{both[0]} and by --set")
+    return {**sets, **flags}
+
+
+def _settings_classes(command: str) -> tuple[type, ...]:
+    """The settings dataclasses of ``command`` (``train``: the adapter and the training;
+    ``eval``: the adapter)."""
+    from .config import CagulConfig
+    from .training.arguments import UnlearningArguments
+
+    return (CagulConfig, UnlearningArguments) if command == "train" else (CagulConfig,)
 
 
 def _assignment(text: str) -> tuple[str, Any]:
@@ -116,9 +145,31 @@ def _assignment(text: str) -> tuple[str, Any]:
         return key, value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``cagul`` parser; for ``command`` ``train`` / ``eval``, with one flag per field
+    of the settings dataclasses (built by transformers' ``HfArgumentParser``: imported
+    only then, so ``cagul --help`` stays fast)."""
     parser = _Parser(prog="cagul", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def settings(name: str) -> list[argparse.ArgumentParser]:
+        """The parents of subcommand ``name``: its settings flags when it is ``command``."""
+        if name != command:
+            return []
+        from .training.arguments import settings_flags
+
+        return [settings_flags(*_settings_classes(name))]
+
+    def assignments(p: argparse.ArgumentParser, help: str) -> None:
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            type=_assignment,
+            metavar="KEY=VALUE",
+            help=help,
+        )
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", required=True, type=_existing("--model"), help="VLM directory")
@@ -149,7 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
             "paths or symlinks leading out): for data sets from untrusted sources",
         )
 
-    train = sub.add_parser("train", help="train the discriminator and the encoder")
+    train = sub.add_parser(
+        "train", help="train the discriminator and the encoder", parents=settings("train")
+    )
     common(train)
     train.add_argument(
         "--data",
@@ -162,9 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--config",
         type=_existing("--config"),
-        help="JSON of CagulConfig and UnlearningArguments fields",
+        help="JSON of CagulConfig and UnlearningArguments fields (the flags and --set override it)",
     )
-    train.add_argument("--set", dest="overrides", action="append", default=[], type=_assignment)
+    assignments(train, "a field as its flag would set it (VALUE in JSON: --set ratio=null)")
     train.add_argument("--eval-data", type=_existing("--eval-data"), help="JSONL for eval_every")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     train.add_argument(
@@ -196,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     ev = sub.add_parser(
-        "eval", help="benchmark metrics per split of a VLM (with a CAGUL adapter or not)"
+        "eval",
+        help="benchmark metrics per split of a VLM (with a CAGUL adapter or not)",
+        parents=settings("eval"),
     )
     common(ev)
     ev.add_argument("--adapter", type=_existing("--adapter"), help="CAGUL or baseline LoRA adapter")
@@ -221,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
         "JSON and a markdown table next to it (docs/evaluation.md)",
     )
     ev.add_argument("--seed", type=int, default=0, help="--protocol mllmu: few-shot + test images")
-    ev.add_argument("--set", dest="overrides", action="append", default=[], type=_assignment)
+    assignments(ev, "a CagulConfig field as its flag would set it (VALUE in JSON)")
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--max-new-tokens", type=_positive("--max-new-tokens"), default=32)
     ev.add_argument("--output", help="write the metrics JSON here too")
@@ -269,7 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_vlm(args: argparse.Namespace, path: str | None = None, flag: str = "--model"):
+def _load_vlm(
+    args: argparse.Namespace, path: str | None = None, flag: str = "--model", device=None
+):
+    """``(vlm, processor)`` from ``path`` (default ``--model``) on ``device`` (default
+    ``--device``, else this process's device)."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -278,7 +337,7 @@ def _load_vlm(args: argparse.Namespace, path: str | None = None, flag: str = "--
     path = path or args.model
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise UsageError(f"{flag} {path} has no config.json")
-    device = args.device or distributed_context()[2]  # a torch.device (_check_flags)
+    device = device or args.device or distributed_context()[2]  # torch.device (_check_flags)
     vlm = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, args.dtype))
     processor = AutoProcessor.from_pretrained(path)
     return vlm.to(device).eval(), processor
@@ -299,7 +358,13 @@ def _train(args: argparse.Namespace) -> None:
     if args.method == "cagul" and (args.lora_rank or args.lora_alpha is not None):
         raise UsageError("--lora-rank / --lora-alpha apply to the baselines, not --method cagul")
     with reading_inputs():
-        config, training = _settings(args.config, args.overrides)
+        config, training = _settings(args.config, args)
+        if training.fsdp_config and args.method != "cagul" and not args.lora_rank:
+            raise UsageError(
+                f"--fsdp_config with --method {args.method} needs --lora-rank: FSDP shards "
+                "the frozen weights only, and full finetuning trains (and saves) the whole "
+                "language model"
+            )
         strict = args.strict_paths
         if os.path.isfile(args.data) and args.format in ("auto", "jsonl") and not args.forget_split:
             samples = load_jsonl(args.data, strict_paths=strict)  # every sample, in file order
@@ -310,7 +375,8 @@ def _train(args: argparse.Namespace) -> None:
             samples = bench.train_samples()
         eval_samples = load_jsonl(args.eval_data, strict_paths=strict) if args.eval_data else None
         seed_everything(training.seed)  # the modules' initialisation
-        vlm, processor = _load_vlm(args)
+        # Under FSDP the VLM stays on the CPU: the trainer moves each rank's shards over.
+        vlm, processor = _load_vlm(args, device="cpu" if training.fsdp_config else None)
         eval_fn = None
         if args.method == "cagul":
             method = get_method("cagul")(CagulModel(vlm, config), training)
@@ -437,7 +503,7 @@ def _eval(args: argparse.Namespace) -> None:
             args.data, args.format, args.forget_split, args.strict_paths, bool(args.protocol)
         )
         vlm, processor = _load_vlm(args)
-        overrides = dict(args.overrides)
+        overrides = _overrides(args)
         if args.adapter and is_lora_adapter(args.adapter):  # a baseline: evaluated as a VLM
             model, config = load_finetuned(vlm, args.adapter)
             config, reference = config.replace(**overrides), None
@@ -565,27 +631,27 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler = {"train": _train, "generate": _generate, "eval": _eval, "demo": _demo}[args.command]
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
     try:
+        args = build_parser(command).parse_args(argv)  # train / eval: transformers' parser
         if getattr(args, "no_progress", False):
             from transformers.utils import logging
 
             logging.disable_progress_bar()  # transformers' bars too (loading weights)
         _check_flags(args)
-        handler(args)
+        {"train": _train, "generate": _generate, "eval": _eval, "demo": _demo}[args.command](args)
     except ModuleNotFoundError as e:
         if e.name is None or e.name.split(".")[0] not in FRAMEWORK_MODULES:
             raise
         print(
-            f"cagul {args.command}: error: {e.name} is missing; install the framework extra: "
+            f"cagul {command}: error: {e.name} is missing; install the framework extra: "
             "pip install 'cagul-kernels[framework]'",
             file=sys.stderr,
         )
         return 2
     except UsageError as e:
-        print(f"{parser.prog}: error: {one_line(str(e))}", file=sys.stderr)
+        print(f"cagul: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     return 0
 

@@ -19,8 +19,16 @@ from .files import read_json, read_safetensors
 
 
 def copy_state(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], owner: str):
-    """Copies ``state`` into the tensors ``own``: same names, shapes and dtypes, finite
-    values, else a ``ValueError`` naming ``owner`` and the tensor."""
+    """Copies ``state`` into the tensors ``own`` once :func:`check_state` passes."""
+    check_state(own, state, owner)
+    with torch.no_grad():
+        for name, value in state.items():
+            own[name].copy_(value)
+
+
+def check_state(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], owner: str):
+    """``state`` fits the tensors ``own``: same names, shapes and dtypes, finite values,
+    else a ``ValueError`` naming ``owner`` and the tensor."""
     missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
     if missing or unexpected:
         raise ValueError(f"{owner}: state mismatch, missing {missing}, unexpected {unexpected}")
@@ -33,9 +41,6 @@ def copy_state(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], own
             raise ValueError(f"{owner}: {name} has dtype {value.dtype}, expected {own[name].dtype}")
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise ValueError(f"{owner}: {name} has non-finite values (NaN or inf)")
-    with torch.no_grad():
-        for name, value in state.items():
-            own[name].copy_(value)
 
 
 @contextlib.contextmanager
@@ -98,9 +103,9 @@ def save_nested(obj: Any, path: str) -> None:
         json.dump(document, f)
 
 
-def load_nested(path: str, device: str = "cpu") -> Any:
-    """Reads what :func:`save_nested` wrote (no unpickling)."""
-    tensors = read_safetensors(path + ".safetensors", device=device)
+def load_nested(path: str) -> Any:
+    """Reads what :func:`save_nested` wrote (no unpickling; tensors on the CPU)."""
+    tensors = read_safetensors(path + ".safetensors")
     document = read_json(path + ".json")
 
     def decode(value: Any) -> Any:

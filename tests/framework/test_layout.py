@@ -74,14 +74,20 @@ def test_query_policies_match_the_integration():
     assert QUERY_POLICIES == INTEGRATION_POLICIES
 
 
-def test_without_the_framework_extra_the_command_names_it(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("command", ["generate", "train"])
+def test_without_the_framework_extra_the_command_names_it(command, tmp_path, monkeypatch, capsys):
+    """generate fails loading the model, train already building its settings flags."""
     from cagul.cli import main
     from PIL import Image
 
     image = tmp_path / "image.png"
     Image.new("RGB", (4, 4)).save(image)  # a readable image: the model load is what fails
     monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed
-    code = main(["generate", "--model", str(tmp_path), "--image", str(image), "--question", "q"])
+    inputs = {
+        "generate": ["--image", str(image), "--question", "q"],
+        "train": ["--data", str(image), "--output", str(tmp_path / "out")],
+    }[command]
+    code = main([command, "--model", str(tmp_path), *inputs])
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1

@@ -1,6 +1,6 @@
 """cagul training: unlearning on a small generated forget / retain set, frozen VLM, loss
-definitions at initialisation, checkpoint / resume, eval hook, 2-process DDP (gloo) and
-the CLI (subprocess)."""
+definitions at initialisation, checkpoint / resume, eval hook, 2-process DDP and FSDP
+(gloo) and the CLI (subprocess)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,16 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from cagul import CagulModel
+from cagul import CagulConfig, CagulModel, UnlearningArguments
 from cagul.cli import main
 from cagul.config import MODES
+from cagul.errors import InputError
 from cagul.evaluation.diagnostics import evaluate
 from cagul.methods import Method
 from cagul.methods.cagul import CagulMethod
 from cagul.training import CagulTrainer
+from cagul.training.arguments import parse_settings
+from cagul.training.fsdp import read_fsdp_config
 from cagul_demo import tiny_vlm as tv
 from cagul_demo.runner import weights_hash as vlm_hash
 from cagul_demo.tiny_vlm import FAMILIES
@@ -28,6 +31,7 @@ from cagul_demo.tiny_vlm import tiny_cagul as build
 from safetensors.torch import load_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FSDP_CONFIG = os.path.join(ROOT, "examples", "fsdp_config.json")
 
 
 def full_batch_metrics(method: CagulMethod, collate, data) -> dict[str, float]:
@@ -300,18 +304,18 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
 
 
-def _torchrun_worker(out, *args: str) -> subprocess.CompletedProcess:
-    """tests/framework/ddp_worker.py under a 2-process CPU torchrun (gloo)."""
-    worker = os.path.join(ROOT, "tests", "framework", "ddp_worker.py")
+def _torchrun_worker(scenario: str, out) -> subprocess.CompletedProcess:
+    """tests/framework/torchrun_worker.py under a 2-process CPU torchrun (gloo)."""
+    worker = os.path.join(ROOT, "tests", "framework", "torchrun_worker.py")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
     env = {**_env(), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run(
-        [*cmd, worker, str(out), *args], env=env, capture_output=True, text=True, timeout=600
+        [*cmd, worker, scenario, str(out)], env=env, capture_output=True, text=True, timeout=600
     )
 
 
 def test_ddp_two_processes_end_with_identical_weights(tmp_path):
-    proc = _torchrun_worker(tmp_path)
+    proc = _torchrun_worker("ddp", tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rank0 = load_file(tmp_path / "rank0.safetensors")
     rank1 = load_file(tmp_path / "rank1.safetensors")
@@ -321,32 +325,162 @@ def test_ddp_two_processes_end_with_identical_weights(tmp_path):
     assert rank0["encoder.w2"].abs().max() > 0  # it trained
 
 
-FSDP_CONFIG = os.path.join(ROOT, "examples", "fsdp_config.json")
+# ---------------------------------------------------------------------- FSDP
 
 
-def test_shipped_fsdp_config_parses_into_an_fsdp2_plugin():
-    """accelerate runs FSDP on GPUs only (on CPU it falls back to DDP); the shipped config
-    must at least become a valid FSDP2 plugin wrapping the decoder layers."""
-    from accelerate.utils import FullyShardedDataParallelPlugin
-    from cagul.training import UnlearningArguments, training_arguments
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory):
+    """The FSDP runs of torchrun_worker.py (2 processes, gloo): ``(out, settings)``."""
+    out = tmp_path_factory.mktemp("fsdp")
+    proc = _torchrun_worker("fsdp", out)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out, json.loads((out / "settings.json").read_text())
 
-    args = training_arguments(
-        UnlearningArguments(fsdp_config=FSDP_CONFIG), None, torch.device("cpu")
+
+def _one_process(settings: dict, steps: int, resume: str | bool = False, **changes):
+    """The method of ``settings`` (rank 0's initialisation) trained in this process over
+    the FSDP runs' global batch (batch 2 x 4 micro-batches = 2 processes x batch 2 x 2);
+    ``(trainable parameters by name, history)``."""
+    vlm, processor = tv.llava(seed=0)
+    torch.manual_seed(100)
+    arguments = {**settings["arguments"], "grad_accum": 4, "steps": steps, **changes}
+    config, args = parse_settings({**settings["config"], **arguments})
+    method = CagulMethod(CagulModel(vlm, config), args)
+    samples = tv.dataset()[:4]
+    diagnostics = lambda method, step: evaluate(method.model, samples, processor)
+    trainer = CagulTrainer(
+        method, tv.dataset(), method.collator(processor), args, eval_fn=diagnostics, progress=False
     )
-    plugin_args = args.fsdp_plugin_args
-    assert plugin_args["fsdp_version"] == 2 and plugin_args["reshard_after_forward"] is True
-    assert "LlamaDecoderLayer" in plugin_args["transformer_cls_names_to_wrap"].split(",")
-    plugin = FullyShardedDataParallelPlugin(**plugin_args)
-    assert plugin.fsdp_version == 2 and plugin.state_dict_type.name == "FULL_STATE_DICT"
+    history = trainer.train(resume=resume)
+    return {n: p.detach() for n, p in method.named_parameters() if p.requires_grad}, history
 
 
-def test_fsdp_on_cpu_is_refused_not_silently_ddp(tmp_path):
-    """On CPU accelerate would silently run DDP instead of FSDP: the trainer says so."""
-    proc = _torchrun_worker(tmp_path, FSDP_CONFIG)
-    assert proc.returncode != 0 and "FSDP was requested" in proc.stderr, proc.stderr[-4000:]
+def _checkpoint(out, run: str, step: int) -> dict[str, torch.Tensor]:
+    return load_file(out / run / "checkpoints" / f"step-{step:07d}" / "trainable.safetensors")
+
+
+def _log(out, run: str) -> list[dict]:
+    return [json.loads(line) for line in (out / run / "log.jsonl").read_text().splitlines()]
+
+
+def _assert_states_close(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_fsdp_matches_one_process_on_the_same_global_batch(fsdp_run):
+    """2-process FSDP (gradient checkpointing on, every step clipped) ends with the
+    trainable weights of one process over the same global batch, with the same log (eval
+    hook included); the final adapter holds them."""
+    out, settings = fsdp_run
+    want, history = _one_process(settings, steps=4)
+    fsdp = _checkpoint(out, "straight", 4)
+    _assert_states_close(fsdp, want)
+    assert max(float((fsdp[n] - _checkpoint(out, "straight", 2)[n]).abs().max()) for n in fsdp) > 0
+    log = _log(out, "straight")
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 4]
+    assert "eval/disc_acc" in log[1] and "eval/disc_acc" in log[-1]
+    for got, want in zip(log, history, strict=True):
+        assert got == pytest.approx(want, rel=1e-4)
+    assert min(r["grad_norm"] for r in log[:4]) > settings["arguments"]["max_grad_norm"]  # clips
+    adapter = load_file(out / "straight" / "cagul_modules.safetensors")
+    assert {f"model.{k}" for k in adapter} == fsdp.keys()
+    for name, value in adapter.items():
+        assert torch.equal(value, fsdp[f"model.{name}"]), name
+
+
+def test_fsdp_shards_frozen_weights_and_optimises_only_the_trainable_ones(fsdp_run):
+    """Every frozen weight is a DTensor sharded on dim 0 (the two local shards add up to
+    it); the trainable ones (the adapter) stay whole and are exactly what AdamW holds."""
+    out, settings = fsdp_run
+    config = CagulConfig(**settings["config"])
+    method = CagulMethod(CagulModel(tv.llava(seed=0)[0], config), UnlearningArguments())
+    frozen = {n: p.shape for n, p in method.named_parameters() if not p.requires_grad}
+    trainable = [n for n, p in method.named_parameters() if p.requires_grad]
+    ranks = [json.loads((out / f"shards{r}.json").read_text()) for r in (0, 1)]
+    for rank in ranks:
+        assert rank["optimizer_holds_the_trainable_parameters"]
+        assert rank["plain"] == trainable
+        assert rank["parameters"].keys() == frozen.keys()
+    for name, shape in frozen.items():
+        shards = [rank["parameters"][name] for rank in ranks]
+        assert all(s["placements"] == ["S(0)"] and s["shape"] == list(shape) for s in shards)
+        assert [s["local_shape"][1:] for s in shards] == [list(shape[1:])] * 2, name
+        assert sum(s["local_shape"][0] for s in shards) == shape[0], name
+        assert max(s["local_shape"][0] for s in shards) < shape[0], name  # really split
+
+
+def test_fsdp_resume_equals_uninterrupted_run(fsdp_run):
+    """A 2-process FSDP run resumed from the step-2 checkpoint of another ends
+    bit-identical to it, with the same log."""
+    out, _ = fsdp_run
+    straight, resumed = _checkpoint(out, "straight", 4), _checkpoint(out, "resumed", 4)
+    assert straight.keys() == resumed.keys()
+    for name, value in straight.items():
+        assert torch.equal(resumed[name], value), name
+    assert _log(out, "resumed") == _log(out, "straight")[2:]
+
+
+def test_fsdp_checkpoint_resumes_in_one_process(fsdp_run):
+    """The FSDP step-2 checkpoint (full tensors, optimizer state by parameter name) resumed
+    in one process over the same global batch ends where the FSDP run did."""
+    out, settings = fsdp_run
+    checkpoint = str(out / "straight" / "checkpoints" / "step-0000002")
+    resumed, history = _one_process(settings, steps=4, resume=checkpoint)
+    assert [r["step"] for r in history] == [3, 4, 4]
+    _assert_states_close(resumed, _checkpoint(out, "straight", 4))
+
+
+def test_fsdp_bf16_autocast(fsdp_run):
+    """bf16 autocast under FSDP: the losses of one process with bf16 over the same batch,
+    the adapter kept in fp32."""
+    out, settings = fsdp_run
+    result = json.loads((out / "bf16.json").read_text())
+    _, history = _one_process(settings, steps=2, autocast="bf16", eval_every=0)
+    assert result["mixed_precision"] == "bf16" and result["trainable_dtypes"] == ["torch.float32"]
+    assert result["loss"] == pytest.approx([r["loss"] for r in history], rel=1e-5)
+
+
+def test_fsdp_config_file_is_checked(tmp_path):
+    """The shipped config names the decoder / vision layers; a bad file names the key; FSDP
+    in a single process is refused."""
+    settings = read_fsdp_config(FSDP_CONFIG)
+    assert {"LlamaDecoderLayer", "Qwen2VLDecoderLayer"} <= set(settings.layer_classes)
+    assert settings.reshard_after_forward is True
+    bad = tmp_path / "fsdp.json"
+    for text, message in (
+        ('{"version": 2, "transformer_layer_cls_to_wrap": ["X"]}', "unknown keys \\['version'\\]"),
+        ('{"transformer_layer_cls_to_wrap": []}', "transformer_layer_cls_to_wrap must be"),
+        ('{"transformer_layer_cls_to_wrap": ["X"], "reshard_after_forward": 1}', "true or false"),
+    ):
+        bad.write_text(text)
+        with pytest.raises(InputError, match=message):
+            read_fsdp_config(bad)
+    with pytest.raises(FileNotFoundError, match="fsdp_config: no file"):
+        read_fsdp_config(tmp_path / "missing.json")
+    _, model, collate, data, args = build("llava", fsdp_config=FSDP_CONFIG)
+    with pytest.raises(ValueError, match="2 or more processes"):
+        CagulTrainer(CagulMethod(model, args), data, collate, args)
 
 
 # ---------------------------------------------------------------------- CLI
+
+
+def test_cli_help_lists_the_settings_flags(capsys):
+    """``train`` has a flag per CagulConfig and UnlearningArguments field, ``eval`` per
+    CagulConfig field."""
+    for command in ("train", "eval"):
+        with pytest.raises(SystemExit) as exit:
+            main([command, "--help"])
+        assert exit.value.code == 0
+        text = capsys.readouterr().out
+        assert "CagulConfig fields:" in text and "--gate_threshold GATE_THRESHOLD" in text
+        assert "--encoder_rank ENCODER_RANK, --encoder-rank ENCODER_RANK" in text
+        assert (
+            ("--lr LR" in text) == ("UnlearningArguments fields:" in text) == (command == "train")
+        )
+    assert "--fsdp_config FSDP_CONFIG" not in text  # eval's
 
 
 def _cagul(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -363,6 +497,8 @@ def _cagul(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def test_cli_train_generate_eval(cli_setup):
+    """Settings from the --config file (layer, encoder_rank 8), flags (steps, encoder_rank
+    4 over the file's) and --set (batch_size) all reach the run."""
     root = cli_setup
     out = root / "adapter"
     proc = _cagul(
@@ -371,13 +507,17 @@ def test_cli_train_generate_eval(cli_setup):
         "--data", str(root / "data" / "train.jsonl"),
         "--config", str(root / "config.json"),
         "--output", str(out),
-        "--set", "steps=2",
+        "--steps", "2",
+        "--encoder-rank", "4",
         "--set", "batch_size=4",
         "--no-progress",
     )  # fmt: skip
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["step"] == 2 and math.isfinite(summary["loss"])
     assert {"cagul_modules.safetensors", "cagul_config.json", "log.jsonl"} <= set(os.listdir(out))
+    saved = json.loads((out / "cagul_config.json").read_text())
+    assert saved["encoder_rank"] == 4 and saved["layer"] == 1
+    assert load_file(out / "cagul_modules.safetensors")["encoder.w1"].shape[1] == 4
 
     image = str(root / "data" / "img" / "0.png")
     for gate in ("auto", "on"):
@@ -413,6 +553,7 @@ def test_cli_errors(cli_setup, tmp_path, capsys):
     root = cli_setup
     model, data = str(root / "model"), str(root / "data" / "train.jsonl")
     out = str(tmp_path / "o")
+    train = ("train", "--model", model, "--data", data, "--output", out)
 
     def fails(*args: str) -> str:
         try:
@@ -420,29 +561,24 @@ def test_cli_errors(cli_setup, tmp_path, capsys):
         except SystemExit as e:  # argparse errors
             code = e.code
         assert code == 2
-        return capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        return err
 
     assert "--model path does not exist" in fails(
         "train", "--model", str(tmp_path / "nope"), "--data", data, "--output", out
     )
-    assert "mode must be one of" in fails(
-        "train", "--model", model, "--data", data, "--output", out, "--set", "mode=sideways"
+    assert "mode must be one of" in fails(*train, "--set", "mode=sideways")
+    assert "--set expects key=value" in fails(*train, "--set", "steps")
+    assert "argument --lr: invalid float value: 'fast'" in fails(*train, "--lr", "fast")
+    assert "gate_threshold must be in (0, 1), got 2.0" in fails(
+        "eval", "--model", model, "--data", data, "--gate_threshold", "2", "--no-progress"
     )
-    assert "--set expects key=value" in fails(
-        "train", "--model", model, "--data", data, "--output", out, "--set", "steps"
+    assert "steps is given both as --steps and by --set" in fails(
+        *train, "--steps", "2", "--set", "steps=3"
     )
     (tmp_path / "bad.json").write_text('{"ratio": 2}')
-    assert "ratio must be in (0, 1]" in fails(
-        "train",
-        "--model",
-        model,
-        "--data",
-        data,
-        "--output",
-        out,
-        "--config",
-        str(tmp_path / "bad.json"),
-    )
+    assert "ratio must be in (0, 1]" in fails(*train, "--config", str(tmp_path / "bad.json"))
     (tmp_path / "bad.jsonl").write_text('{"question": "q"}\n')
     assert "missing keys" in fails(
         "train", "--model", model, "--data", str(tmp_path / "bad.jsonl"), "--output", out

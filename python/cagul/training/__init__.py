@@ -1,6 +1,7 @@
 """Training: :class:`UnlearningArguments` (schedule and objective) and
-:class:`CagulTrainer` (a ``transformers.Trainer`` every method trains in). The trainer's
-names are imported on first use, so the arguments do not import transformers."""
+:class:`CagulTrainer` (a ``transformers.Trainer`` every method trains in, DDP or FSDP:
+:mod:`cagul.training.fsdp`). The trainer's names are imported on first use, so the
+arguments do not import transformers."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ what the trained adapter is (:class:`cagul.config.CagulConfig`)."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
 from ..config import CagulConfig, Settings, check_at_least, check_choices, check_fields
@@ -17,7 +18,8 @@ LR_SCHEDULES = ("constant", "cosine")
 
 @dataclasses.dataclass
 class UnlearningArguments(Settings):
-    """Training arguments shared by every method (``cagul train --set key=value``).
+    """Training arguments shared by every method (``cagul train --lr 1e-3``, ``--set
+    lr=1e-3`` or a ``--config`` JSON file).
 
     Objective:
         forget_loss: CAGUL's forget loss: ``"idk"`` (NLL of ``refusal``), ``"bounded_ga"``
@@ -42,8 +44,9 @@ class UnlearningArguments(Settings):
             checkpoints (0 = never; a checkpoint is always written at the end).
         gradient_checkpointing: recompute the wrapped VLM's activations in the backward
             pass (less memory, one more forward).
-        fsdp_config: path of a ``TrainingArguments.fsdp_config`` JSON file (e.g.
-            ``examples/fsdp_config.json``): shard the method with FSDP (multi-GPU only).
+        fsdp_config: path of an FSDP config JSON file (e.g. ``examples/fsdp_config.json``,
+            :mod:`cagul.training.fsdp`): shard the frozen weights with FSDP2 across the
+            processes of ``torchrun`` (GPUs with nccl, or CPU with gloo).
     """
 
     forget_loss: str = "idk"
@@ -113,3 +116,23 @@ def parse_settings(values: dict) -> tuple[CagulConfig, UnlearningArguments]:
     if not isinstance(values, dict):
         raise TypeError(f"settings must be a JSON object, got {type(values).__name__}")
     return HfArgumentParser((CagulConfig, UnlearningArguments)).parse_dict(values)
+
+
+def settings_flags(*settings: type) -> argparse.ArgumentParser:
+    """A parser (no ``--help``: the parent of a subcommand) with one flag per field of the
+    dataclasses ``settings``, made by ``transformers.HfArgumentParser`` and listed under
+    one heading per dataclass: ``--lr 1e-3``, ``--encoder_rank 32`` (or
+    ``--encoder-rank``), ``--gradient_checkpointing``. A flag not given is absent from the
+    parsed namespace, so what it would override (a ``--config`` file) is kept; the
+    dataclass validates the values."""
+    from transformers import HfArgumentParser
+
+    parser = argparse.ArgumentParser(add_help=False)
+    for cls in settings:
+        group = parser.add_argument_group(f"{cls.__name__} fields")
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        for action in HfArgumentParser(cls, add_help=False)._actions:
+            action.help = f"default: {defaults[action.dest]!r}".replace("%", "%%")
+            action.default = argparse.SUPPRESS
+            group._add_action(action)
+    return parser

@@ -2,19 +2,26 @@
 :class:`cagul.methods.Method` -- an ``nn.Module`` whose ``forward(batch)`` returns
 ``(loss, metrics)`` and that names its trainable parameters -- so CAGUL and every
 finetuning baseline share one engine: schedule, gradient accumulation, mixed precision,
-clipping, seeding, device placement and DDP / FSDP under ``torchrun`` or
-``accelerate launch`` all come from transformers / accelerate.
+clipping, seeding, device placement and DDP under ``torchrun`` or ``accelerate launch``
+all come from transformers / accelerate. Under FSDP (``fsdp_config``) the method is
+sharded with FSDP2 before the engine sees it (:mod:`cagul.training.fsdp`, CPU and GPU
+alike) and the engine runs it as a model that owns its sharding.
 
 What this subclass adds: the optimizer over the method's trainable parameters only (its
 param groups, e.g. a discriminator learning rate), the method's metrics in the log, an
 eval hook, a sampler that visits the data in the order of a seeded per-epoch permutation,
 and checkpoints that hold only the trainable state plus the optimizer / scheduler /
-scaler / RNG states, written atomically as safetensors + JSON (never pickle).
+scaler / RNG states, written atomically as safetensors + JSON (never pickle). The
+trainable weights and the optimizer state go through
+``torch.distributed.checkpoint.state_dict``: full (gathered) tensors keyed by parameter
+name, so a checkpoint written under FSDP resumes in one process and the other way round.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import dataclasses
 import glob
 import json
 import math
@@ -29,6 +36,13 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.utils.data import DistributedSampler
 from transformers import (
     PreTrainedModel,
@@ -43,12 +57,15 @@ from cagul_kernels.memory import PeakMemory
 from ..errors import InputError, MissingInputError
 from ..files import check_safetensors, read_json, read_safetensors
 from ..methods.base import Method
-from ..state import atomic_directory, load_nested, save_nested
+from ..state import atomic_directory, check_state, load_nested, save_nested
 from .arguments import UnlearningArguments
+from .fsdp import read_fsdp_config, root_unsharded, shard_method
 
 CHECKPOINT_DIR = "checkpoints"
 WEIGHTS_FILE = "trainable.safetensors"
 STATE_FILE = "training_state"  # .json + .safetensors: optimizer, scheduler, scaler, RNG
+# Checkpoints hold full tensors (gathered if sharded), on rank 0's CPU.
+FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 POSITION_FILE = "trainer_state.json"  # transformers' TrainerState (step, epoch, log)
 CHECKPOINT_FILES = (WEIGHTS_FILE, f"{STATE_FILE}.json", f"{STATE_FILE}.safetensors", POSITION_FILE)
 
@@ -127,9 +144,11 @@ def training_arguments(
         use_cpu=device.type == "cpu",
         ddp_find_unused_parameters=True,
         ddp_broadcast_buffers=False,
+        # The engine's own checkpoint writers are replaced (CagulTrainer._save_checkpoint
+        # writes every state); the engine requires this flag for a model sharded before
+        # it sees it (FSDP).
+        save_only_model=True,
     )
-    if args.fsdp_config is not None:
-        fields.update(fsdp=True, fsdp_config=args.fsdp_config)
     return TrainingArguments(**fields, **extra)
 
 
@@ -159,11 +178,15 @@ class CagulTrainer(Trainer):
     onto ``TrainingArguments``).
 
     Under ``torchrun`` / ``accelerate launch`` every process runs this trainer; the engine
-    wraps the method in DDP (or FSDP) and only the method's trainable parameters are
-    optimised. Rank 0 logs, evaluates and writes checkpoints.
+    wraps the method in DDP, or with ``config.fsdp_config`` the method is sharded with
+    FSDP2 here (in place; frozen weights too, :func:`cagul.training.fsdp.shard_method`).
+    Only the method's trainable parameters are optimised. Rank 0 logs and writes
+    checkpoints.
 
-    ``eval_fn(method, step) -> dict`` is called on rank 0 every ``config.eval_every`` steps
-    and at the end (in eval mode, gradients off); its floats join the log as ``eval/*``.
+    ``eval_fn(method, step) -> dict`` is called on rank 0 (under FSDP on every rank, as
+    the sharded forward passes are collective: it must run the same passes everywhere)
+    every ``config.eval_every`` steps and at the end (in eval mode, gradients off); rank
+    0's floats join the log as ``eval/*``.
     ``output_dir`` receives ``checkpoints/step-XXXXXXX/``, ``log.jsonl`` and the final
     ``method.save_pretrained`` output.
     """
@@ -191,15 +214,23 @@ class CagulTrainer(Trainer):
         if not params:
             raise ValueError("CagulTrainer: the method has no trainable parameters")
         self.config, self.output_root, self.eval_fn = config, output_dir, eval_fn
-        args = training_arguments(config, output_dir, params[0].device, disable_tqdm=not progress)
         if config.gradient_checkpointing:
             enable_gradient_checkpointing(method)
+        self.fsdp = config.fsdp_config is not None
+        if self.fsdp:
+            settings = read_fsdp_config(config.fsdp_config)
+            _, world, device = distributed_context()
+            if world < 2:
+                raise ValueError(
+                    "CagulTrainer: fsdp_config shards the method across processes: run "
+                    "under torchrun / accelerate launch with 2 or more processes"
+                )
+            shard_method(method, settings, device)
+            # transformers: the model owns its sharding and gradient reduction (no DDP)
+            method.is_distributed_loading_by_transformers = True
+        device = next(method.parameters()).device
+        args = training_arguments(config, output_dir, device, disable_tqdm=not progress)
         super().__init__(model=method, args=args, train_dataset=dataset, data_collator=collate_fn)
-        if args.fsdp and not self.is_fsdp_enabled:  # accelerate falls back to DDP silently
-            raise ValueError(
-                "CagulTrainer: FSDP was requested but accelerate enabled it not: it shards "
-                "only across several GPUs (torchrun / accelerate launch), never on CPU"
-            )
         self.add_callback(_EvalAndFinalLog(self))
         if not progress:
             self.remove_callback(PrinterCallback)  # it prints every log line
@@ -221,6 +252,13 @@ class CagulTrainer(Trainer):
                 weight_decay=self.args.weight_decay,
             )
         return self.optimizer
+
+    def _defer_fsdp_gradient_reduction(self) -> contextlib.AbstractContextManager:
+        """The engine's ``no_sync`` for a model that owns its sharding (its own reads a
+        transformers ``DistributedConfig``, which a method has not). Nothing to defer: the
+        FSDP units hold frozen weights only, and the engine averages the trainable
+        parameters' gradients once per optimizer step."""
+        return contextlib.nullcontext()
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """Linear warmup that reaches ``lr * (step + 1) / warmup_steps`` at step ``step``
@@ -313,16 +351,19 @@ class CagulTrainer(Trainer):
         return self.history
 
     def evaluate_hook(self) -> dict[str, float]:
-        """``eval_fn(method, step)`` on rank 0 in eval mode without gradients, keys
-        prefixed ``eval/``; ``{}`` elsewhere."""
-        if self.eval_fn is None or self.rank != 0:
+        """``eval_fn(method, step)`` on rank 0 (under FSDP on every rank) in eval mode
+        without gradients, keys prefixed ``eval/``; ``{}`` on the other ranks."""
+        if self.eval_fn is None or (self.rank != 0 and not self.fsdp):
             return {}
         self.model.eval()
         try:
-            with torch.no_grad():
+            sharded = root_unsharded(self.model) if self.fsdp else contextlib.nullcontext()
+            with torch.no_grad(), sharded:
                 result = self.eval_fn(self.model, self.state.global_step)
         finally:
             self.model.train()
+        if self.rank != 0:
+            return {}
         return {f"eval/{k}": float(v) for k, v in (result or {}).items()}
 
     def _mean_metrics(self) -> dict[str, float]:
@@ -367,12 +408,17 @@ class CagulTrainer(Trainer):
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         """Writes ``checkpoints/step-XXXXXXX`` atomically (a temporary directory renamed
-        when complete, by rank 0): the trainable state, the optimizer / scheduler / scaler /
-        RNG states (safetensors + JSON) and the engine's ``trainer_state.json``."""
+        when complete, by rank 0): the trainable parameters by name, the optimizer /
+        scheduler / scaler / RNG states (safetensors + JSON) and the engine's
+        ``trainer_state.json``. Every rank takes part: FSDP shards are gathered."""
         path = os.path.join(self.args.output_dir, f"step-{self.state.global_step:07d}")
-        trainable = self.model.trainable_state_dict()
+        names = self._trainable_parameters().keys()
+        options = dataclasses.replace(FULL_STATE, ignore_frozen_params=True)
+        weights = get_model_state_dict(self.model, options=options)  # + buffers
         states = {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": get_optimizer_state_dict(
+                self.model, self._torch_optimizer(), options=FULL_STATE
+            ),
             "scheduler": self.lr_scheduler.state_dict(),
             "rng": _rng_state(),
         }
@@ -381,7 +427,7 @@ class CagulTrainer(Trainer):
         if self.args.should_save:
             with atomic_directory(path) as tmp:
                 save_file(
-                    {k: v.detach().cpu().contiguous() for k, v in trainable.items()},
+                    {k: v.contiguous() for k, v in weights.items() if k in names},
                     os.path.join(tmp, WEIGHTS_FILE),
                 )
                 save_nested(states, os.path.join(tmp, STATE_FILE))
@@ -389,18 +435,39 @@ class CagulTrainer(Trainer):
         self.accelerator.wait_for_everyone()
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        weights = read_safetensors(os.path.join(resume_from_checkpoint, WEIGHTS_FILE))
-        device = next(iter(self.model.trainable_state_dict().values())).device
-        self.model.load_trainable_state_dict({k: v.to(device) for k, v in weights.items()})
+        file = os.path.join(resume_from_checkpoint, WEIGHTS_FILE)
+        weights = read_safetensors(file)
+        try:
+            check_state(self._trainable_parameters(), weights, file)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        set_model_state_dict(
+            self.model, weights, options=StateDictOptions(full_state_dict=True, strict=False)
+        )
+
+    def _trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """The method's trainable parameters by name (the checkpoints' weight names)."""
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def _torch_optimizer(self) -> torch.optim.Optimizer:
+        """The AdamW under accelerate's wrapper."""
+        return getattr(self.optimizer, "optimizer", self.optimizer)
 
     def _training_states(self, checkpoint: str) -> dict[str, Any]:
-        return load_nested(os.path.join(checkpoint, STATE_FILE), device=str(self.args.device))
+        """The checkpoint's states on the CPU (the optimizer moves its own to its
+        parameters' device)."""
+        return load_nested(os.path.join(checkpoint, STATE_FILE))
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         if checkpoint is None:
             return
         states = self._training_states(checkpoint)
-        self.optimizer.load_state_dict(states["optimizer"])
+        set_optimizer_state_dict(
+            self.model,
+            self._torch_optimizer(),
+            states["optimizer"],
+            options=StateDictOptions(full_state_dict=True),
+        )
         self.lr_scheduler.load_state_dict(states["scheduler"])
 
     def _load_scaler(self, checkpoint: str | None) -> None:
