@@ -23,7 +23,7 @@ from cagul.methods import Method
 from cagul.methods.cagul import CagulMethod
 from cagul.training import CagulTrainer
 from cagul.training.arguments import parse_settings
-from cagul.training.fsdp import read_fsdp_config
+from cagul.training.fsdp import check_fsdp_support, read_fsdp_config
 from cagul_demo import tiny_vlm as tv
 from cagul_demo.runner import weights_hash as vlm_hash
 from cagul_demo.tiny_vlm import FAMILIES
@@ -462,6 +462,20 @@ def test_fsdp_config_file_is_checked(tmp_path):
     _, model, collate, data, args = build("llava", fsdp_config=FSDP_CONFIG)
     with pytest.raises(ValueError, match="2 or more processes"):
         CagulTrainer(CagulMethod(model, args), data, collate, args)
+
+
+def test_fsdp_names_the_versions_it_needs(monkeypatch):
+    """FSDP alone needs a recent transformers / torch; the error names both versions."""
+    import transformers
+
+    check_fsdp_support()  # this environment has them
+    monkeypatch.setattr(transformers, "__version__", "5.17.0")
+    with pytest.raises(
+        RuntimeError, match=r"needs transformers>=5\.24, this is transformers 5\.17"
+    ):
+        check_fsdp_support()
+    monkeypatch.setattr(transformers, "__version__", "5.24.0.dev0")  # a dev build of 5.24 is fine
+    check_fsdp_support()
 
 
 # ---------------------------------------------------------------------- CLI

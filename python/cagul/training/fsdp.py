@@ -34,6 +34,11 @@ from torch.distributed.tensor import DTensor
 from ..errors import InputError, MissingInputError
 from ..files import read_json
 
+#: The first transformers whose Trainer takes a model sharded before it sees it
+#: (``is_distributed_loading_by_transformers``: no DDP wrap, the trainable parameters
+#: broadcast and their gradients averaged); torch's for ``fully_shard(ignored_params=)``.
+MIN_TRANSFORMERS = "5.24"
+MIN_TORCH = "2.7"
 LAYER_CLASSES_KEY = "transformer_layer_cls_to_wrap"
 RESHARD_KEY = "reshard_after_forward"
 
@@ -45,6 +50,23 @@ class FsdpSettings:
 
     layer_classes: tuple[str, ...]
     reshard_after_forward: bool = True
+
+
+def check_fsdp_support() -> None:
+    """A ``RuntimeError`` naming the installed and the needed version when this torch or
+    transformers cannot run :func:`shard_method` under the Trainer (the rest of the
+    framework works with older ones)."""
+    import transformers
+    from packaging.version import Version
+
+    for name, have, need in (
+        ("transformers", transformers.__version__, MIN_TRANSFORMERS),
+        ("torch", torch.__version__, MIN_TORCH),
+    ):
+        if Version(have).release < Version(need).release:
+            raise RuntimeError(
+                f"fsdp_config: FSDP training needs {name}>={need}, this is {name} {have}"
+            )
 
 
 def read_fsdp_config(path: str | os.PathLike) -> FsdpSettings:

@@ -59,7 +59,7 @@ from ..files import check_safetensors, read_json, read_safetensors
 from ..methods.base import Method
 from ..state import atomic_directory, check_state, load_nested, save_nested
 from .arguments import UnlearningArguments
-from .fsdp import read_fsdp_config, root_unsharded, shard_method
+from .fsdp import check_fsdp_support, read_fsdp_config, root_unsharded, shard_method
 
 CHECKPOINT_DIR = "checkpoints"
 WEIGHTS_FILE = "trainable.safetensors"
@@ -218,6 +218,7 @@ class CagulTrainer(Trainer):
             enable_gradient_checkpointing(method)
         self.fsdp = config.fsdp_config is not None
         if self.fsdp:
+            check_fsdp_support()
             settings = read_fsdp_config(config.fsdp_config)
             _, world, device = distributed_context()
             if world < 2:
