@@ -2,8 +2,10 @@
 // (TORCH_LIBRARY_IMPL), so graphs holding these ops run through torch.export and AOTInductor
 // without Python. Fake (meta) implementations, autograd formulas and the Triton / reference
 // twins of every op are registered from Python (cagul_kernels/ops). Argument shapes, dtypes
-// and devices are checked in Python before the op is called; the value checks every kernel
-// relies on (index ranges, finite LSE, no repeated positions) run here, raising ValueError.
+// and devices are checked in Python before the op is called (select_low_importance, whose
+// call costs a few microseconds, leaves them to check_select_args here); the value checks
+// every kernel relies on (index ranges, finite LSE, no repeated positions) run here, raising
+// ValueError.
 //
 // CPU kernels take ATen tensors directly (csrc/cpu). CUDA kernels (csrc/cuda) are
 // raw-pointer launchers without torch headers; the glue below turns tensors into pointers.
@@ -12,7 +14,12 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <initializer_list>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <tuple>
 #include <vector>
@@ -30,7 +37,7 @@
 
 namespace {
 
-// ---- value checks shared by the CPU and CUDA kernels ---------------------------------------
+// ---- argument and value checks shared by the CPU and CUDA kernels --------------------------
 
 // Every entry of `index` is -1 (padding) or in [0, upper).
 void check_index_values(const char* op, const char* name, const at::Tensor& index, int64_t upper) {
@@ -39,6 +46,67 @@ void check_index_values(const char* op, const char* name, const at::Tensor& inde
   TORCH_CHECK_VALUE(lo >= -1 && hi < upper, op, ": ", name,
                     " entries must be -1 (padding) or in [0, ", upper, "), found values in [", lo,
                     ", ", hi, "]");
+}
+
+// Python's spelling of a shape ("(2, 3)", "(5,)"), a dtype ("torch.float32") and a float, so
+// that the messages below read exactly as those of the Python checks.
+std::string python_shape(const at::Tensor& t) {
+  std::string out = "(";
+  for (int64_t i = 0; i < t.dim(); ++i) out += (i ? ", " : "") + std::to_string(t.size(i));
+  return out + (t.dim() == 1 ? ",)" : ")");
+}
+
+std::string python_dtype(at::ScalarType type) {
+  return "torch." + std::string(c10::getDtypeNames(type).first);
+}
+
+// Python's repr of a float: the shortest digits that read back as x, "2.0" for integers.
+std::string python_float(double x) {
+  if (std::isfinite(x) && x == std::trunc(x) && std::abs(x) < 1e16)
+    return (std::signbit(x) && x == 0 ? "-" : "") + std::to_string(static_cast<int64_t>(x)) + ".0";
+  char text[32];
+  for (int digits = 1; digits <= 17; ++digits) {
+    std::snprintf(text, sizeof text, "%.*g", digits, x);
+    if (std::strtod(text, nullptr) == x) break;
+  }
+  return text;
+}
+
+// check_tensor of _checks.py: `name` is `ndim`-D with a dtype in `dtypes`.
+void check_tensor(const char* op, const char* name, const at::Tensor& t, int64_t ndim,
+                  std::initializer_list<at::ScalarType> dtypes, const char* shape_hint) {
+  TORCH_CHECK_VALUE(t.dim() == ndim, op, ": ", name, " must be ", ndim, "-D ", shape_hint,
+                    ", got shape ", python_shape(t));
+  if (std::find(dtypes.begin(), dtypes.end(), t.scalar_type()) != dtypes.end()) return;
+  std::string names;
+  for (const at::ScalarType type : dtypes)
+    names += (names.empty() ? "" : ", ") + std::string(c10::getDtypeNames(type).first);
+  TORCH_CHECK_TYPE(false, op, ": ", name, " must have dtype in (", names, "), got ",
+                   python_dtype(t.scalar_type()));
+}
+
+// The argument checks of select_low_importance in cagul_kernels/ops/topk.py, which leaves
+// them to this op: a direct or exported call is checked the same way. `k` counts unless
+// `ratio` is given.
+void check_select_args(const at::Tensor& importance, const at::Tensor& visual_index, int64_t k,
+                       std::optional<double> ratio) {
+  constexpr const char* op = "select_low_importance";
+  check_tensor(op, "importance", importance, 2, {at::kFloat, at::kHalf, at::kBFloat16}, "[B, Nv]");
+  check_tensor(op, "visual_index", visual_index, 2, {at::kInt, at::kLong}, "[B, Nv]");
+  TORCH_CHECK_VALUE(importance.device() == visual_index.device(), op,
+                    ": all tensors must be on one device, but importance is on ",
+                    importance.device(), " and visual_index is on ", visual_index.device());
+  TORCH_CHECK_VALUE(importance.sizes() == visual_index.sizes(), op, ": importance ",
+                    python_shape(importance), " and visual_index ", python_shape(visual_index),
+                    " must have the same shape [B, Nv]");
+  if (ratio) {
+    TORCH_CHECK_VALUE(*ratio > 0 && *ratio <= 1, op, ": ratio must be in (0, 1], got ",
+                      python_float(*ratio));
+    return;
+  }
+  TORCH_CHECK_VALUE(k >= 0, op, ": k must be >= 0, got ", k);
+  TORCH_CHECK_VALUE(k <= importance.size(1), op, ": k=", k, " exceeds the Nv=", importance.size(1),
+                    " visual slots of visual_index");
 }
 
 // lse [B, Hq, S] must be finite at every valid query position.
@@ -141,6 +209,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> transform
                                            gate.to(at::kFloat).contiguous(),
                                            activation_index(activation), need_dx);
   return {g[0], g[1], g[2], g[3], g[4]};
+}
+
+using SelectKernel = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor&, const at::Tensor&,
+                                                           int64_t, std::optional<double>);
+
+template <SelectKernel kernel>
+std::tuple<at::Tensor, at::Tensor> select_low_importance(const at::Tensor& importance,
+                                                         const at::Tensor& visual_index, int64_t k,
+                                                         std::optional<double> ratio) {
+  check_select_args(importance, visual_index, k, ratio);
+  return kernel(importance, visual_index, k, ratio);
 }
 
 std::tuple<at::Tensor, at::Tensor> select_low_importance_cpu(const at::Tensor& importance,
@@ -358,7 +437,7 @@ TORCH_LIBRARY(cagul, m) {
 
 TORCH_LIBRARY_IMPL(cagul, CPU, m) {
   m.impl("cross_modal_importance", &cross_modal_importance<&cagul::cpu::cross_modal_importance>);
-  m.impl("select_low_importance", &select_low_importance_cpu);
+  m.impl("select_low_importance", &select_low_importance<&select_low_importance_cpu>);
   m.impl("transform_scatter", &transform_scatter<&cagul::cpu::transform_scatter>);
   m.impl("transform_scatter_", &transform_scatter_<&cagul::cpu::transform_scatter>);
   m.impl("transform_scatter_backward",
@@ -368,7 +447,7 @@ TORCH_LIBRARY_IMPL(cagul, CPU, m) {
 #ifdef CAGUL_WITH_CUDA
 TORCH_LIBRARY_IMPL(cagul, CUDA, m) {
   m.impl("cross_modal_importance", &cross_modal_importance<&cross_modal_importance_sums_cuda>);
-  m.impl("select_low_importance", &select_low_importance_cuda);
+  m.impl("select_low_importance", &select_low_importance<&select_low_importance_cuda>);
   m.impl("transform_scatter", &transform_scatter<&transform_scatter_cuda>);
   m.impl("transform_scatter_", &transform_scatter_<&transform_scatter_cuda>);
   m.impl("transform_scatter_backward", &transform_scatter_backward<&transform_scatter_backward_cuda>);
