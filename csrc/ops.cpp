@@ -330,6 +330,14 @@ std::tuple<at::Tensor, at::Tensor> select_low_importance_cuda(const at::Tensor& 
   return {slots, positions};
 }
 
+// The selected rows of x [B, S, D] at positions [B, K] with gate [B] (fp32), rank R.
+cagul::cuda::TransformScatterRows scatter_rows(const at::Tensor& x, const at::Tensor& pos,
+                                               const at::Tensor& gate, int64_t rank, int64_t activation) {
+  return {cuda_dtype(x), x.data_ptr(), {x.stride(0), x.stride(1), x.stride(2)},
+          pos.const_data_ptr<int64_t>(), gate.const_data_ptr<float>(), x.size(0), pos.size(1),
+          x.size(2), rank, static_cast<int>(activation)};
+}
+
 // See cagul::cpu::transform_scatter for the contract; weights are handed over as fp32.
 std::vector<at::Tensor> transform_scatter_cuda(const at::Tensor& x, const at::Tensor& pos,
                                                const at::Tensor& w1, const at::Tensor& b1,
@@ -338,29 +346,13 @@ std::vector<at::Tensor> transform_scatter_cuda(const at::Tensor& x, const at::Te
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor w1f = fp32_contiguous(w1), b1f = fp32_contiguous(b1);
   const at::Tensor w2f = fp32_contiguous(w2), b2f = fp32_contiguous(b2);
-  const int64_t b_size = x.size(0), k = pos.size(1), d = x.size(2), r = w1.size(1);
+  const int64_t r = w1.size(1);
   at::Tensor y = inplace ? x : at::empty(x.sizes(), x.options()).copy_(x);
-  at::Tensor z = inplace ? at::Tensor() : at::zeros({b_size, k, r}, x.options().dtype(at::kFloat));
-  cagul::cuda::TransformScatterForwardArgs args{};
-  args.dtype = cuda_dtype(x);
-  args.x = x.data_ptr();
-  args.y = y.data_ptr();
-  for (int i = 0; i < 3; ++i) {
-    args.x_stride[i] = x.stride(i);
-    args.y_stride[i] = y.stride(i);
-  }
-  args.positions = pos.const_data_ptr<int64_t>();
-  args.gate = gate.const_data_ptr<float>();
-  args.w1 = w1f.const_data_ptr<float>();
-  args.b1 = b1f.const_data_ptr<float>();
-  args.w2 = w2f.const_data_ptr<float>();
-  args.b2 = b2f.const_data_ptr<float>();
-  args.z = inplace ? nullptr : z.data_ptr<float>();
-  args.batch = b_size;
-  args.slots = k;
-  args.dim = d;
-  args.rank = r;
-  args.activation = static_cast<int>(activation);
+  at::Tensor z = inplace ? at::Tensor() : at::zeros({x.size(0), pos.size(1), r}, x.options().dtype(at::kFloat));
+  const cagul::cuda::TransformScatterForwardArgs args{
+      scatter_rows(x, pos, gate, r, activation), y.data_ptr(), {y.stride(0), y.stride(1), y.stride(2)},
+      w1f.const_data_ptr<float>(), b1f.const_data_ptr<float>(), w2f.const_data_ptr<float>(),
+      b2f.const_data_ptr<float>(), inplace ? nullptr : z.data_ptr<float>()};
   check_launch(cagul::cuda::transform_scatter_forward(args, c10::cuda::getCurrentCUDAStream()),
                "transform_scatter");
   if (inplace) return {};
@@ -377,7 +369,7 @@ std::vector<at::Tensor> transform_scatter_backward_cuda(const at::Tensor& dy, co
                     "transform_scatter: dy must match x in shape and dtype");
   const at::Tensor w1t = w1.to(at::kFloat).t().contiguous(), w2t = w2.to(at::kFloat).t().contiguous();
   const at::Tensor zf = fp32_contiguous(z);
-  const int64_t b_size = x.size(0), s = x.size(1), k = pos.size(1), d = x.size(2), r = w1.size(1);
+  const int64_t b_size = x.size(0), k = pos.size(1), d = x.size(2), r = w1.size(1);
   const at::TensorOptions f32 = x.options().dtype(at::kFloat);
   at::Tensor dx = need_dx ? at::empty(x.sizes(), x.options()).copy_(dy) : at::empty({0}, x.options());
   const int64_t total = 2 * d * r + d + r;
@@ -385,29 +377,11 @@ std::vector<at::Tensor> transform_scatter_backward_cuda(const at::Tensor& dy, co
   at::Tensor dz = at::zeros({b_size, k, r}, f32);
   at::Tensor partials = at::empty({std::max<int64_t>(splits, 1), total}, f32);
   at::Tensor grads = at::zeros({total}, f32);
-  cagul::cuda::TransformScatterBackwardArgs args{};
-  args.dtype = cuda_dtype(x);
-  args.x = x.data_ptr();
-  args.dy = dy.data_ptr();
-  for (int i = 0; i < 3; ++i) {
-    args.x_stride[i] = x.stride(i);
-    args.dy_stride[i] = dy.stride(i);
-  }
-  args.dx = need_dx ? dx.data_ptr() : nullptr;
-  args.positions = pos.const_data_ptr<int64_t>();
-  args.gate = gate.const_data_ptr<float>();
-  args.z = zf.const_data_ptr<float>();
-  args.w1t = w1t.const_data_ptr<float>();
-  args.w2t = w2t.const_data_ptr<float>();
-  args.dz = dz.data_ptr<float>();
-  args.partials = partials.data_ptr<float>();
-  args.grads = grads.data_ptr<float>();
-  args.batch = b_size;
-  args.seq = s;
-  args.slots = k;
-  args.dim = d;
-  args.rank = r;
-  args.activation = static_cast<int>(activation);
+  const cagul::cuda::TransformScatterBackwardArgs args{
+      scatter_rows(x, pos, gate, r, activation), dy.data_ptr(), {dy.stride(0), dy.stride(1), dy.stride(2)},
+      need_dx ? dx.data_ptr() : nullptr, zf.const_data_ptr<float>(), w1t.const_data_ptr<float>(),
+      w2t.const_data_ptr<float>(), dz.data_ptr<float>(), partials.data_ptr<float>(),
+      grads.data_ptr<float>(), x.size(1)};
   check_launch(cagul::cuda::transform_scatter_backward(args, c10::cuda::getCurrentCUDAStream()),
                "transform_scatter_backward");
   const std::vector<at::Tensor> parts = grads.split_with_sizes({d * r, d * r, d, r});

@@ -78,7 +78,7 @@ def _backward(lib, dy, x, positions, z, w1, w2, gate, act, need_dx=True):
     rc = lib.ts_backward(
         DTYPE_CODES[x.dtype], _ptr(x), _strides(x), _ptr(dy), _strides(dy), _ptr(dx),
         _ptr(positions), _ptr(gate), _ptr(z), _ptr(w1t), _ptr(w2t), _ptr(dz), _ptr(partials),
-        _ptr(grads), _dims(b, s, k, d, r), act,
+        _ptr(grads), _dims(b, k, d, r, s), act,
     )  # fmt: skip
     assert rc == 0
     dw1, dw2, db2, db1 = grads.split([d * r, d * r, d, r])
