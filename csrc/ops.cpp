@@ -158,8 +158,8 @@ at::Tensor finish_importance(const at::Tensor& sums, const at::Tensor& query_ind
 
 // ---- device-generic op bodies around a device's kernels ------------------------------------
 
-using ImportanceKernel = at::Tensor (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                        const at::Tensor&, const at::Tensor&, double, bool, bool);
+// Adds the column sums of args into args.out; q: the tensor args.q points to.
+using ImportanceKernel = void (*)(const cagul::ImportanceArgs& args, const at::Tensor& q);
 using ScatterKernel = std::vector<at::Tensor> (*)(const at::Tensor&, const at::Tensor&,
                                                   const at::Tensor&, const at::Tensor&,
                                                   const at::Tensor&, const at::Tensor&,
@@ -170,13 +170,24 @@ using ScatterBackwardKernel = std::vector<at::Tensor> (*)(const at::Tensor&, con
                                                           const at::Tensor&, int64_t, bool);
 
 template <ImportanceKernel kernel>
-at::Tensor cross_modal_importance(const at::Tensor& q, const at::Tensor& k, const at::Tensor& lse,
+at::Tensor cross_modal_importance(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& lse,
                                   const at::Tensor& query_index, const at::Tensor& visual_index,
                                   double scale, bool causal, bool mean, bool per_head) {
   check_importance_values(lse, query_index, visual_index);
   const at::Tensor qi = query_index.contiguous(), vi = visual_index.contiguous();
-  return finish_importance(kernel(q, k, lse, qi, vi, scale, causal, per_head), qi, q.size(1), mean,
-                           per_head);
+  // The kernels read rows with unit stride along D ([B, S, H, D] views qualify).
+  const at::Tensor q = q_in.stride(3) == 1 ? q_in : q_in.contiguous();
+  const at::Tensor k = k_in.stride(3) == 1 ? k_in : k_in.contiguous();
+  const int64_t b = q.size(0), hq = q.size(1), hkv = k.size(1), nv = vi.size(1);
+  at::Tensor sums = at::zeros({b, per_head ? hq : hkv, nv}, q.options().dtype(at::kFloat));
+  const cagul::ImportanceArgs args{
+      q.const_data_ptr(), k.const_data_ptr(), lse.const_data_ptr<float>(),
+      qi.const_data_ptr<int64_t>(), vi.const_data_ptr<int64_t>(), sums.mutable_data_ptr<float>(),
+      b, hq, hkv, q.size(3), qi.size(1), nv, q.stride(0), q.stride(1), q.stride(2), k.stride(0),
+      k.stride(1), k.stride(2), lse.stride(0), lse.stride(1), lse.stride(2), static_cast<float>(scale),
+      causal, per_head};
+  kernel(args, q);
+  return finish_importance(sums, qi, hq, mean, per_head);
 }
 
 template <ScatterKernel kernel>
@@ -246,31 +257,14 @@ void check_launch(cudaError_t err, const char* op) {
 
 at::Tensor fp32_contiguous(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
 
-// Same contract as cagul::cpu::cross_modal_importance, on CUDA tensors: per-head or
-// per-kv-head column sums.
-at::Tensor cross_modal_importance_sums_cuda(const at::Tensor& q_in, const at::Tensor& k_in,
-                                            const at::Tensor& lse, const at::Tensor& query_index,
-                                            const at::Tensor& visual_index, double scale, bool causal,
-                                            bool per_head) {
-  TORCH_CHECK_VALUE(q_in.size(3) <= cagul::cuda::kImportanceMaxHeadDim,
+void cross_modal_importance_cuda(const cagul::ImportanceArgs& args, const at::Tensor& q) {
+  TORCH_CHECK_VALUE(args.d <= cagul::cuda::kImportanceMaxHeadDim,
                     "cross_modal_importance: the CUDA kernel supports head dim <= ",
-                    cagul::cuda::kImportanceMaxHeadDim, ", got ", q_in.size(3));
-  const c10::cuda::CUDAGuard guard(q_in.device());
-  // The kernel reads rows with unit stride along D ([B, S, H, D] views qualify).
-  const at::Tensor q = q_in.stride(3) == 1 ? q_in : q_in.contiguous();
-  const at::Tensor k = k_in.stride(3) == 1 ? k_in : k_in.contiguous();
-  const int64_t b = q.size(0), hq = q.size(1), hkv = k.size(1), nv = visual_index.size(1);
-  at::Tensor out = at::empty({b, per_head ? hq : hkv, nv}, q.options().dtype(at::kFloat));
-  const cagul::cuda::ImportanceArgs args{
-      q.const_data_ptr(), k.const_data_ptr(), lse.const_data_ptr<float>(),
-      query_index.const_data_ptr<int64_t>(), visual_index.const_data_ptr<int64_t>(),
-      out.mutable_data_ptr<float>(), b, hq, hkv, q.size(3), query_index.size(1), nv,
-      q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-      lse.stride(0), lse.stride(1), lse.stride(2), static_cast<float>(scale), causal, per_head};
+                    cagul::cuda::kImportanceMaxHeadDim, ", got ", args.d);
+  const c10::cuda::CUDAGuard guard(q.device());
   check_launch(cagul::cuda::launch_cross_modal_importance(args, cuda_dtype(q),
                                                          c10::cuda::getCurrentCUDAStream()),
                "cross_modal_importance");
-  return out;
 }
 
 // Value checks of the CPU kernel, then the per-row counts [B] (k, or ceil(ratio * valid)) and
@@ -420,7 +414,7 @@ TORCH_LIBRARY_IMPL(cagul, CPU, m) {
 
 #ifdef CAGUL_WITH_CUDA
 TORCH_LIBRARY_IMPL(cagul, CUDA, m) {
-  m.impl("cross_modal_importance", &cross_modal_importance<&cross_modal_importance_sums_cuda>);
+  m.impl("cross_modal_importance", &cross_modal_importance<&cross_modal_importance_cuda>);
   m.impl("select_low_importance", &select_low_importance<&select_low_importance_cuda>);
   m.impl("transform_scatter", &transform_scatter<&transform_scatter_cuda>);
   m.impl("transform_scatter_", &transform_scatter_<&transform_scatter_cuda>);
