@@ -113,7 +113,9 @@ def low_importance_tokens(
 
 
 def _check_args(importance, visual_index, k, ratio) -> tuple[int, float | None]:
-    """Metadata checks (trace-safe); returns ``(k, ratio)`` as the op takes them."""
+    """Metadata checks (trace-safe) of the Python backends, which check_select_args in
+    csrc/ops.cpp repeats word for word for the native ones; returns ``(k, ratio)`` as the op
+    takes them."""
     check_tensor(OP, "importance", importance, ndim=2, dtypes=FLOAT_DTYPES, shape_hint="[B, Nv]")
     check_tensor(
         OP, "visual_index", visual_index, ndim=2, dtypes=INDEX_DTYPES, shape_hint="[B, Nv]"
