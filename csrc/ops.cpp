@@ -9,6 +9,7 @@
 //
 // CPU kernels take ATen tensors directly (csrc/cpu). CUDA kernels (csrc/cuda) are
 // raw-pointer launchers without torch headers; the glue below turns tensors into pointers.
+// The importance kernels of both devices take one argument block (csrc/importance_args.h).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -388,7 +389,7 @@ std::vector<at::Tensor> transform_scatter_backward_cuda(const at::Tensor& dy, co
 }  // namespace
 
 // The schemas. Python adds `<name>_triton` and `<name>_reference` twins with the same schema
-// (cagul_kernels/ops/_registry.py); the public functions pick one per `backend=`.
+// (cagul_kernels/ops/_backend.py); the public functions pick one per `backend=`.
 TORCH_LIBRARY(cagul, m) {
   m.def("cross_modal_importance(Tensor q, Tensor k, Tensor lse, Tensor query_index, "
         "Tensor visual_index, float scale, bool causal, bool mean, bool per_head) -> Tensor");
