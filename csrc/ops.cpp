@@ -2,17 +2,25 @@
 // (TORCH_LIBRARY_IMPL), so graphs holding these ops run through torch.export and AOTInductor
 // without Python. Fake (meta) implementations, autograd formulas and the Triton / reference
 // twins of every op are registered from Python (cagul_kernels/ops). Argument shapes, dtypes
-// and devices are checked in Python before the op is called; the value checks every kernel
-// relies on (index ranges, finite LSE, no repeated positions) run here, raising ValueError.
+// and devices are checked in Python before the op is called (select_low_importance, whose
+// call costs a few microseconds, leaves them to check_select_args here); the value checks
+// every kernel relies on (index ranges, finite LSE, no repeated positions) run here, raising
+// ValueError.
 //
 // CPU kernels take ATen tensors directly (csrc/cpu). CUDA kernels (csrc/cuda) are
 // raw-pointer launchers without torch headers; the glue below turns tensors into pointers.
+// The importance kernels of both devices take one argument block (csrc/importance_args.h).
 #include <Python.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <array>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <initializer_list>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <tuple>
 #include <vector>
@@ -30,7 +38,7 @@
 
 namespace {
 
-// ---- value checks shared by the CPU and CUDA kernels ---------------------------------------
+// ---- argument and value checks shared by the CPU and CUDA kernels --------------------------
 
 // Every entry of `index` is -1 (padding) or in [0, upper).
 void check_index_values(const char* op, const char* name, const at::Tensor& index, int64_t upper) {
@@ -39,6 +47,67 @@ void check_index_values(const char* op, const char* name, const at::Tensor& inde
   TORCH_CHECK_VALUE(lo >= -1 && hi < upper, op, ": ", name,
                     " entries must be -1 (padding) or in [0, ", upper, "), found values in [", lo,
                     ", ", hi, "]");
+}
+
+// Python's spelling of a shape ("(2, 3)", "(5,)"), a dtype ("torch.float32") and a float, so
+// that the messages below read exactly as those of the Python checks.
+std::string python_shape(const at::Tensor& t) {
+  std::string out = "(";
+  for (int64_t i = 0; i < t.dim(); ++i) out += (i ? ", " : "") + std::to_string(t.size(i));
+  return out + (t.dim() == 1 ? ",)" : ")");
+}
+
+std::string python_dtype(at::ScalarType type) {
+  return "torch." + std::string(c10::getDtypeNames(type).first);
+}
+
+// Python's repr of a float: the shortest digits that read back as x, "2.0" for integers.
+std::string python_float(double x) {
+  if (std::isfinite(x) && x == std::trunc(x) && std::abs(x) < 1e16)
+    return (std::signbit(x) && x == 0 ? "-" : "") + std::to_string(static_cast<int64_t>(x)) + ".0";
+  char text[32];
+  for (int digits = 1; digits <= 17; ++digits) {
+    std::snprintf(text, sizeof text, "%.*g", digits, x);
+    if (std::strtod(text, nullptr) == x) break;
+  }
+  return text;
+}
+
+// check_tensor of _checks.py: `name` is `ndim`-D with a dtype in `dtypes`.
+void check_tensor(const char* op, const char* name, const at::Tensor& t, int64_t ndim,
+                  std::initializer_list<at::ScalarType> dtypes, const char* shape_hint) {
+  TORCH_CHECK_VALUE(t.dim() == ndim, op, ": ", name, " must be ", ndim, "-D ", shape_hint,
+                    ", got shape ", python_shape(t));
+  if (std::find(dtypes.begin(), dtypes.end(), t.scalar_type()) != dtypes.end()) return;
+  std::string names;
+  for (const at::ScalarType type : dtypes)
+    names += (names.empty() ? "" : ", ") + std::string(c10::getDtypeNames(type).first);
+  TORCH_CHECK_TYPE(false, op, ": ", name, " must have dtype in (", names, "), got ",
+                   python_dtype(t.scalar_type()));
+}
+
+// The argument checks of select_low_importance in cagul_kernels/ops/topk.py, which leaves
+// them to this op: a direct or exported call is checked the same way. `k` counts unless
+// `ratio` is given.
+void check_select_args(const at::Tensor& importance, const at::Tensor& visual_index, int64_t k,
+                       std::optional<double> ratio) {
+  constexpr const char* op = "select_low_importance";
+  check_tensor(op, "importance", importance, 2, {at::kFloat, at::kHalf, at::kBFloat16}, "[B, Nv]");
+  check_tensor(op, "visual_index", visual_index, 2, {at::kInt, at::kLong}, "[B, Nv]");
+  TORCH_CHECK_VALUE(importance.device() == visual_index.device(), op,
+                    ": all tensors must be on one device, but importance is on ",
+                    importance.device(), " and visual_index is on ", visual_index.device());
+  TORCH_CHECK_VALUE(importance.sizes() == visual_index.sizes(), op, ": importance ",
+                    python_shape(importance), " and visual_index ", python_shape(visual_index),
+                    " must have the same shape [B, Nv]");
+  if (ratio) {
+    TORCH_CHECK_VALUE(*ratio > 0 && *ratio <= 1, op, ": ratio must be in (0, 1], got ",
+                      python_float(*ratio));
+    return;
+  }
+  TORCH_CHECK_VALUE(k >= 0, op, ": k must be >= 0, got ", k);
+  TORCH_CHECK_VALUE(k <= importance.size(1), op, ": k=", k, " exceeds the Nv=", importance.size(1),
+                    " visual slots of visual_index");
 }
 
 // lse [B, Hq, S] must be finite at every valid query position.
@@ -90,8 +159,8 @@ at::Tensor finish_importance(const at::Tensor& sums, const at::Tensor& query_ind
 
 // ---- device-generic op bodies around a device's kernels ------------------------------------
 
-using ImportanceKernel = at::Tensor (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                        const at::Tensor&, const at::Tensor&, double, bool, bool);
+// Adds the column sums of args into args.out; q: the tensor args.q points to.
+using ImportanceKernel = void (*)(const cagul::ImportanceArgs& args, const at::Tensor& q);
 using ScatterKernel = std::vector<at::Tensor> (*)(const at::Tensor&, const at::Tensor&,
                                                   const at::Tensor&, const at::Tensor&,
                                                   const at::Tensor&, const at::Tensor&,
@@ -102,13 +171,24 @@ using ScatterBackwardKernel = std::vector<at::Tensor> (*)(const at::Tensor&, con
                                                           const at::Tensor&, int64_t, bool);
 
 template <ImportanceKernel kernel>
-at::Tensor cross_modal_importance(const at::Tensor& q, const at::Tensor& k, const at::Tensor& lse,
+at::Tensor cross_modal_importance(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& lse,
                                   const at::Tensor& query_index, const at::Tensor& visual_index,
                                   double scale, bool causal, bool mean, bool per_head) {
   check_importance_values(lse, query_index, visual_index);
   const at::Tensor qi = query_index.contiguous(), vi = visual_index.contiguous();
-  return finish_importance(kernel(q, k, lse, qi, vi, scale, causal, per_head), qi, q.size(1), mean,
-                           per_head);
+  // The kernels read rows with unit stride along D ([B, S, H, D] views qualify).
+  const at::Tensor q = q_in.stride(3) == 1 ? q_in : q_in.contiguous();
+  const at::Tensor k = k_in.stride(3) == 1 ? k_in : k_in.contiguous();
+  const int64_t b = q.size(0), hq = q.size(1), hkv = k.size(1), nv = vi.size(1);
+  at::Tensor sums = at::zeros({b, per_head ? hq : hkv, nv}, q.options().dtype(at::kFloat));
+  const cagul::ImportanceArgs args{
+      q.const_data_ptr(), k.const_data_ptr(), lse.const_data_ptr<float>(),
+      qi.const_data_ptr<int64_t>(), vi.const_data_ptr<int64_t>(), sums.mutable_data_ptr<float>(),
+      b, hq, hkv, q.size(3), qi.size(1), nv, q.stride(0), q.stride(1), q.stride(2), k.stride(0),
+      k.stride(1), k.stride(2), lse.stride(0), lse.stride(1), lse.stride(2), static_cast<float>(scale),
+      causal, per_head};
+  kernel(args, q);
+  return finish_importance(sums, qi, hq, mean, per_head);
 }
 
 template <ScatterKernel kernel>
@@ -143,6 +223,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> transform
   return {g[0], g[1], g[2], g[3], g[4]};
 }
 
+using SelectKernel = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor&, const at::Tensor&,
+                                                           int64_t, std::optional<double>);
+
+template <SelectKernel kernel>
+std::tuple<at::Tensor, at::Tensor> select_low_importance(const at::Tensor& importance,
+                                                         const at::Tensor& visual_index, int64_t k,
+                                                         std::optional<double> ratio) {
+  check_select_args(importance, visual_index, k, ratio);
+  return kernel(importance, visual_index, k, ratio);
+}
+
 std::tuple<at::Tensor, at::Tensor> select_low_importance_cpu(const at::Tensor& importance,
                                                              const at::Tensor& visual_index,
                                                              int64_t k, std::optional<double> ratio) {
@@ -167,31 +258,14 @@ void check_launch(cudaError_t err, const char* op) {
 
 at::Tensor fp32_contiguous(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
 
-// Same contract as cagul::cpu::cross_modal_importance, on CUDA tensors: per-head or
-// per-kv-head column sums.
-at::Tensor cross_modal_importance_sums_cuda(const at::Tensor& q_in, const at::Tensor& k_in,
-                                            const at::Tensor& lse, const at::Tensor& query_index,
-                                            const at::Tensor& visual_index, double scale, bool causal,
-                                            bool per_head) {
-  TORCH_CHECK_VALUE(q_in.size(3) <= cagul::cuda::kImportanceMaxHeadDim,
+void cross_modal_importance_cuda(const cagul::ImportanceArgs& args, const at::Tensor& q) {
+  TORCH_CHECK_VALUE(args.d <= cagul::cuda::kImportanceMaxHeadDim,
                     "cross_modal_importance: the CUDA kernel supports head dim <= ",
-                    cagul::cuda::kImportanceMaxHeadDim, ", got ", q_in.size(3));
-  const c10::cuda::CUDAGuard guard(q_in.device());
-  // The kernel reads rows with unit stride along D ([B, S, H, D] views qualify).
-  const at::Tensor q = q_in.stride(3) == 1 ? q_in : q_in.contiguous();
-  const at::Tensor k = k_in.stride(3) == 1 ? k_in : k_in.contiguous();
-  const int64_t b = q.size(0), hq = q.size(1), hkv = k.size(1), nv = visual_index.size(1);
-  at::Tensor out = at::empty({b, per_head ? hq : hkv, nv}, q.options().dtype(at::kFloat));
-  const cagul::cuda::ImportanceArgs args{
-      q.const_data_ptr(), k.const_data_ptr(), lse.const_data_ptr<float>(),
-      query_index.const_data_ptr<int64_t>(), visual_index.const_data_ptr<int64_t>(),
-      out.mutable_data_ptr<float>(), b, hq, hkv, q.size(3), query_index.size(1), nv,
-      q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-      lse.stride(0), lse.stride(1), lse.stride(2), static_cast<float>(scale), causal, per_head};
+                    cagul::cuda::kImportanceMaxHeadDim, ", got ", args.d);
+  const c10::cuda::CUDAGuard guard(q.device());
   check_launch(cagul::cuda::launch_cross_modal_importance(args, cuda_dtype(q),
                                                          c10::cuda::getCurrentCUDAStream()),
                "cross_modal_importance");
-  return out;
 }
 
 // Value checks of the CPU kernel, then the per-row counts [B] (k, or ceil(ratio * valid)) and
@@ -251,6 +325,14 @@ std::tuple<at::Tensor, at::Tensor> select_low_importance_cuda(const at::Tensor& 
   return {slots, positions};
 }
 
+// The selected rows of x [B, S, D] at positions [B, K] with gate [B] (fp32), rank R.
+cagul::cuda::TransformScatterRows scatter_rows(const at::Tensor& x, const at::Tensor& pos,
+                                               const at::Tensor& gate, int64_t rank, int64_t activation) {
+  return {cuda_dtype(x), x.data_ptr(), {x.stride(0), x.stride(1), x.stride(2)},
+          pos.const_data_ptr<int64_t>(), gate.const_data_ptr<float>(), x.size(0), pos.size(1),
+          x.size(2), rank, static_cast<int>(activation)};
+}
+
 // See cagul::cpu::transform_scatter for the contract; weights are handed over as fp32.
 std::vector<at::Tensor> transform_scatter_cuda(const at::Tensor& x, const at::Tensor& pos,
                                                const at::Tensor& w1, const at::Tensor& b1,
@@ -259,29 +341,13 @@ std::vector<at::Tensor> transform_scatter_cuda(const at::Tensor& x, const at::Te
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor w1f = fp32_contiguous(w1), b1f = fp32_contiguous(b1);
   const at::Tensor w2f = fp32_contiguous(w2), b2f = fp32_contiguous(b2);
-  const int64_t b_size = x.size(0), k = pos.size(1), d = x.size(2), r = w1.size(1);
+  const int64_t r = w1.size(1);
   at::Tensor y = inplace ? x : at::empty(x.sizes(), x.options()).copy_(x);
-  at::Tensor z = inplace ? at::Tensor() : at::zeros({b_size, k, r}, x.options().dtype(at::kFloat));
-  cagul::cuda::TransformScatterForwardArgs args{};
-  args.dtype = cuda_dtype(x);
-  args.x = x.data_ptr();
-  args.y = y.data_ptr();
-  for (int i = 0; i < 3; ++i) {
-    args.x_stride[i] = x.stride(i);
-    args.y_stride[i] = y.stride(i);
-  }
-  args.positions = pos.const_data_ptr<int64_t>();
-  args.gate = gate.const_data_ptr<float>();
-  args.w1 = w1f.const_data_ptr<float>();
-  args.b1 = b1f.const_data_ptr<float>();
-  args.w2 = w2f.const_data_ptr<float>();
-  args.b2 = b2f.const_data_ptr<float>();
-  args.z = inplace ? nullptr : z.data_ptr<float>();
-  args.batch = b_size;
-  args.slots = k;
-  args.dim = d;
-  args.rank = r;
-  args.activation = static_cast<int>(activation);
+  at::Tensor z = inplace ? at::Tensor() : at::zeros({x.size(0), pos.size(1), r}, x.options().dtype(at::kFloat));
+  const cagul::cuda::TransformScatterForwardArgs args{
+      scatter_rows(x, pos, gate, r, activation), y.data_ptr(), {y.stride(0), y.stride(1), y.stride(2)},
+      w1f.const_data_ptr<float>(), b1f.const_data_ptr<float>(), w2f.const_data_ptr<float>(),
+      b2f.const_data_ptr<float>(), inplace ? nullptr : z.data_ptr<float>()};
   check_launch(cagul::cuda::transform_scatter_forward(args, c10::cuda::getCurrentCUDAStream()),
                "transform_scatter");
   if (inplace) return {};
@@ -298,7 +364,7 @@ std::vector<at::Tensor> transform_scatter_backward_cuda(const at::Tensor& dy, co
                     "transform_scatter: dy must match x in shape and dtype");
   const at::Tensor w1t = w1.to(at::kFloat).t().contiguous(), w2t = w2.to(at::kFloat).t().contiguous();
   const at::Tensor zf = fp32_contiguous(z);
-  const int64_t b_size = x.size(0), s = x.size(1), k = pos.size(1), d = x.size(2), r = w1.size(1);
+  const int64_t b_size = x.size(0), k = pos.size(1), d = x.size(2), r = w1.size(1);
   const at::TensorOptions f32 = x.options().dtype(at::kFloat);
   at::Tensor dx = need_dx ? at::empty(x.sizes(), x.options()).copy_(dy) : at::empty({0}, x.options());
   const int64_t total = 2 * d * r + d + r;
@@ -306,29 +372,11 @@ std::vector<at::Tensor> transform_scatter_backward_cuda(const at::Tensor& dy, co
   at::Tensor dz = at::zeros({b_size, k, r}, f32);
   at::Tensor partials = at::empty({std::max<int64_t>(splits, 1), total}, f32);
   at::Tensor grads = at::zeros({total}, f32);
-  cagul::cuda::TransformScatterBackwardArgs args{};
-  args.dtype = cuda_dtype(x);
-  args.x = x.data_ptr();
-  args.dy = dy.data_ptr();
-  for (int i = 0; i < 3; ++i) {
-    args.x_stride[i] = x.stride(i);
-    args.dy_stride[i] = dy.stride(i);
-  }
-  args.dx = need_dx ? dx.data_ptr() : nullptr;
-  args.positions = pos.const_data_ptr<int64_t>();
-  args.gate = gate.const_data_ptr<float>();
-  args.z = zf.const_data_ptr<float>();
-  args.w1t = w1t.const_data_ptr<float>();
-  args.w2t = w2t.const_data_ptr<float>();
-  args.dz = dz.data_ptr<float>();
-  args.partials = partials.data_ptr<float>();
-  args.grads = grads.data_ptr<float>();
-  args.batch = b_size;
-  args.seq = s;
-  args.slots = k;
-  args.dim = d;
-  args.rank = r;
-  args.activation = static_cast<int>(activation);
+  const cagul::cuda::TransformScatterBackwardArgs args{
+      scatter_rows(x, pos, gate, r, activation), dy.data_ptr(), {dy.stride(0), dy.stride(1), dy.stride(2)},
+      need_dx ? dx.data_ptr() : nullptr, zf.const_data_ptr<float>(), w1t.const_data_ptr<float>(),
+      w2t.const_data_ptr<float>(), dz.data_ptr<float>(), partials.data_ptr<float>(),
+      grads.data_ptr<float>(), x.size(1)};
   check_launch(cagul::cuda::transform_scatter_backward(args, c10::cuda::getCurrentCUDAStream()),
                "transform_scatter_backward");
   const std::vector<at::Tensor> parts = grads.split_with_sizes({d * r, d * r, d, r});
@@ -341,7 +389,7 @@ std::vector<at::Tensor> transform_scatter_backward_cuda(const at::Tensor& dy, co
 }  // namespace
 
 // The schemas. Python adds `<name>_triton` and `<name>_reference` twins with the same schema
-// (cagul_kernels/ops/_registry.py); the public functions pick one per `backend=`.
+// (cagul_kernels/ops/_backend.py); the public functions pick one per `backend=`.
 TORCH_LIBRARY(cagul, m) {
   m.def("cross_modal_importance(Tensor q, Tensor k, Tensor lse, Tensor query_index, "
         "Tensor visual_index, float scale, bool causal, bool mean, bool per_head) -> Tensor");
@@ -358,7 +406,7 @@ TORCH_LIBRARY(cagul, m) {
 
 TORCH_LIBRARY_IMPL(cagul, CPU, m) {
   m.impl("cross_modal_importance", &cross_modal_importance<&cagul::cpu::cross_modal_importance>);
-  m.impl("select_low_importance", &select_low_importance_cpu);
+  m.impl("select_low_importance", &select_low_importance<&select_low_importance_cpu>);
   m.impl("transform_scatter", &transform_scatter<&cagul::cpu::transform_scatter>);
   m.impl("transform_scatter_", &transform_scatter_<&cagul::cpu::transform_scatter>);
   m.impl("transform_scatter_backward",
@@ -367,8 +415,8 @@ TORCH_LIBRARY_IMPL(cagul, CPU, m) {
 
 #ifdef CAGUL_WITH_CUDA
 TORCH_LIBRARY_IMPL(cagul, CUDA, m) {
-  m.impl("cross_modal_importance", &cross_modal_importance<&cross_modal_importance_sums_cuda>);
-  m.impl("select_low_importance", &select_low_importance_cuda);
+  m.impl("cross_modal_importance", &cross_modal_importance<&cross_modal_importance_cuda>);
+  m.impl("select_low_importance", &select_low_importance<&select_low_importance_cuda>);
   m.impl("transform_scatter", &transform_scatter<&transform_scatter_cuda>);
   m.impl("transform_scatter_", &transform_scatter_<&transform_scatter_cuda>);
   m.impl("transform_scatter_backward", &transform_scatter_backward<&transform_scatter_backward_cuda>);

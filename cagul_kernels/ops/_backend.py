@@ -41,6 +41,9 @@ NATIVE_BACKENDS = ("cpu", "cuda")
 # Suffix of each op's name per implementation: native, then the Python-defined twins.
 _SUFFIXES = ("", "_triton", "_reference")
 _LIBRARY = torch.library.Library("cagul", "FRAGMENT")
+_CPU = torch.device("cpu")
+# (name, backend) -> its OpOverload: resolved once, as the small ops' calls are a few us.
+_OPS: dict[tuple[str, str], torch._ops.OpOverload] = {}
 
 
 def _suffix(backend: str) -> str:
@@ -50,7 +53,10 @@ def _suffix(backend: str) -> str:
 def kernel_op(name: str, backend: str) -> torch._ops.OpOverload:
     """The op running ``backend`` for op ``name``: ``torch.ops.cagul.<name>`` for cpu / cuda,
     ``torch.ops.cagul.<name>_triton`` / ``<name>_reference`` otherwise."""
-    return getattr(torch.ops.cagul, name + _suffix(backend)).default
+    op = _OPS.get((name, backend))
+    if op is None:
+        op = _OPS[name, backend] = getattr(torch.ops.cagul, name + _suffix(backend)).default
+    return op
 
 
 def define_python_backends(name: str, *, triton: Callable, reference: Callable) -> None:
@@ -93,8 +99,12 @@ def extension_has_cuda() -> bool:
     return torch.ops.cagul.cross_modal_importance.default.has_kernel_for_dispatch_key("CUDA")
 
 
+# Looked up once (find_spec costs microseconds per call; dynamo traces a constant).
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_INSTALLED
 
 
 def triton_interpret() -> bool:
@@ -103,36 +113,35 @@ def triton_interpret() -> bool:
 
 def resolve_backend(backend: str | None, device: torch.device, op: str) -> str:
     """Returns the concrete backend for ``op`` on tensors living on ``device``."""
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"{op}: backend must be one of {BACKENDS} or None, got {backend!r}")
-    on_cuda = device.type == "cuda"
+    if device == _CPU and backend in (None, "cpu"):  # the common case first
+        return "cpu"
+    kind = device.type
     if backend is None:
-        if on_cuda:
-            if triton_available():
-                return "triton"
-            if extension_has_cuda():
-                return "cuda"
-            raise RuntimeError(
-                f"{op}: no GPU backend for CUDA tensors: install triton or build the CUDA "
-                "kernels (pip install --no-build-isolation -e . with nvcc), or pass "
-                "backend='reference'"
-            )
-        if device.type != "cpu":
+        if kind != "cuda":
             raise ValueError(f"{op}: tensors on {device} are not supported (cpu or cuda only)")
-        backend = "cpu"
+        if triton_available():
+            return "triton"
+        if extension_has_cuda():
+            return "cuda"
+        raise RuntimeError(
+            f"{op}: no GPU backend for CUDA tensors: install triton or build the CUDA "
+            "kernels (pip install --no-build-isolation -e . with nvcc), or pass "
+            "backend='reference'"
+        )
+    if backend not in BACKENDS:
+        raise ValueError(f"{op}: backend must be one of {BACKENDS} or None, got {backend!r}")
     if backend == "cpu":
-        if device.type != "cpu":
-            raise ValueError(f"{op}: backend='cpu' needs CPU tensors, got tensors on {device}")
-    elif backend == "triton":
+        raise ValueError(f"{op}: backend='cpu' needs CPU tensors, got tensors on {device}")
+    if backend == "triton":
         if not triton_available():
             raise RuntimeError(f"{op}: backend='triton' needs the triton package")
-        if not on_cuda and not triton_interpret():
+        if kind != "cuda" and not triton_interpret():
             raise ValueError(
                 f"{op}: backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU "
                 f"tensors), got tensors on {device}"
             )
     elif backend == "cuda":
-        if not on_cuda:
+        if kind != "cuda":
             raise ValueError(f"{op}: backend='cuda' needs CUDA tensors, got tensors on {device}")
         if not extension_has_cuda():
             raise RuntimeError(

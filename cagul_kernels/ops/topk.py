@@ -18,7 +18,13 @@ from __future__ import annotations
 import torch
 
 from .. import reference
-from ._backend import define_python_backends, kernel_op, register_fake, resolve_backend
+from ._backend import (
+    NATIVE_BACKENDS,
+    define_python_backends,
+    kernel_op,
+    register_fake,
+    resolve_backend,
+)
 from ._checks import FLOAT_DTYPES, INDEX_DTYPES, check_same_device, check_tensor
 from .importance import cross_modal_importance
 
@@ -52,9 +58,21 @@ def select_low_importance(
         by ascending importance, ties to the lower slot, never a padded slot. ``K = k``, or
         ``max_b ceil(ratio * n_valid_b)`` with the unused tail of each row set to ``-1``.
     """
-    k, ratio = _check_args(importance, visual_index, k, ratio)
-    backend = resolve_backend(backend, importance.device, OP)
-    return kernel_op(OP, backend)(importance.detach(), visual_index, k, ratio)
+    if not (isinstance(importance, torch.Tensor) and isinstance(visual_index, torch.Tensor)):
+        _check_args(importance, visual_index, k, ratio)  # raises, naming the argument
+    device = importance.device
+    backend = resolve_backend(backend, device, OP)
+    if backend in NATIVE_BACKENDS:
+        # The native op checks shapes, dtypes and the k / ratio range itself, in the words of
+        # _check_args (check_select_args in csrc/ops.cpp): the whole call takes microseconds.
+        if visual_index.device != device:  # else the dispatcher might pick another kernel
+            check_same_device(OP, importance=importance, visual_index=visual_index)
+        k, ratio = _count_args(k, ratio)
+    else:
+        k, ratio = _check_args(importance, visual_index, k, ratio)
+    if importance.requires_grad:  # the selection is not differentiable
+        importance = importance.detach()
+    return kernel_op(OP, backend)(importance, visual_index, k, ratio)
 
 
 def low_importance_tokens(
@@ -95,7 +113,9 @@ def low_importance_tokens(
 
 
 def _check_args(importance, visual_index, k, ratio) -> tuple[int, float | None]:
-    """Metadata checks (trace-safe); returns ``(k, ratio)`` as the op takes them."""
+    """Metadata checks (trace-safe) of the Python backends, which check_select_args in
+    csrc/ops.cpp repeats word for word for the native ones; returns ``(k, ratio)`` as the op
+    takes them."""
     check_tensor(OP, "importance", importance, ndim=2, dtypes=FLOAT_DTYPES, shape_hint="[B, Nv]")
     check_tensor(
         OP, "visual_index", visual_index, ndim=2, dtypes=INDEX_DTYPES, shape_hint="[B, Nv]"
@@ -110,23 +130,33 @@ def _check_args(importance, visual_index, k, ratio) -> tuple[int, float | None]:
 
 
 def _check_count(k, ratio, nv) -> tuple[int, float | None]:
-    """Returns ``(k, ratio)`` for the op: ``(k, None)`` or ``(-1, float(ratio))``."""
+    """``_count_args`` and the ranges: ``0 <= k <= nv``, ``0 < ratio <= 1``."""
+    k, ratio = _count_args(k, ratio)
+    # Comparisons only: a SymFloat traced by torch.compile(dynamic=True) becomes a guard
+    # (math.isfinite would break the graph); NaN and inf fail them.
+    if ratio is not None:
+        if not 0 < ratio <= 1:
+            raise ValueError(f"{OP}: ratio must be in (0, 1], got {ratio}")
+    elif k < 0:
+        raise ValueError(f"{OP}: k must be >= 0, got {k}")
+    elif k > nv:
+        raise ValueError(f"{OP}: k={k} exceeds the Nv={nv} visual slots of visual_index")
+    return k, ratio
+
+
+def _count_args(k, ratio) -> tuple[int, float | None]:
+    """Exactly one of ``k`` (an int) and ``ratio`` (a float); returns them as the op takes
+    them: ``(k, None)`` or ``(-1, float(ratio))``."""
     if (k is None) == (ratio is None):
         raise ValueError(f"{OP}: pass exactly one of k or ratio, got k={k!r}, ratio={ratio!r}")
     if ratio is not None:
+        if type(ratio) is float:  # the common case first
+            return -1, ratio
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float, torch.SymFloat)):
             raise TypeError(f"{OP}: ratio must be a float in (0, 1], got {type(ratio).__name__}")
-        # Comparisons only: a SymFloat traced by torch.compile(dynamic=True) becomes a guard
-        # (math.isfinite would break the graph); NaN and inf fail them.
-        if not 0 < ratio <= 1:
-            raise ValueError(f"{OP}: ratio must be in (0, 1], got {ratio}")
         return -1, ratio if isinstance(ratio, torch.SymFloat) else float(ratio)
     if isinstance(k, bool) or not isinstance(k, (int, torch.SymInt)):
         raise TypeError(f"{OP}: k must be an int, got {type(k).__name__}")
-    if k < 0:
-        raise ValueError(f"{OP}: k must be >= 0, got {k}")
-    if k > nv:
-        raise ValueError(f"{OP}: k={k} exceeds the Nv={nv} visual slots of visual_index")
     return k, None
 
 

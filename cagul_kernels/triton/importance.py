@@ -22,6 +22,17 @@ PAD_KEY = tl.constexpr(2**62)
 
 
 @triton.jit
+def _load_rows(ptr, pos, valid, stride_s, offs_d, stride_d, d_mask):
+    """``[N, BLOCK_D]``: rows ``pos [N]`` of the ``[S, D]`` matrix at ``ptr`` (element strides
+    ``stride_s``, ``stride_d``); zeros where not ``valid`` or past ``d``."""
+    return tl.load(
+        ptr + pos[:, None] * stride_s + offs_d[None, :] * stride_d,
+        mask=valid[:, None] & d_mask[None, :],
+        other=0.0,
+    )
+
+
+@triton.jit
 def _importance_kernel(
     q_ptr,
     k_ptr,
@@ -63,15 +74,8 @@ def _importance_kernel(
     d_mask = offs_d < d
     key_pos = tl.load(visual_index_ptr + b * nv + offs_n, mask=offs_n < nv, other=-1)
     key_valid = key_pos >= 0
-    k_tile = tl.load(
-        k_ptr
-        + b * stride_kb
-        + g * stride_kh
-        + key_pos[:, None] * stride_ks
-        + offs_d[None, :] * stride_kd,
-        mask=key_valid[:, None] & d_mask[None, :],
-        other=0.0,
-    )
+    k_head = k_ptr + b * stride_kb + g * stride_kh
+    k_tile = _load_rows(k_head, key_pos, key_valid, stride_ks, offs_d, stride_kd, d_mask)
     k_tile_t = tl.trans(k_tile)  # [BLOCK_D, BLOCK_N]
     key_pos = tl.where(key_valid, key_pos, PAD_KEY)
     min_key = tl.min(key_pos, axis=0)
@@ -87,15 +91,8 @@ def _importance_kernel(
             # Row i counts key j iff key_pos[j] <= row_limit[i] (covers padding and causal).
             row_limit = q_pos if CAUSAL else tl.where(q_valid, PAD_KEY - 1, -1)
             if tl.max(row_limit, axis=0) >= min_key:  # skip blocks that see no key
-                q_tile = tl.load(
-                    q_ptr
-                    + b * stride_qb
-                    + h * stride_qh
-                    + q_pos[:, None] * stride_qs
-                    + offs_d[None, :] * stride_qd,
-                    mask=q_valid[:, None] & d_mask[None, :],
-                    other=0.0,
-                )
+                q_head = q_ptr + b * stride_qb + h * stride_qh
+                q_tile = _load_rows(q_head, q_pos, q_valid, stride_qs, offs_d, stride_qd, d_mask)
                 row_lse = tl.load(
                     lse_ptr + b * stride_lb + h * stride_lh + q_pos * stride_ls,
                     mask=q_valid,

@@ -22,10 +22,20 @@ import torch
 import triton
 import triton.language as tl
 
-_SQRT_HALF = 0.7071067811865476
-_INV_SQRT_2PI = 0.3989422804014327
-_GELU_TANH_2C = 1.5957691216057308  # 2 * sqrt(2 / pi)
-_GELU_TANH_A = 0.044715
+# Kernels may only read constexpr globals. Each multiplies a tensor from the right: the
+# interpreter mishandles ``constexpr * tensor`` (products keep the order of the formulas,
+# so the rounding is theirs).
+_SQRT_HALF = tl.constexpr(0.7071067811865476)
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
+_GELU_TANH_2C = tl.constexpr(1.5957691216057308)  # 2 * sqrt(2 / pi)
+_GELU_TANH_A = tl.constexpr(0.044715)
+_GELU_TANH_3A = tl.constexpr(3 * 0.044715)
+
+
+@triton.jit
+def _gelu_tanh_sigmoid(z):
+    """``sigmoid(2c (z + a z^3))``: ``0.5 (1 + tanh(c (z + a z^3)))`` of the tanh GELU."""
+    return tl.sigmoid((z + z * _GELU_TANH_A * z * z) * _GELU_TANH_2C)
 
 
 @triton.jit
@@ -34,7 +44,7 @@ def _activation(z, ACT: tl.constexpr):
     if ACT == 0:
         out = 0.5 * z * (1.0 + tl.math.erf(z * _SQRT_HALF))
     elif ACT == 1:
-        out = z * tl.sigmoid(_GELU_TANH_2C * (z + _GELU_TANH_A * z * z * z))
+        out = z * _gelu_tanh_sigmoid(z)
     elif ACT == 2:
         out = z * tl.sigmoid(z)
     else:
@@ -47,8 +57,8 @@ def _activation_grad(z, ACT: tl.constexpr):
     if ACT == 0:
         out = 0.5 * (1.0 + tl.math.erf(z * _SQRT_HALF)) + z * tl.exp(-0.5 * z * z) * _INV_SQRT_2PI
     elif ACT == 1:
-        s = tl.sigmoid(_GELU_TANH_2C * (z + _GELU_TANH_A * z * z * z))
-        out = s + z * s * (1.0 - s) * _GELU_TANH_2C * (1.0 + 3.0 * _GELU_TANH_A * z * z)
+        s = _gelu_tanh_sigmoid(z)
+        out = s + z * s * (1.0 - s) * _GELU_TANH_2C * (1.0 + z * _GELU_TANH_3A * z)
     elif ACT == 2:
         s = tl.sigmoid(z)
         out = s * (1.0 + z * (1.0 - s))
@@ -68,6 +78,61 @@ def _block_rows(pos_ptr, gate_ptr, b, m0, K, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
+def _program_rows(pos_ptr, gate_ptr, K, BLOCK_M: tl.constexpr):
+    """The row kernels' block: sample ``b = program_id(0)``, slots ``program_id(1) * BLOCK_M
+    + [0, BLOCK_M)``: ``(b, slot offsets, row positions, valid, gate)``."""
+    b = tl.program_id(0).to(tl.int64)
+    offs_m, rows, valid, g = _block_rows(
+        pos_ptr, gate_ptr, b, tl.program_id(1) * BLOCK_M, K, BLOCK_M
+    )
+    return b, offs_m, rows, valid, g
+
+
+@triton.jit
+def _load_rows(rows_ptr, valid, offs_d, d_ok, stride_d):
+    """``[BLOCK_M, BLOCK_D]``: columns ``offs_d`` of the rows starting at ``rows_ptr``
+    ``[BLOCK_M]``; zeros for rows not ``valid`` and columns not ``d_ok``."""
+    mask = valid[:, None] & d_ok[None, :]
+    return tl.load(rows_ptr[:, None] + offs_d[None, :] * stride_d, mask=mask, other=0.0)
+
+
+@triton.jit
+def _load_tile(ptr, offs_i, offs_j, ok_i, ok_j, row_stride):
+    """``[len(offs_i), len(offs_j)]`` tile of the row-major matrix at ``ptr``; zeros outside
+    ``ok_i`` / ``ok_j``."""
+    return tl.load(
+        ptr + offs_i[:, None] * row_stride + offs_j[None, :],
+        mask=ok_i[:, None] & ok_j[None, :],
+        other=0.0,
+    )
+
+
+@triton.jit
+def _rows_times_weight(
+    rows_ptr, valid, stride_d, scale, w_ptr, offs_r, r_ok, D, R,
+    W_TRANSPOSED: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
+    """``rows @ W`` ``[BLOCK_M, BLOCK_R]`` fp32, over D in chunks of BLOCK_D: the rows
+    ``[BLOCK_M, D]`` at ``rows_ptr`` (zeros where not ``valid``), times ``scale`` and rounded
+    to w's dtype unless ``scale`` is None; ``W [D, R]`` is the row-major ``w [D, R]``, or with
+    ``W_TRANSPOSED`` ``w^T`` of a row-major ``w [R, D]``."""
+    acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        d_ok = offs_d < D
+        a = _load_rows(rows_ptr, valid, offs_d, d_ok, stride_d)
+        if scale is not None:
+            a = (a.to(tl.float32) * scale).to(w_ptr.dtype.element_ty)
+        if W_TRANSPOSED:
+            w = tl.trans(_load_tile(w_ptr, offs_r, offs_d, r_ok, d_ok, D))
+        else:
+            w = _load_tile(w_ptr, offs_d, offs_r, d_ok, r_ok, R)
+        acc = tl.dot(a, w, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
 def _forward_kernel(
     x_ptr, y_ptr, pos_ptr, gate_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, z_ptr,
     K, D, R,
@@ -75,27 +140,15 @@ def _forward_kernel(
     ACT: tl.constexpr, STORE_Z: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
-    b = tl.program_id(0).to(tl.int64)
-    offs_m, rows, valid, g = _block_rows(
-        pos_ptr, gate_ptr, b, tl.program_id(1) * BLOCK_M, K, BLOCK_M
-    )
+    b, offs_m, rows, valid, g = _program_rows(pos_ptr, gate_ptr, K, BLOCK_M)
     x_rows = x_ptr + b * sxb + rows * sxs
     offs_r = tl.arange(0, BLOCK_R)
     r_ok = offs_r < R
-    acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        offs_d = d0 + tl.arange(0, BLOCK_D)
-        d_ok = offs_d < D
-        xt = tl.load(
-            x_rows[:, None] + offs_d[None, :] * sxd, mask=valid[:, None] & d_ok[None, :], other=0.0
-        )
-        wt = tl.load(
-            w1_ptr + offs_d[:, None] * R + offs_r[None, :],
-            mask=d_ok[:, None] & r_ok[None, :],
-            other=0.0,
-        )
-        acc = tl.dot(xt, wt, acc, input_precision=PRECISION)
-    z = acc + tl.load(b1_ptr + offs_r, mask=r_ok, other=0.0).to(tl.float32)[None, :]
+    z = _rows_times_weight(
+        x_rows, valid, sxd, None, w1_ptr, offs_r, r_ok, D, R,
+        False, PRECISION, BLOCK_M, BLOCK_D, BLOCK_R,
+    )  # fmt: skip
+    z += tl.load(b1_ptr + offs_r, mask=r_ok, other=0.0).to(tl.float32)[None, :]
     z = tl.where(valid[:, None] & r_ok[None, :], z, 0.0)
     if STORE_Z:
         tl.store(
@@ -108,16 +161,11 @@ def _forward_kernel(
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         d_ok = offs_d < D
-        mask = valid[:, None] & d_ok[None, :]
-        wt = tl.load(
-            w2_ptr + offs_r[:, None] * D + offs_d[None, :],
-            mask=r_ok[:, None] & d_ok[None, :],
-            other=0.0,
-        )
+        wt = _load_tile(w2_ptr, offs_r, offs_d, r_ok, d_ok, D)
         out = tl.dot(h, wt, input_precision=PRECISION)
         out += tl.load(b2_ptr + offs_d, mask=d_ok, other=0.0).to(tl.float32)[None, :]
-        xt = tl.load(x_rows[:, None] + offs_d[None, :] * sxd, mask=mask, other=0.0)
-        yt = xt.to(tl.float32) + g * out
+        yt = _load_rows(x_rows, valid, offs_d, d_ok, sxd).to(tl.float32) + g * out
+        mask = valid[:, None] & d_ok[None, :]
         tl.store(y_rows[:, None] + offs_d[None, :] * syd, yt.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -129,28 +177,14 @@ def _backward_rows_kernel(
     ACT: tl.constexpr, NEED_DX: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
-    b = tl.program_id(0).to(tl.int64)
-    offs_m, rows, valid, g = _block_rows(
-        pos_ptr, gate_ptr, b, tl.program_id(1) * BLOCK_M, K, BLOCK_M
-    )
+    b, offs_m, rows, valid, g = _program_rows(pos_ptr, gate_ptr, K, BLOCK_M)
     dy_rows = dy_ptr + b * sdb + rows * sds
     offs_r = tl.arange(0, BLOCK_R)
     r_ok = offs_r < R
-    dot_t = w2_ptr.dtype.element_ty
-    dh = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        offs_d = d0 + tl.arange(0, BLOCK_D)
-        d_ok = offs_d < D
-        dyt = tl.load(
-            dy_rows[:, None] + offs_d[None, :] * sdd, mask=valid[:, None] & d_ok[None, :], other=0.0
-        )
-        w2t = tl.load(
-            w2_ptr + offs_r[:, None] * D + offs_d[None, :],
-            mask=r_ok[:, None] & d_ok[None, :],
-            other=0.0,
-        )
-        gdy = (dyt.to(tl.float32) * g).to(dot_t)
-        dh = tl.dot(gdy, tl.trans(w2t), dh, input_precision=PRECISION)
+    dh = _rows_times_weight(  # (g dy) W2^T
+        dy_rows, valid, sdd, g, w2_ptr, offs_r, r_ok, D, R,
+        True, PRECISION, BLOCK_M, BLOCK_D, BLOCK_R,
+    )  # fmt: skip
     slot = (b * K + offs_m)[:, None] * R + offs_r[None, :]
     keep = valid[:, None] & r_ok[None, :]
     zt = tl.load(z_ptr + slot, mask=keep, other=0.0)
@@ -158,19 +192,14 @@ def _backward_rows_kernel(
     tl.store(dz_ptr + slot, dz, mask=(offs_m < K)[:, None] & r_ok[None, :])
     if NEED_DX:
         dx_rows = dx_ptr + (b * S + rows) * D
-        dzc = dz.to(dot_t)
+        dzc = dz.to(w2_ptr.dtype.element_ty)
         for d0 in range(0, D, BLOCK_D):
             offs_d = d0 + tl.arange(0, BLOCK_D)
             d_ok = offs_d < D
-            mask = valid[:, None] & d_ok[None, :]
-            w1t = tl.load(
-                w1_ptr + offs_d[:, None] * R + offs_r[None, :],
-                mask=d_ok[:, None] & r_ok[None, :],
-                other=0.0,
-            )
+            w1t = _load_tile(w1_ptr, offs_d, offs_r, d_ok, r_ok, R)
             upd = tl.dot(dzc, tl.trans(w1t), input_precision=PRECISION)
-            dyt = tl.load(dy_rows[:, None] + offs_d[None, :] * sdd, mask=mask, other=0.0)
-            dxt = dyt.to(tl.float32) + upd
+            dxt = _load_rows(dy_rows, valid, offs_d, d_ok, sdd).to(tl.float32) + upd
+            mask = valid[:, None] & d_ok[None, :]
             tl.store(dx_rows[:, None] + offs_d[None, :], dxt.to(dx_ptr.dtype.element_ty), mask=mask)
 
 

@@ -6,15 +6,13 @@
 
 #include <vector>
 
+#include "../importance_args.h"
+
 namespace cagul::cpu {
 
-// q [B, Hq, S, D], k [B, Hkv, S, D] (any strides, fp32/fp16/bf16), lse [B, Hq, S] fp32,
-// query_index [B, Nq], visual_index [B, Nv] contiguous int64 with -1 padding.
-// Returns fp32 column sums of exp(scale q.k - lse) over the valid (causally visible) query
-// rows: [B, Hq, Nv] per query head (per_head) or [B, Hkv, Nv] per kv group.
-at::Tensor cross_modal_importance(const at::Tensor& q, const at::Tensor& k, const at::Tensor& lse,
-                                  const at::Tensor& query_index, const at::Tensor& visual_index,
-                                  double scale, bool causal, bool per_head);
+// Adds the importance column sums of `args` (csrc/importance_args.h) into args.out; q is the
+// tensor args.q points to (fp32/fp16/bf16, S < 2^31).
+void cross_modal_importance(const ImportanceArgs& args, const at::Tensor& q);
 
 // transform_scatter: x [B, S, D] (any strides; fp32/fp16/bf16/fp64), positions [B, K]
 // contiguous int64 (-1 = padding, no repeats in a row, validated in Python), w1 [D, R],

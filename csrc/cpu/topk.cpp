@@ -196,12 +196,10 @@ struct Buffer {
     }
     return data.get();
   }
-};
-
-struct Workspace {
-  Buffer<uint64_t> words, scratch, out, tmp;
-  Buffer<uint32_t> hist;
-  Buffer<int64_t> start;
+  void release() {
+    data.reset();
+    size = 0;
+  }
 };
 
 // Per (row, chunk): valid slots (visual_index >= 0) and the range of their keys, NaN at a
@@ -210,6 +208,27 @@ struct Stats {
   int64_t valid = 0;
   uint32_t lo = 0xffffffffu, hi = 0;
   bool nan = false, bad_index = false;
+};
+
+// A thread's buffers, kept between calls (a call on a short row would otherwise spend a
+// good part of its time in malloc), up to kKeepWords words each.
+struct Workspace {
+  static constexpr int64_t kKeepWords = int64_t{1} << 14;  // 128 KiB per buffer
+  Buffer<uint64_t> words, scratch, out, tmp;
+  Buffer<uint32_t> hist;
+  Buffer<int64_t> start;
+  std::vector<Stats> stats;
+  std::vector<int64_t> first, own;
+
+  void trim() {
+    for (Buffer<uint64_t>* b : {&words, &scratch, &out, &tmp})
+      if (b->size > kKeepWords) b->release();
+    if (hist.size > kKeepWords) hist.release();
+  }
+  static Workspace& of_this_thread() {
+    thread_local Workspace ws;
+    return ws;
+  }
 };
 
 // Branch-free so that it vectorises.
@@ -229,6 +248,16 @@ Stats chunk_stats(const float* values, const int64_t* vidx, int64_t lo, int64_t 
     bad |= idx < -1;
   }
   return {(hi - lo) - padded, key_lo, key_hi, nan != 0, bad != 0};
+}
+
+inline uint64_t word_of(const float* values, int64_t i) {
+  return static_cast<uint64_t>(order_key(float_bits(values + i))) << 32 | static_cast<uint64_t>(i);
+}
+
+// dst[0, hi - lo) = the words of slots [lo, hi), every one valid (vectorises).
+CAGUL_CPU_CLONES
+void all_words(const float* values, int64_t lo, int64_t hi, uint64_t* dst) {
+  for (int64_t i = lo; i < hi; ++i) dst[i - lo] = word_of(values, i);
 }
 
 // Validates, selects and writes one row (count = k, or from ratio, up to width slots, the
@@ -252,14 +281,16 @@ struct RowTask {
   }
 
   int64_t run(Workspace& ws) const {
-    std::vector<Stats> stats(chunks);
+    std::vector<Stats>& stats = ws.stats;
+    stats.assign(chunks, Stats{});
     for_chunks(chunks, [&](int64_t c) {
       auto [a, e] = chunk_range(c, chunks, nv);
       stats[c] = chunk_stats(values, vidx, a, e);
     });
     int64_t m = 0;
     uint32_t lo = 0xffffffffu, hi = 0;
-    std::vector<int64_t> first(chunks + 1, 0);  // chunk c's words start after chunks < c
+    std::vector<int64_t>& first = ws.first;  // chunk c's words start after chunks < c
+    first.assign(chunks + 1, 0);
     for (int64_t c = 0; c < chunks; ++c) {
       if (stats[c].nan || stats[c].bad_index) return -1;
       first[c + 1] = m += stats[c].valid;
@@ -279,10 +310,13 @@ struct RowTask {
     for_chunks(chunks, [&](int64_t c) {
       auto [a, e] = chunk_range(c, chunks, nv);
       uint64_t* dst = words + first[c];
-      for (int64_t i = a; i < e; ++i)
-        if (vidx[i] >= 0)
-          *dst++ = static_cast<uint64_t>(order_key(float_bits(values + i))) << 32 |
-                   static_cast<uint64_t>(i);
+      if (stats[c].valid == e - a) {
+        all_words(values, a, e, dst);
+        dst += e - a;
+      } else {
+        for (int64_t i = a; i < e; ++i)
+          if (vidx[i] >= 0) *dst++ = word_of(values, i);
+      }
       if (!radix) return;
       uint32_t* h = hist + c * kMaxBins;
       std::fill(h, h + r.bins, 0u);
@@ -306,7 +340,8 @@ struct RowTask {
     // Pass 2: chunk c owns the buckets [own[c], own[c + 1]) (about equal in size): it
     // scatters their words from the whole row in slot order, sorts and writes them. The
     // last chunk also collects bin t's words, the candidates for the rest of the count.
-    std::vector<int64_t> own(chunks + 1, t);
+    std::vector<int64_t>& own = ws.own;
+    own.assign(chunks + 1, t);
     own[0] = 0;
     for (int64_t c = 1, b = 0; c < chunks; ++c) {
       while (b < t && start[b] * chunks < c * start[t]) ++b;
@@ -389,13 +424,14 @@ std::tuple<at::Tensor, at::Tensor> select_low_importance(const at::Tensor& impor
   const int64_t row_pieces = row_parallel ? std::min(b_size, threads) : 1;
   for_chunks(row_pieces, [&](int64_t piece) {
     auto [begin, end] = chunk_range(piece, row_pieces, b_size);
-    Workspace ws;
+    Workspace& ws = Workspace::of_this_thread();
     for (int64_t b = begin; b < end; ++b) {
       const RowTask row{values + b * nv, vidx + b * nv, nv, k, ratio, cap, chunks,
                         slots.data_ptr<int64_t>() + b * cap,
                         positions.data_ptr<int64_t>() + b * cap};
       counts[b] = row.run(ws);
     }
+    ws.trim();
   });
   if (std::any_of(counts.begin(), counts.end(), [](int64_t c) { return c < 0; }))
     raise_first_error(values, vidx, b_size, nv, k, ratio);

@@ -1,12 +1,14 @@
 // Launchers of the CUDA kernels (csrc/cuda/*.cu): raw pointers and element strides, no torch
 // headers, so nvcc compiles the kernels anywhere. The tensor -> pointer glue lives in
-// csrc/bindings.cpp under CAGUL_WITH_CUDA; arguments are validated in Python before that.
+// csrc/ops.cpp under CAGUL_WITH_CUDA; arguments are validated before that.
 // Every launcher enqueues on `stream` and returns the launch status (cudaGetLastError).
 #pragma once
 
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+
+#include "../importance_args.h"
 
 namespace cagul::cuda {
 
@@ -18,27 +20,7 @@ enum class ScalarType { Float32, Float16, BFloat16 };
 // Largest head dimension the importance kernel stages in shared memory.
 constexpr int64_t kImportanceMaxHeadDim = 256;
 
-// cross_modal_importance: q [B, Hq, S, D], k [B, Hkv, S, D] (element strides below, unit
-// stride along D), lse [B, Hq, S] fp32, query_index [B, Nq] / visual_index [B, Nv] contiguous
-// int64 with -1 padding (validated by the caller). Writes every element of out, contiguous
-// fp32: [B, Hq, Nv] column sums per query head when per_head, else [B, Hkv, Nv] sums over the
-// query heads of each kv group (the caller reduces them over kv heads in order).
-struct ImportanceArgs {
-  const void* q;
-  const void* k;
-  const float* lse;
-  const int64_t* query_index;
-  const int64_t* visual_index;
-  float* out;
-  int64_t batch, hq, hkv, d, nq, nv;
-  int64_t q_stride_b, q_stride_h, q_stride_s;
-  int64_t k_stride_b, k_stride_h, k_stride_s;
-  int64_t lse_stride_b, lse_stride_h, lse_stride_s;
-  float scale;
-  bool causal;
-  bool per_head;
-};
-
+// cross_modal_importance (cagul::ImportanceArgs); the kernel writes every element of out.
 cudaError_t launch_cross_modal_importance(const ImportanceArgs& args, ScalarType dtype,
                                           cudaStream_t stream);
 
@@ -69,46 +51,44 @@ cudaError_t select_low_importance(const float* importance, int64_t importance_ro
 // Largest rank R the kernels take (they keep [16, R] fp32 tiles in shared memory).
 constexpr int64_t kTransformScatterMaxRank = 256;
 
-// y[b, p] = x[b, p] + gate[b] * (act(x[b, p] w1 + b1) w2 + b2) for p = positions[b, i] >= 0
-// and gate[b] != 0. Only those rows of y are written (y == x: in place).
-struct TransformScatterForwardArgs {
+// What both transform_scatter kernels read: the selected rows of x and how to transform them.
+struct TransformScatterRows {
   ScalarType dtype;
   const void* x;                  // [B, S, D]
   int64_t x_stride[3];            // element strides
-  void* y;                        // [B, S, D], may equal x
-  int64_t y_stride[3];
   const int64_t* positions;       // [B, K] contiguous, -1 = padding, no repeats in a row
   const float* gate;              // [B]
+  int64_t batch, slots, dim, rank;  // B, K, D, R
+  int activation;                 // index in ACTIVATIONS: gelu, gelu_tanh, silu, relu
+};
+
+// y[b, p] = x[b, p] + gate[b] * (act(x[b, p] w1 + b1) w2 + b2) for p = positions[b, i] >= 0
+// and gate[b] != 0. Only those rows of y are written (y == x: in place).
+struct TransformScatterForwardArgs : TransformScatterRows {
+  void* y;                        // [B, S, D], may equal x
+  int64_t y_stride[3];
   const float* w1;                // [D, R] fp32 contiguous
   const float* b1;                // [R]
   const float* w2;                // [R, D]
   const float* b2;                // [D]
   float* z;                       // [B, K, R] pre-activations written on selected slots, or nullptr
-  int64_t batch, slots, dim, rank;  // B, K, D, R
-  int activation;                 // index in ACTIVATIONS: gelu, gelu_tanh, silu, relu
 };
 cudaError_t transform_scatter_forward(const TransformScatterForwardArgs& args, cudaStream_t stream);
 
 // Gradients of transform_scatter. dx (if not null) must hold dy on entry; its selected rows get
 // dz w1^T added. grads receives [dW1 (D x R) | dW2 (R x D) | db2 (D) | db1 (R)], reduced
 // deterministically through `partials` (no floating-point atomics).
-struct TransformScatterBackwardArgs {
-  ScalarType dtype;
-  const void* x;                  // [B, S, D]
-  int64_t x_stride[3];
+struct TransformScatterBackwardArgs : TransformScatterRows {
   const void* dy;                 // [B, S, D]
   int64_t dy_stride[3];
   void* dx;                       // contiguous [B, S, D] or nullptr
-  const int64_t* positions;       // [B, K]
-  const float* gate;              // [B]
   const float* z;                 // [B, K, R] from the forward
   const float* w1t;               // W1^T [R, D] fp32 contiguous
   const float* w2t;               // W2^T [D, R] fp32 contiguous
   float* dz;                      // [B, K, R] zero-initialised scratch
   float* partials;                // [transform_scatter_backward_splits(B, K, D), 2DR + D + R] scratch
   float* grads;                   // [2DR + D + R] zero-initialised output
-  int64_t batch, seq, slots, dim, rank;  // B, S, K, D, R
-  int activation;
+  int64_t seq;                    // S
 };
 // Number of row splits of the weight-gradient reduction (a function of the shapes only).
 int64_t transform_scatter_backward_splits(int64_t batch, int64_t slots, int64_t dim);

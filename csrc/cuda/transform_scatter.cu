@@ -91,6 +91,17 @@ __device__ bool load_block_rows(const int64_t* positions, const float* gate, int
   return __syncthreads_or(p >= 0) != 0;
 }
 
+// fn(t, e, m, r) for each element e = threadIdx.x + t * THREADS = m * R + r < BM * R of a
+// [BM, R] tile that this thread owns (t < PER_THREAD, unrolled).
+template <typename F>
+__device__ __forceinline__ void for_tile_elements(int r_size, F&& fn) {
+#pragma unroll
+  for (int t = 0; t < PER_THREAD; ++t) {
+    const int e = threadIdx.x + t * THREADS;
+    if (e < BM * r_size) fn(t, e, e / r_size, e % r_size);
+  }
+}
+
 // acc[t] for output e = threadIdx.x + t * THREADS = m * R + r (e < BM * R):
 // sum_k scale * src[b, pos_s[m], k] * w[k, r], with w a [D, R] fp32 row-major matrix.
 template <typename T>
@@ -111,17 +122,12 @@ __device__ void rows_times_dr(const T* src, const int64_t* stride, int64_t b, co
       w_s[e] = k < d ? w[k * r_size + e % r_size] : 0.0f;
     }
     __syncthreads();
+    for_tile_elements(r_size, [&](int t, int, int m, int r) {
+      float s = 0.0f;
 #pragma unroll
-    for (int t = 0; t < PER_THREAD; ++t) {
-      const int e = threadIdx.x + t * THREADS;
-      if (e < BM * r_size) {
-        const int m = e / r_size, r = e % r_size;
-        float s = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < BK; ++kk) s += a_s[m * BK + kk] * w_s[kk * r_size + r];
-        acc[t] += s;
-      }
-    }
+      for (int kk = 0; kk < BK; ++kk) s += a_s[m * BK + kk] * w_s[kk * r_size + r];
+      acc[t] += s;
+    });
     __syncthreads();
   }
 }
@@ -143,61 +149,60 @@ __device__ void rank_times_rd(const float* h_s, const float* w, int64_t d, int r
   }
 }
 
-// The slots of a row-kernel block and its dynamic shared memory: pos_s [BM] int64, then
-// floats a_s [BM, BK], w_s [BK, R], h_s [BM, R].
+// A row-kernel block: sample b, slots [m0, m0 + BM), rank r_size, and its dynamic shared
+// memory: pos_s [BM] int64 (the slots' positions), then floats a_s [BM, BK], w_s [BK, R],
+// h_s [BM, R]. `selected`: whether any slot is (block-uniform; else the block returns).
 struct RowBlock {
   int64_t b, m0;
+  int r_size;
+  bool selected;
   int64_t* pos_s;
   float *a_s, *w_s, *h_s;
 };
 
 size_t rows_smem_bytes(int64_t r) { return BM * sizeof(int64_t) + (BM * BK + BK * r + BM * r) * sizeof(float); }
 
-__device__ RowBlock row_block(unsigned char* smem, int64_t slots, int r_size) {
-  const int64_t tiles = (slots + BM - 1) / BM;
+// This block's RowBlock, with pos_s loaded (a barrier).
+__device__ RowBlock row_block(unsigned char* smem, const TransformScatterRows& a) {
+  const int64_t tiles = (a.slots + BM - 1) / BM;
   RowBlock blk;
   blk.b = blockIdx.x / tiles;
   blk.m0 = (blockIdx.x % tiles) * BM;
+  blk.r_size = static_cast<int>(a.rank);
   blk.pos_s = reinterpret_cast<int64_t*>(smem);
   blk.a_s = reinterpret_cast<float*>(blk.pos_s + BM);
   blk.w_s = blk.a_s + BM * BK;
-  blk.h_s = blk.w_s + BK * r_size;
+  blk.h_s = blk.w_s + BK * blk.r_size;
+  blk.selected = load_block_rows(a.positions, a.gate, blk.b, blk.m0, a.slots, blk.pos_s);
   return blk;
 }
 
 template <typename T>
 __global__ void __launch_bounds__(THREADS) forward_kernel(TransformScatterForwardArgs a) {
   extern __shared__ __align__(16) unsigned char smem[];
-  const int r_size = static_cast<int>(a.rank);
-  const RowBlock blk = row_block(smem, a.slots, r_size);
-  const int64_t b = blk.b, m0 = blk.m0;
-  const int64_t* pos_s = blk.pos_s;
-  float* h_s = blk.h_s;
-  if (!load_block_rows(a.positions, a.gate, b, m0, a.slots, blk.pos_s)) return;
+  const RowBlock blk = row_block(smem, a);
+  if (!blk.selected) return;
   const T* x = static_cast<const T*>(a.x);
   float acc[PER_THREAD];
-  rows_times_dr(x, a.x_stride, b, pos_s, 1.0f, a.w1, a.dim, r_size, blk.a_s, blk.w_s, acc);
-#pragma unroll
-  for (int t = 0; t < PER_THREAD; ++t) {
-    const int e = threadIdx.x + t * THREADS;
-    if (e >= BM * r_size) continue;
-    const int m = e / r_size, r = e % r_size;
+  rows_times_dr(x, a.x_stride, blk.b, blk.pos_s, 1.0f, a.w1, a.dim, blk.r_size, blk.a_s, blk.w_s, acc);
+  float* h_s = blk.h_s;
+  for_tile_elements(blk.r_size, [&](int t, int e, int m, int r) {
     const float zv = acc[t] + a.b1[r];
-    const bool selected = pos_s[m] >= 0;
-    if (selected && a.z != nullptr) a.z[(b * a.slots + m0 + m) * r_size + r] = zv;
+    const bool selected = blk.pos_s[m] >= 0;
+    if (selected && a.z != nullptr) a.z[(blk.b * a.slots + blk.m0 + m) * blk.r_size + r] = zv;
     h_s[e] = selected ? act_value(zv, a.activation) : 0.0f;
-  }
+  });
   __syncthreads();
-  const float g = a.gate[b];
+  const float g = a.gate[blk.b];
   T* y = static_cast<T*>(a.y);
-  rank_times_rd(h_s, a.w2, a.dim, r_size, [&](int64_t n, const float* out) {
+  rank_times_rd(h_s, a.w2, a.dim, blk.r_size, [&](int64_t n, const float* out) {
     const float bias = a.b2[n];
 #pragma unroll
     for (int m = 0; m < BM; ++m) {
-      const int64_t p = pos_s[m];
+      const int64_t p = blk.pos_s[m];
       if (p < 0) continue;
-      const float xv = to_float(x[b * a.x_stride[0] + p * a.x_stride[1] + n * a.x_stride[2]]);
-      y[b * a.y_stride[0] + p * a.y_stride[1] + n * a.y_stride[2]] = from_float<T>(xv + g * (out[m] + bias));
+      const float xv = to_float(x[blk.b * a.x_stride[0] + p * a.x_stride[1] + n * a.x_stride[2]]);
+      y[blk.b * a.y_stride[0] + p * a.y_stride[1] + n * a.y_stride[2]] = from_float<T>(xv + g * (out[m] + bias));
     }
   });
 }
@@ -205,37 +210,30 @@ __global__ void __launch_bounds__(THREADS) forward_kernel(TransformScatterForwar
 template <typename T>
 __global__ void __launch_bounds__(THREADS) backward_rows_kernel(TransformScatterBackwardArgs a) {
   extern __shared__ __align__(16) unsigned char smem[];
-  const int r_size = static_cast<int>(a.rank);
-  const RowBlock blk = row_block(smem, a.slots, r_size);
-  const int64_t b = blk.b, m0 = blk.m0;
-  const int64_t* pos_s = blk.pos_s;
-  float* dz_s = blk.h_s;
-  if (!load_block_rows(a.positions, a.gate, b, m0, a.slots, blk.pos_s)) return;
+  const RowBlock blk = row_block(smem, a);
+  if (!blk.selected) return;
   float acc[PER_THREAD];
-  rows_times_dr(static_cast<const T*>(a.dy), a.dy_stride, b, pos_s, a.gate[b], a.w2t, a.dim, r_size, blk.a_s,
-                blk.w_s, acc);
-#pragma unroll
-  for (int t = 0; t < PER_THREAD; ++t) {
-    const int e = threadIdx.x + t * THREADS;
-    if (e >= BM * r_size) continue;
-    const int m = e / r_size, r = e % r_size;
+  rows_times_dr(static_cast<const T*>(a.dy), a.dy_stride, blk.b, blk.pos_s, a.gate[blk.b], a.w2t, a.dim,
+                blk.r_size, blk.a_s, blk.w_s, acc);
+  float* dz_s = blk.h_s;
+  for_tile_elements(blk.r_size, [&](int t, int e, int m, int r) {
     float dz = 0.0f;
-    if (pos_s[m] >= 0) {
-      const int64_t slot = (b * a.slots + m0 + m) * r_size + r;
+    if (blk.pos_s[m] >= 0) {
+      const int64_t slot = (blk.b * a.slots + blk.m0 + m) * blk.r_size + r;
       dz = acc[t] * act_grad(a.z[slot], a.activation);
       a.dz[slot] = dz;
     }
     dz_s[e] = dz;
-  }
+  });
   __syncthreads();
   if (a.dx == nullptr) return;
   T* dx = static_cast<T*>(a.dx);
-  rank_times_rd(dz_s, a.w1t, a.dim, r_size, [&](int64_t n, const float* out) {
+  rank_times_rd(dz_s, a.w1t, a.dim, blk.r_size, [&](int64_t n, const float* out) {
 #pragma unroll
     for (int m = 0; m < BM; ++m) {
-      const int64_t p = pos_s[m];
+      const int64_t p = blk.pos_s[m];
       if (p < 0) continue;
-      T* dst = dx + (b * a.seq + p) * a.dim + n;
+      T* dst = dx + (blk.b * a.seq + p) * a.dim + n;
       *dst = from_float<T>(to_float(*dst) + out[m]);
     }
   });

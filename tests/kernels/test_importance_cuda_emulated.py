@@ -11,57 +11,22 @@ normalisation).
 """
 
 import ctypes
-import os
-import re
-import shutil
-import subprocess
 
 import pytest
 import torch
 from helpers import make_index, vlm_layout
+from kernel_helpers import DTYPE_CODES, emulated_kernels, needs_nvcc
 from test_importance import SHAPES
 
 from cagul_kernels import attention_with_lse, reference
 from cagul_kernels.ops.importance import finish_importance
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-NVCC = shutil.which("nvcc")
-DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # cagul::cuda::ScalarType
-
-pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
+pytestmark = needs_nvcc
 
 
 @pytest.fixture(scope="module")
 def kernel_lib(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cuda_emulation")
-    with open(os.path.join(ROOT, "csrc", "cuda", "importance.cu")) as f:
-        source = f.read()
-    # `kernel<<<cfg>>>(args);` -> `emulate_launch(kernel, EmuConfig{cfg}, args);`
-    source, n = re.subn(
-        r"([\w:<>]+)<<<(.+?)>>>\((.*?)\);", r"emulate_launch(\1, EmuConfig{\2}, \3);", source
-    )
-    assert n == 1, "expected exactly one kernel launch in importance.cu"
-    (out / "importance_kernel.inc").write_text(source)
-    lib = out / "libimportance_emu.so"
-    cmd = [
-        NVCC,
-        "-x",
-        "c++",
-        "-std=c++20",
-        "-O2",
-        "-shared",
-        "-Xcompiler",
-        "-fPIC,-pthread",
-        f"-I{out}",
-        f"-I{os.path.join(ROOT, 'csrc', 'cuda')}",
-        f"-I{os.path.join(ROOT, 'tests', 'kernels', 'cuda_emulation')}",
-        os.path.join(ROOT, "tests", "kernels", "cuda_emulation", "importance_entry.cpp"),
-        "-o",
-        str(lib),
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stderr}"
-    lib = ctypes.CDLL(str(lib))
+    lib = emulated_kernels("importance", 1, tmp_path_factory.mktemp("cuda_emulation"))
     lib.emu_error.restype = ctypes.c_char_p
     return lib
 

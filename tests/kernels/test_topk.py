@@ -276,25 +276,32 @@ def test_torch_compile_fullgraph(device):
         assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
 
 
+# The public function checks the arguments itself for the Python backends and leaves
+# shapes, dtypes and ranges to the native op (csrc/ops.cpp): both must refuse the same input.
+@pytest.fixture(params=["reference", "cpu"])
+def checked_by(request) -> str:
+    return request.param
+
+
 class TestBadInput:
     def setup_method(self):
         self.vi = _padded_index([8, 5], 10, seed=1)
         self.x = _values("random", self.vi.shape, seed=1)
 
-    def test_k_and_ratio(self):
+    def test_k_and_ratio(self, checked_by):
         with pytest.raises(ValueError, match="exactly one of k or ratio"):
-            select_low_importance(self.x, self.vi)
+            select_low_importance(self.x, self.vi, backend=checked_by)
         with pytest.raises(ValueError, match="exactly one of k or ratio"):
-            select_low_importance(self.x, self.vi, k=2, ratio=0.5)
+            select_low_importance(self.x, self.vi, k=2, ratio=0.5, backend=checked_by)
 
-    def test_k_range_and_type(self):
+    def test_k_range_and_type(self, checked_by):
         with pytest.raises(ValueError, match="k must be >= 0"):
-            select_low_importance(self.x, self.vi, k=-1)
+            select_low_importance(self.x, self.vi, k=-1, backend=checked_by)
         with pytest.raises(ValueError, match="exceeds the Nv=10"):
-            select_low_importance(self.x, self.vi, k=11)
+            select_low_importance(self.x, self.vi, k=11, backend=checked_by)
         for bad in (2.0, True, "3"):
             with pytest.raises(TypeError, match="k must be an int"):
-                select_low_importance(self.x, self.vi, k=bad)
+                select_low_importance(self.x, self.vi, k=bad, backend=checked_by)
 
     def test_k_above_valid_count(self, device):
         x, vi = self.x.to(device), self.vi.to(device)
@@ -302,13 +309,13 @@ class TestBadInput:
             with pytest.raises(ValueError, match="k=6 exceeds the 5 valid visual tokens of row 1"):
                 select_low_importance(x, vi, k=6, backend=backend)
 
-    def test_ratio_range_and_type(self):
-        for bad in (0.0, 1.5, -0.2, float("nan"), float("inf")):
+    def test_ratio_range_and_type(self, checked_by):
+        for bad in (0.0, 1.5, -0.2, float("nan"), float("inf"), 2):
             with pytest.raises(ValueError, match=r"ratio must be in \(0, 1\]"):
-                select_low_importance(self.x, self.vi, ratio=bad)
+                select_low_importance(self.x, self.vi, ratio=bad, backend=checked_by)
         for bad in ("0.5", True, torch.tensor(0.5)):
             with pytest.raises(TypeError, match="ratio must be a float"):
-                select_low_importance(self.x, self.vi, ratio=bad)
+                select_low_importance(self.x, self.vi, ratio=bad, backend=checked_by)
 
     def test_nan_importance(self, device):
         x = self.x.clone()
@@ -327,19 +334,62 @@ class TestBadInput:
             with pytest.raises(ValueError, match="visual_index entries must be -1"):
                 select_low_importance(x, vi, k=1, backend=backend)
 
-    def test_shapes_dtypes_devices(self):
+    def test_shapes_dtypes_devices(self, checked_by):
+        def select(x, vi):
+            return select_low_importance(x, vi, k=1, backend=checked_by)
+
         with pytest.raises(ValueError, match="same shape"):
-            select_low_importance(self.x[:, :9], self.vi, k=1)
+            select(self.x[:, :9], self.vi)
         with pytest.raises(ValueError, match="importance must be 2-D"):
-            select_low_importance(self.x[0], self.vi[0], k=1)
+            select(self.x[0], self.vi[0])
+        with pytest.raises(ValueError, match="visual_index must be 2-D"):
+            select(self.x, self.vi[None])
         with pytest.raises(TypeError, match="importance must have dtype"):
-            select_low_importance(self.x.double(), self.vi, k=1)
+            select(self.x.double(), self.vi)
         with pytest.raises(TypeError, match="visual_index must have dtype"):
-            select_low_importance(self.x, self.vi.float(), k=1)
+            select(self.x, self.vi.float())
         with pytest.raises(TypeError, match=r"importance must be a torch\.Tensor"):
-            select_low_importance(self.x.tolist(), self.vi, k=1)
+            select(self.x.tolist(), self.vi)
+        with pytest.raises(TypeError, match=r"visual_index must be a torch\.Tensor"):
+            select(self.x, self.vi.tolist())
         with pytest.raises(ValueError, match="one device"):
-            select_low_importance(self.x, self.vi.to("meta"), k=1)
+            select(self.x, self.vi.to("meta"))
+
+    @pytest.mark.parametrize(
+        "case",
+        [
+            ("shape", lambda x, vi: (x[:, :9], vi, 1, None)),
+            ("importance 1-D", lambda x, vi: (x[0], vi[0], 1, None)),
+            ("visual_index 3-D", lambda x, vi: (x, vi[None], 1, None)),
+            ("float64", lambda x, vi: (x.double(), vi, 1, None)),
+            ("float index", lambda x, vi: (x, vi.float(), 1, None)),
+            ("k < 0", lambda x, vi: (x, vi, -1, None)),
+            ("k > Nv", lambda x, vi: (x, vi, 11, None)),
+            ("ratio 0", lambda x, vi: (x, vi, -1, 0.0)),
+            ("ratio 1.5", lambda x, vi: (x, vi, -1, 1.5)),
+            ("ratio nan", lambda x, vi: (x, vi, -1, float("nan"))),
+            ("valid", lambda x, vi: (x, vi, -1, 1e-30)),  # no error from either
+        ],
+        ids=lambda case: case[0],
+    )
+    def test_native_op_reads_as_the_python_checks(self, case):
+        """A direct (or exported) call of the native op raises what the public function
+        raises on the reference backend, word for word."""
+        name, make_args = case
+        x, vi, k, ratio = make_args(self.x, self.vi)
+        count = {"k": k} if ratio is None else {"ratio": ratio}
+        errors = []
+        for call in (
+            lambda: select_low_importance(x, vi, backend="reference", **count),
+            lambda: kernel_op("select_low_importance", "cpu")(x, vi, k, ratio),
+        ):
+            try:
+                call()
+                errors.append(None)
+            except (ValueError, TypeError) as error:
+                errors.append((type(error), str(error)))
+        assert errors[0] == errors[1]
+        assert (errors[0] is None) == (name == "valid")
 
     def test_backend_names(self):
         with pytest.raises(ValueError, match="backend must be"):

@@ -10,27 +10,16 @@ and host compiler driver); skipped without it.
 """
 
 import ctypes
-import re
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
+from kernel_helpers import DTYPE_CODES, emulated_kernels, needs_nvcc
 from test_transform_scatter import _gate, _params, _positions
 
 from cagul_kernels import reference
 from cagul_kernels.ops.transform_scatter import ACTIVATIONS
 
-ROOT = Path(__file__).resolve().parents[2]
-EMULATION = ROOT / "tests" / "kernels" / "cuda_emulation"
-NVCC = shutil.which("nvcc")
-DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # cagul::cuda::ScalarType
-
-pytestmark = [
-    pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH"),
-    pytest.mark.skipif(not (EMULATION / "emu.h").exists(), reason="no CUDA emulation header"),
-]
+pytestmark = needs_nvcc
 
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
@@ -38,23 +27,7 @@ _I64 = ctypes.c_int64
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cuda_emulation")
-    source = (ROOT / "csrc" / "cuda" / "transform_scatter.cu").read_text()
-    # `kernel<<<cfg>>>(args);` -> `emulate_launch(kernel, EmuConfig{cfg}, args);`
-    source, n = re.subn(
-        r"([\w:<>]+)<<<(.+?)>>>\((.*?)\);", r"emulate_launch(\1, EmuConfig{\2}, \3);", source
-    )
-    assert n == 4, "expected four kernel launches in transform_scatter.cu"
-    (out / "transform_scatter_kernel.inc").write_text(source)
-    path = out / "libtransform_scatter_emu.so"
-    cmd = [
-        NVCC, "-x", "c++", "-std=c++20", "-O1", "-shared", "-Xcompiler", "-fPIC,-pthread",
-        f"-I{out}", f"-I{ROOT / 'csrc' / 'cuda'}", f"-I{EMULATION}",
-        str(EMULATION / "transform_scatter_entry.cpp"), "-o", str(path),
-    ]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stderr}"
-    lib = ctypes.CDLL(str(path))
+    lib = emulated_kernels("transform_scatter", 4, tmp_path_factory.mktemp("cuda_emulation"), "-O1")
     lib.ts_forward.argtypes = [ctypes.c_int, *[_P] * 11, _P, ctypes.c_int]
     lib.ts_backward.argtypes = [ctypes.c_int, *[_P] * 14, ctypes.c_int]
     lib.ts_splits.argtypes = [_I64, _I64, _I64]
@@ -105,7 +78,7 @@ def _backward(lib, dy, x, positions, z, w1, w2, gate, act, need_dx=True):
     rc = lib.ts_backward(
         DTYPE_CODES[x.dtype], _ptr(x), _strides(x), _ptr(dy), _strides(dy), _ptr(dx),
         _ptr(positions), _ptr(gate), _ptr(z), _ptr(w1t), _ptr(w2t), _ptr(dz), _ptr(partials),
-        _ptr(grads), _dims(b, s, k, d, r), act,
+        _ptr(grads), _dims(b, k, d, r, s), act,
     )  # fmt: skip
     assert rc == 0
     dw1, dw2, db2, db1 = grads.split([d * r, d * r, d, r])

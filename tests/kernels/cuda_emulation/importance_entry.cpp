@@ -10,7 +10,7 @@ extern "C" int run_importance(const void* q, const void* k, const float* lse,
                               const int64_t* query_index, const int64_t* visual_index, float* out,
                               const int64_t* dims, float scale, int causal, int per_head,
                               int dtype) {
-  const cagul::cuda::ImportanceArgs args{
+  const cagul::ImportanceArgs args{
       q, k, lse, query_index, visual_index, out, dims[0], dims[1], dims[2], dims[3], dims[4],
       dims[5], dims[6], dims[7], dims[8], dims[9], dims[10], dims[11], dims[12], dims[13],
       dims[14], scale, causal != 0, per_head != 0};
