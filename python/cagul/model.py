@@ -6,9 +6,10 @@ the lowest ones are selected (``select_low_importance``) and the visual token en
 rewrites them (``transform_scatter``):
 
 - ``mode="input"``: the projector outputs are transformed; the importance comes from a
-  pass that stops right after layer L's attention, then the full model runs on the
-  modified image features (passed as ``mm_encoder_outputs``, which transformers 5 VLMs
-  accept in ``forward`` and ``generate``).
+  pass that stops right after layer L's attention (in training, from the reference pass
+  where there is one: ``reference_forward``), then the full model runs on the modified
+  image features (passed as ``mm_encoder_outputs``, which transformers 5 VLMs accept in
+  ``forward`` and ``generate``).
 - ``mode="inline"``: one pass; a forward hook on decoder layer L rewrites the layer's
   output hidden states at the selected visual positions (prefill only in ``generate``).
 
