@@ -435,10 +435,9 @@ def measure_inference(vlm, geo, layers, layer, args, autocast) -> list[dict]:
     return rows
 
 
-def ratios(train: list[dict], infer: list[dict], layers: int, layer: int, extrapolate: int) -> dict:
-    """The targets' ratios: within one geometry, batch, visual-token count and phase
-    (inference), one geometry and layer count (training); the per-layer fit of the
-    training step times (:func:`per_layer_fit`)."""
+def inference_ratios(infer: list[dict], layers: int, layer: int) -> dict:
+    """The inference targets' ratios against vanilla, within one geometry, batch,
+    visual-token count and phase, and the ``mode="input"`` bound."""
     out = {"input_bound": 1 + (layer + 1) / layers + 0.05}
     by = {
         (r["geometry"], r["variant"], r["phase"], r["batch"], r["visual_tokens"]): r for r in infer
@@ -448,6 +447,13 @@ def ratios(train: list[dict], infer: list[dict], layers: int, layer: int, extrap
             continue
         base = by[(geo, "vanilla", phase, batch, visual)]["latency_s"]
         out[f"{geo}/{variant}/{phase}/b{batch}/v{visual}"] = row["latency_s"] / base
+    return out
+
+
+def training_ratios(train: list[dict], extrapolate: int) -> dict:
+    """The training targets' ratios against LoRA within one geometry and layer count,
+    and the per-layer fit of the step times (:func:`per_layer_fit`)."""
+    out = {}
     for geo, n in dict.fromkeys((r["geometry"], r["layers"]) for r in train):
         rows = {r["provider"]: r for r in train if (r["geometry"], r["layers"]) == (geo, n)}
         lora = rows["lora_graddiff"]
@@ -574,16 +580,20 @@ def main(argv: list[str] | None = None) -> dict:
             train += measure_training(vlms, geo, layer, args, autocast)
             del vlms
         gc.collect()
-    summary = ratios(train, infer, args.layers, layer, args.extrapolate_layers)
-    write_outputs(args, device, train, infer, summary, geometries, layer)
-    return summary
+    parts = {
+        "train": (train, training_ratios(train, args.extrapolate_layers) if train else {}),
+        "inference": (infer, inference_ratios(infer, args.layers, layer) if infer else {}),
+    }
+    write_outputs(args, device, parts, geometries, layer)
+    return {**parts["inference"][1], **parts["train"][1]}
 
 
-def write_outputs(args, device, train, infer, summary, geometries, layer) -> None:
-    """``cagul_step_{train,inference}_<machine>.{csv,png}`` and one ``.json`` with the
-    machine, the settings, every row and the ratios, in ``args.out``."""
+def write_outputs(args, device, parts: dict, geometries: dict, layer: int) -> None:
+    """Per part that ran (``parts``: ``"train"`` / ``"inference"`` -> ``(rows, ratios)``):
+    ``cagul_step_<part>_<machine>.csv`` and ``.png``, and a ``.json`` with the machine, the
+    settings, the ratios and every row, in ``args.out`` (a part that did not run keeps its
+    files)."""
     common.RESULTS = args.out  # the shared writers put their files there
-    tag = common.device_tag(device)
     settings = {
         "layers": args.layers,
         "train_layers": args.train_layers,
@@ -600,21 +610,19 @@ def write_outputs(args, device, train, infer, summary, geometries, layer) -> Non
         "geometries": geometries,
     }
     train_time = "step_cpu_s" if device.type == "cpu" else "step_s"
-    for name, rows, x, y, series, panels in (
-        ("cagul_step_train", train, "layers", train_time, "provider", "geometry"),
-        ("cagul_step_inference", infer, "visual_tokens", "latency_s", "variant", "setting"),
-    ):
-        if rows:
-            common.write_results(name, rows, device, {"settings": settings})
-            common.plot_lines(name, rows, device, x=x, y=y, series=series, panels=panels)
-    summary_path = args.out / f"cagul_step_summary_{tag}.json"
-    summary_path.write_text(
-        json.dumps({"machine": common.machine(), "settings": settings, "ratios": summary}, indent=2)
-    )
-    for rows in (train, infer):
-        if rows:
-            print(common.markdown_table(rows, list(rows[0])))
-    print(json.dumps(summary, indent=2))
+    plots = {
+        "train": ("layers", train_time, "provider", "geometry"),
+        "inference": ("visual_tokens", "latency_s", "variant", "setting"),
+    }
+    for part, (rows, ratios) in parts.items():
+        if not rows:
+            continue
+        name = f"cagul_step_{part}"
+        common.write_results(name, rows, device, {"settings": settings, "ratios": ratios})
+        x, y, series, panels = plots[part]
+        common.plot_lines(name, rows, device, x=x, y=y, series=series, panels=panels)
+        print(common.markdown_table(rows, list(rows[0])))
+        print(json.dumps(ratios, indent=2))
 
 
 if __name__ == "__main__":

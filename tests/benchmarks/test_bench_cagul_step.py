@@ -59,14 +59,21 @@ def test_quick_run_writes_every_output(tmp_path):
     assert {(r["phase"], r["batch"]) for r in infer} == {
         (p, b) for p in ("prefill", "prefill+32") for b in ("1", "2")
     }
-    meta = json.loads((tmp_path / "cagul_step_summary_cpu.json").read_text())
-    assert meta["machine"]["cpu"] and meta["settings"]["layers"] == 2
-    assert meta["ratios"] == summary
+    assert "cagul_step_summary_cpu.json" not in files
+    metas = {
+        part: json.loads((tmp_path / f"cagul_step_{part}_cpu.json").read_text())
+        for part in ("train", "inference")
+    }
+    for meta in metas.values():
+        assert meta["machine"]["cpu"] and meta["settings"]["layers"] == 2
+    assert {**metas["inference"]["ratios"], **metas["train"]["ratios"]} == summary
+    assert "input_bound" in metas["inference"]["ratios"]
+    assert all(key.startswith(tuple(bench.QUICK)) for key in metas["train"]["ratios"])
     assert summary["input_bound"] == 1 + (1 + 1) / 2 + 0.05  # L = 1 of 2 built layers
     for key in ("llava/2_layers/cagul_inline/time_vs_lora", "qwen2_vl/gate_off/prefill/b1/v32"):
         assert summary[key] > 0
     # the per-layer fits go through both measured layer counts (two points)
-    rows = json.loads((tmp_path / "cagul_step_train_cpu.json").read_text())["rows"]
+    rows = metas["train"]["rows"]
     for geometry, provider, column in itertools.product(
         bench.QUICK, PROVIDERS, ("step_s", "step_cpu_s")
     ):
