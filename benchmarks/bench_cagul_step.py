@@ -10,15 +10,18 @@ reach):
 - ``qwen2_vl``: Qwen2-VL-7B: hidden 3584, 28 query / 4 key-value heads (GQA), MLP 18944,
   vocab 152064, M-RoPE; one high-resolution image of 2,880 visual tokens.
 
-Only ``--layers`` decoder layers are built. The projected visual tokens are fed as
+Only ``--layers`` decoder layers are built (training: each count of ``--train-layers``,
+the models interleaved; with two or more counts the step times are fitted per layer and
+extrapolated to ``--extrapolate-layers``). The projected visual tokens are fed as
 ``mm_encoder_outputs`` (precomputed image features): the vision tower, the same for every
 provider, is not in the timed region, which makes the ratios below conservative.
 
 Training step (forward, backward, AdamW step) on one batch of 1 forget + 1 retain sample
 (image + 64-token question and answer, the last 16 tokens being the answer):
-``cagul_input`` / ``cagul_inline`` (:mod:`cagul.methods.cagul`, layer ``L = min(2, layers - 1)``,
-ratio 0.25), ``lora_graddiff`` (LoRA r=16 on every linear layer of the language model)
-and ``full_graddiff`` (every language-model weight). Median time per step, trainable
+``cagul_input`` / ``cagul_inline`` (:mod:`cagul.methods.cagul`, layer ``L = min(2, layers -
+1)`` over every layer count built, ratio 0.25), ``lora_graddiff`` (LoRA r=16 on every
+linear layer of the language model) and ``full_graddiff`` (every language-model weight).
+Median time per step (wall clock, and on CPU the process's CPU time), trainable
 parameters, optimizer-state bytes. Peak memory: what building the provider adds plus the peak of its
 first step (which creates the optimizer state), above the frozen VLM; inference: the peak
 of one call.
@@ -28,7 +31,9 @@ given batch sizes and visual-token counts: ``vanilla`` (the VLM), ``gate_off`` (
 the discriminator says no), ``gate_on_input`` and ``gate_on_inline`` (it says yes).
 
     python benchmarks/bench_cagul_step.py --width-div 8 --threads 1 --batches 1 8 \
-        --max-prefill-visual 4608 --train-geometry llava      # this CPU -> results/
+        --max-prefill-visual 4608 --train-geometry     # this CPU, inference -> results/
+    python benchmarks/bench_cagul_step.py --width-div 8 --threads 1 --repeats 5 \
+        --train-geometry llava --inference-geometry --train-layers 2 4  # training
     python benchmarks/bench_cagul_step.py --device cuda --dtype bf16 --layers 32
     python benchmarks/bench_cagul_step.py --quick --out /tmp/x  # tiny smoke run
 """
