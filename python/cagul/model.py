@@ -81,7 +81,8 @@ class VisualInputs:
     def select(self, rows: torch.Tensor) -> VisualInputs:
         """The samples where ``rows [B]`` (bool) is true, with their images and their
         per-image arguments (``image_grid_thw``, ...). Sequence and visual-token widths are
-        kept, so a selected sample runs exactly as it does in the whole batch."""
+        kept, so a selected sample has the positions, padding and visual slots it has in
+        the whole batch (same outputs up to rounding)."""
         rows = rows.to(self.mask.device).bool()
         b = rows.shape[0]
         no_images = torch.zeros(0, dtype=torch.bool)
