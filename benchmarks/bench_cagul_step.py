@@ -10,15 +10,18 @@ reach):
 - ``qwen2_vl``: Qwen2-VL-7B: hidden 3584, 28 query / 4 key-value heads (GQA), MLP 18944,
   vocab 152064, M-RoPE; one high-resolution image of 2,880 visual tokens.
 
-Only ``--layers`` decoder layers are built. The projected visual tokens are fed as
+Only ``--layers`` decoder layers are built (training: each count of ``--train-layers``,
+the models interleaved; with two or more counts the step times are fitted per layer and
+extrapolated to ``--extrapolate-layers``). The projected visual tokens are fed as
 ``mm_encoder_outputs`` (precomputed image features): the vision tower, the same for every
 provider, is not in the timed region, which makes the ratios below conservative.
 
 Training step (forward, backward, AdamW step) on one batch of 1 forget + 1 retain sample
 (image + 64-token question and answer, the last 16 tokens being the answer):
-``cagul_input`` / ``cagul_inline`` (:mod:`cagul.methods.cagul`, layer ``L = min(2, layers - 1)``,
-ratio 0.25), ``lora_graddiff`` (LoRA r=16 on every linear layer of the language model)
-and ``full_graddiff`` (every language-model weight). Median time per step, trainable
+``cagul_input`` / ``cagul_inline`` (:mod:`cagul.methods.cagul`, layer ``L = min(2, layers -
+1)`` over every layer count built, ratio 0.25), ``lora_graddiff`` (LoRA r=16 on every
+linear layer of the language model) and ``full_graddiff`` (every language-model weight).
+Median time per step (wall clock, and on CPU the process's CPU time), trainable
 parameters, optimizer-state bytes. Peak memory: what building the provider adds plus the peak of its
 first step (which creates the optimizer state), above the frozen VLM; inference: the peak
 of one call.
@@ -28,7 +31,9 @@ given batch sizes and visual-token counts: ``vanilla`` (the VLM), ``gate_off`` (
 the discriminator says no), ``gate_on_input`` and ``gate_on_inline`` (it says yes).
 
     python benchmarks/bench_cagul_step.py --width-div 8 --threads 1 --batches 1 8 \
-        --max-prefill-visual 4608 --train-geometry llava      # this CPU -> results/
+        --max-prefill-visual 4608 --train-geometry     # this CPU, inference -> results/
+    python benchmarks/bench_cagul_step.py --width-div 8 --threads 1 --repeats 5 \
+        --train-geometry llava --inference-geometry --train-layers 2 4  # training
     python benchmarks/bench_cagul_step.py --device cuda --dtype bf16 --layers 32
     python benchmarks/bench_cagul_step.py --quick --out /tmp/x  # tiny smoke run
 """
@@ -40,6 +45,7 @@ import contextlib
 import ctypes
 import dataclasses
 import gc
+import itertools
 import json
 import statistics
 import sys
@@ -335,30 +341,34 @@ def interleaved(fns: dict, device: torch.device, repeats: int) -> dict:
     return {name: (statistics.median(times[name]), peaks[name]) for name in fns}
 
 
-def measure_training(vlm, geo, layers, layer, args, autocast) -> tuple[list[dict], object]:
-    """Round robin over the providers (so that machine load hits all alike): each round
-    builds every provider on ``vlm``, runs one step with a fresh AdamW and removes it. The
-    first round measures the peak memory of building plus the step (above the frozen VLM);
-    the median of the next ``repeats`` rounds is the step time (which includes creating
-    the AdamW state, a few ms)."""
-    device, batch = vlm.device, training_batch(vlm, geo)
+def measure_training(vlms: dict, geo, layer, args, autocast) -> list[dict]:
+    """Round robin over the VLMs (``layers -> vlm``) and the providers (so that machine
+    load hits all alike): each round builds every provider on every VLM, runs one step
+    with a fresh AdamW and removes it. The first round measures the peak memory of
+    building plus the step (above the frozen VLM); the median of the next ``repeats``
+    rounds is the step time (which includes creating the AdamW state, a few ms): wall
+    clock (``step_s``) and, on CPU, the process's CPU time (``step_cpu_s``: the work
+    done, which other jobs on a shared machine barely change). The VLMs are left as they
+    came (``vlms`` is updated in place)."""
     providers = training_providers(layer)
-    times, rows = {name: [] for name in providers}, {}
+    batches = {layers: training_batch(vlm, geo) for layers, vlm in vlms.items()}
+    times, rows = {}, {}
     for round_ in range(args.repeats + 1):
-        for name, build in providers.items():
+        for layers, name in itertools.product(list(vlms), providers):
+            vlm, key = vlms[layers], (layers, name)
             gc.collect()
-            peak_block = exact_cpu_peak(device) if round_ == 0 else contextlib.nullcontext()
-            with peak_block, PeakMemory(device) as memory:
-                method, restore = build(vlm)
+            peak_block = exact_cpu_peak(vlm.device) if round_ == 0 else contextlib.nullcontext()
+            with peak_block, PeakMemory(vlm.device) as memory:
+                method, restore = providers[name](vlm)
                 method.train()
                 optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=1e-5)
-                start = time.perf_counter()
-                train_step(method, optimizer, batch, autocast)
-                common.sync(device)
-                times[name].append(time.perf_counter() - start)
+                start, start_cpu = time.perf_counter(), time.process_time()
+                train_step(method, optimizer, batches[layers], autocast)
+                common.sync(vlm.device)
+                seconds = (time.perf_counter() - start, time.process_time() - start_cpu)
             if round_ == 0:
-                times[name].clear()
-                rows[name] = {
+                times[key] = []
+                rows[key] = {
                     "geometry": geo.family,
                     "layers": layers,
                     "provider": name,
@@ -369,12 +379,17 @@ def measure_training(vlm, geo, layers, layer, args, autocast) -> tuple[list[dict
                     ),
                     "optimizer_state_bytes": optimizer_state_bytes(optimizer),
                 }
+            else:
+                times[key].append(seconds)
             del method, optimizer
-            vlm = restore()
-    for name, row in rows.items():
-        row["step_s"] = statistics.median(times[name])
+            vlms[layers] = restore()
+    on_cpu = all(vlm.device.type == "cpu" for vlm in vlms.values())
+    for key, row in rows.items():
+        wall, cpu = zip(*times[key], strict=True)
+        row["step_s"] = statistics.median(wall)
+        row["step_cpu_s"] = statistics.median(cpu) if on_cpu else None
         print(row, flush=True)
-    return list(rows.values()), vlm
+    return list(rows.values())
 
 
 def _parameters(groups) -> list[torch.nn.Parameter]:
@@ -425,8 +440,9 @@ def measure_inference(vlm, geo, layers, layer, args, autocast) -> list[dict]:
     return rows
 
 
-def ratios(train: list[dict], infer: list[dict], layers: int, layer: int) -> dict:
-    """The targets' ratios: within one geometry, batch, visual-token count and phase."""
+def inference_ratios(infer: list[dict], layers: int, layer: int) -> dict:
+    """The inference targets' ratios against vanilla, within one geometry, batch,
+    visual-token count and phase, and the ``mode="input"`` bound."""
     out = {"input_bound": 1 + (layer + 1) / layers + 0.05}
     by = {
         (r["geometry"], r["variant"], r["phase"], r["batch"], r["visual_tokens"]): r for r in infer
@@ -436,16 +452,57 @@ def ratios(train: list[dict], infer: list[dict], layers: int, layer: int) -> dic
             continue
         base = by[(geo, "vanilla", phase, batch, visual)]["latency_s"]
         out[f"{geo}/{variant}/{phase}/b{batch}/v{visual}"] = row["latency_s"] / base
-    for geo in dict.fromkeys(r["geometry"] for r in train):
-        rows = {r["provider"]: r for r in train if r["geometry"] == geo}
+    return out
+
+
+def training_ratios(train: list[dict], extrapolate: int) -> dict:
+    """The training targets' ratios against LoRA within one geometry and layer count,
+    and the per-layer fit of the step times (:func:`per_layer_fit`)."""
+    out = {}
+    for geo, n in dict.fromkeys((r["geometry"], r["layers"]) for r in train):
+        rows = {r["provider"]: r for r in train if (r["geometry"], r["layers"]) == (geo, n)}
         lora = rows["lora_graddiff"]
         for name in ("cagul_input", "cagul_inline", "full_graddiff"):
-            out[f"{geo}/{name}/time_vs_lora"] = rows[name]["step_s"] / lora["step_s"]
+            key = f"{geo}/{n}_layers/{name}"
+            out[f"{key}/time_vs_lora"] = rows[name]["step_s"] / lora["step_s"]
+            if lora["step_cpu_s"]:
+                out[f"{key}/cpu_time_vs_lora"] = rows[name]["step_cpu_s"] / lora["step_cpu_s"]
             if rows[name]["peak_mib"] and lora["peak_mib"]:
-                out[f"{geo}/{name}/peak_vs_lora"] = rows[name]["peak_mib"] / lora["peak_mib"]
-            out[f"{geo}/{name}/optimizer_state_vs_lora"] = (
+                out[f"{key}/peak_vs_lora"] = rows[name]["peak_mib"] / lora["peak_mib"]
+            out[f"{key}/optimizer_state_vs_lora"] = (
                 rows[name]["optimizer_state_bytes"] / lora["optimizer_state_bytes"]
             )
+    out.update(per_layer_fit(train, extrapolate))
+    return out
+
+
+def per_layer_fit(train: list[dict], extrapolate: int) -> dict:
+    """With step times at two or more layer counts: per geometry, provider and time
+    column (``step_s``, ``step_cpu_s``), the least squares fit ``time = fixed + per_layer *
+    layers``, and the time against LoRA's that the fits give at ``extrapolate`` layers (an
+    extrapolation, not a measurement). Keys ``<geometry>/<provider>/<column>/...``."""
+    out = {}
+    for geo, column in itertools.product(
+        dict.fromkeys(r["geometry"] for r in train), ("step_s", "step_cpu_s")
+    ):
+        rows = [r for r in train if r["geometry"] == geo and r[column] is not None]
+        if len({r["layers"] for r in rows}) < 2:
+            continue
+        fits = {}
+        for name in dict.fromkeys(r["provider"] for r in rows):
+            points = [(r["layers"], r[column]) for r in rows if r["provider"] == name]
+            slope, intercept = statistics.linear_regression(*zip(*points, strict=True))
+            fits[name] = (intercept, slope)
+            out[f"{geo}/{name}/{column}/per_layer"] = slope
+            out[f"{geo}/{name}/{column}/fixed"] = intercept
+        lora_fixed, lora_slope = fits["lora_graddiff"]
+        for name, (fixed, slope) in fits.items():
+            if name != "lora_graddiff":
+                key = f"{geo}/{name}/{column}"
+                out[f"{key}/per_layer_vs_lora"] = slope / lora_slope
+                out[f"{key}/vs_lora_at_{extrapolate}_layers_extrapolated"] = (
+                    fixed + slope * extrapolate
+                ) / (lora_fixed + lora_slope * extrapolate)
     return out
 
 
@@ -453,6 +510,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--geometry", nargs="+", choices=list(GEOMETRIES), default=list(GEOMETRIES))
     parser.add_argument("--layers", type=int, default=2, help="decoder layers built")
+    parser.add_argument(
+        "--train-layers",
+        type=int,
+        nargs="+",
+        help="decoder layer counts of the training part (default: --layers); with two or "
+        "more, the step times are fitted per layer",
+    )
+    parser.add_argument(
+        "--extrapolate-layers",
+        type=int,
+        default=32,
+        help="layer count at which the per-layer fit gives the training ratios",
+    )
     parser.add_argument("--width-div", type=int, default=1, help="divide widths/heads/vocab")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
@@ -487,7 +557,8 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-    layer = min(2, args.layers - 1)
+    args.train_layers = sorted(set(args.train_layers or [args.layers]))
+    layer = min(2, args.layers - 1, args.train_layers[0] - 1)
 
     def autocast():
         if dtype == torch.float32:
@@ -501,27 +572,37 @@ def main(argv: list[str] | None = None) -> dict:
         geo = (QUICK if args.quick else GEOMETRIES)[family]
         geo = geo if args.quick else geo.scaled(args.width_div)
         geometries[family] = dataclasses.asdict(geo)
-        torch.manual_seed(0)
-        vlm = build_vlm(geo, args.layers, device, dtype)
         if family in infer_on:
+            torch.manual_seed(0)
+            vlm = build_vlm(geo, args.layers, device, dtype)
             infer += measure_inference(vlm, geo, args.layers, layer, args, autocast)
+            del vlm
         if family in train_on:
-            rows, vlm = measure_training(vlm, geo, args.layers, layer, args, autocast)
-            train += rows
-        del vlm
+            vlms = {}
+            for n in args.train_layers:
+                torch.manual_seed(0)
+                vlms[n] = build_vlm(geo, n, device, dtype)
+            train += measure_training(vlms, geo, layer, args, autocast)
+            del vlms
         gc.collect()
-    summary = ratios(train, infer, args.layers, layer)
-    write_outputs(args, device, train, infer, summary, geometries, layer)
-    return summary
+    parts = {
+        "train": (train, training_ratios(train, args.extrapolate_layers) if train else {}),
+        "inference": (infer, inference_ratios(infer, args.layers, layer) if infer else {}),
+    }
+    write_outputs(args, device, parts, geometries, layer)
+    return {**parts["inference"][1], **parts["train"][1]}
 
 
-def write_outputs(args, device, train, infer, summary, geometries, layer) -> None:
-    """``cagul_step_{train,inference}_<machine>.{csv,png}`` and one ``.json`` with the
-    machine, the settings, every row and the ratios, in ``args.out``."""
+def write_outputs(args, device, parts: dict, geometries: dict, layer: int) -> None:
+    """Per part that ran (``parts``: ``"train"`` / ``"inference"`` -> ``(rows, ratios)``):
+    ``cagul_step_<part>_<machine>.csv`` and ``.png``, and a ``.json`` with the machine, the
+    settings, the ratios and every row, in ``args.out`` (a part that did not run keeps its
+    files)."""
     common.RESULTS = args.out  # the shared writers put their files there
-    tag = common.device_tag(device)
     settings = {
         "layers": args.layers,
+        "train_layers": args.train_layers,
+        "extrapolate_layers": args.extrapolate_layers,
         "importance_layer": layer,
         "width_div": args.width_div,
         "dtype": args.dtype,
@@ -533,21 +614,20 @@ def write_outputs(args, device, train, infer, summary, geometries, layer) -> Non
         "quick": args.quick,
         "geometries": geometries,
     }
-    for name, rows, x, y, series, panels in (
-        ("cagul_step_train", train, "provider", "step_s", "geometry", None),
-        ("cagul_step_inference", infer, "visual_tokens", "latency_s", "variant", "setting"),
-    ):
-        if rows:
-            common.write_results(name, rows, device, {"settings": settings})
-            common.plot_lines(name, rows, device, x=x, y=y, series=series, panels=panels)
-    summary_path = args.out / f"cagul_step_summary_{tag}.json"
-    summary_path.write_text(
-        json.dumps({"machine": common.machine(), "settings": settings, "ratios": summary}, indent=2)
-    )
-    for rows in (train, infer):
-        if rows:
-            print(common.markdown_table(rows, list(rows[0])))
-    print(json.dumps(summary, indent=2))
+    train_time = "step_cpu_s" if device.type == "cpu" else "step_s"
+    plots = {
+        "train": ("layers", train_time, "provider", "geometry"),
+        "inference": ("visual_tokens", "latency_s", "variant", "setting"),
+    }
+    for part, (rows, ratios) in parts.items():
+        if not rows:
+            continue
+        name = f"cagul_step_{part}"
+        common.write_results(name, rows, device, {"settings": settings, "ratios": ratios})
+        x, y, series, panels = plots[part]
+        common.plot_lines(name, rows, device, x=x, y=y, series=series, panels=panels)
+        print(common.markdown_table(rows, list(rows[0])))
+        print(json.dumps(ratios, indent=2))
 
 
 if __name__ == "__main__":

@@ -101,9 +101,9 @@ class CagulConfig(Settings):
     ratio: float | None = 0.5
     query: str = "question"
     mode: str = "input"
-    encoder_rank: int = 64
+    encoder_rank: int = 16
     encoder_activation: str = "gelu"
-    discriminator_hidden: int = 128
+    discriminator_hidden: int = 32
     gate_threshold: float = 0.5
     hidden_size: int | None = None
     backend: str | None = None

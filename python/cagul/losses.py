@@ -12,13 +12,34 @@ import torch
 import torch.nn.functional as F
 
 
-def answer_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``(log_softmax [N, V] fp32, targets [N], row [N])`` at the answer tokens."""
+def answer_positions(labels: torch.Tensor) -> torch.Tensor:
+    """``[K]`` ascending positions ``t`` whose logits predict an answer token of some sample
+    (``labels[:, t + 1] != -100``). Passed as a transformers model's ``logits_to_keep``,
+    the LM head runs only there (every position the answer losses look at)."""
+    return (labels[:, 1:] != -100).any(dim=0).nonzero().flatten()
+
+
+def answer_log_probs(
+    logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None = None
+) -> tuple[torch.Tensor, ...]:
+    """``(log_softmax [N, V] fp32, targets [N], row [N])`` at the answer tokens.
+
+    ``logits``: ``[B, S, V]`` at every position, or ``[B, K, V]`` at ``positions`` only
+    (:func:`answer_positions` of ``labels``, the model's ``logits_to_keep``); both give the
+    same result."""
     labels = labels.to(logits.device)
-    shifted = labels[:, 1:]
+    if positions is None:
+        logits, shifted = logits[:, :-1], labels[:, 1:]
+    else:
+        if logits.shape[1] != positions.numel():
+            raise ValueError(
+                f"answer_log_probs: logits at {logits.shape[1]} positions but "
+                f"{positions.numel()} positions were given"
+            )
+        shifted = labels[:, positions.to(labels.device) + 1]
     keep = shifted != -100
     row = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(shifted)[keep]
-    logp = F.log_softmax(logits[:, :-1][keep].float(), dim=-1)
+    logp = F.log_softmax(logits[keep].float(), dim=-1)
     return logp, shifted[keep], row
 
 

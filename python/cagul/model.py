@@ -6,9 +6,10 @@ the lowest ones are selected (``select_low_importance``) and the visual token en
 rewrites them (``transform_scatter``):
 
 - ``mode="input"``: the projector outputs are transformed; the importance comes from a
-  pass that stops right after layer L's attention, then the full model runs on the
-  modified image features (passed as ``mm_encoder_outputs``, which transformers 5 VLMs
-  accept in ``forward`` and ``generate``).
+  pass that stops right after layer L's attention (in training, from the reference pass
+  where there is one: ``reference_forward``), then the full model runs on the modified
+  image features (passed as ``mm_encoder_outputs``, which transformers 5 VLMs accept in
+  ``forward`` and ``generate``).
 - ``mode="inline"``: one pass; a forward hook on decoder layer L rewrites the layer's
   output hidden states at the selected visual positions (prefill only in ``generate``).
 
@@ -43,6 +44,8 @@ from .state import atomic_directory, copy_state
 
 WEIGHTS_NAME = "cagul_modules.safetensors"
 _PIXEL_KEYS = ("pixel_values",)
+# forward arguments with one entry per image (the others with a batch dimension: per sample)
+_PER_IMAGE_KEYS = ("image_grid_thw", "image_sizes")
 
 
 @dataclasses.dataclass
@@ -66,6 +69,53 @@ class VisualInputs:
     @property
     def has_visual(self) -> torch.Tensor:
         return self.mask.any(dim=1)
+
+    def image_rows(self) -> torch.Tensor:
+        """``[n_images]`` the sample of each image of ``features`` (the images fill the
+        samples' visual tokens in order)."""
+        sizes = torch.tensor([f.shape[0] for f in self.features.pooler_output])
+        starts = sizes.cumsum(0) - sizes
+        sample_ends = self.mask.sum(dim=1).cumsum(0).cpu()
+        return torch.searchsorted(sample_ends, starts, right=True)
+
+    def select(self, rows: torch.Tensor) -> VisualInputs:
+        """The samples where ``rows [B]`` (bool) is true, with their images and their
+        per-image arguments (``image_grid_thw``, ...). Sequence and visual-token widths are
+        kept, so a selected sample has the positions, padding and visual slots it has in
+        the whole batch (same outputs up to rounding)."""
+        rows = rows.to(self.mask.device).bool()
+        b = rows.shape[0]
+        no_images = torch.zeros(0, dtype=torch.bool)
+        keep_image = no_images if self.features is None else rows.cpu()[self.image_rows()]
+        kwargs = {}
+        for name, value in self.kwargs.items():
+            if name == "mm_encoder_outputs":
+                if set(value) != {"image"}:
+                    raise ValueError(
+                        f"CagulModel: cannot split mm_encoder_outputs with {sorted(value)} by "
+                        "sample (images only)"
+                    )
+                value = {"image": _select_images(value["image"], keep_image)}
+            elif isinstance(value, torch.Tensor):
+                if name in _PER_IMAGE_KEYS:
+                    value = value[keep_image.to(value.device)]
+                elif value.dim() and value.shape[0] == b:
+                    value = value[rows.to(value.device)]
+                else:
+                    raise ValueError(
+                        f"CagulModel: cannot split the argument {name!r} of shape "
+                        f"{tuple(value.shape)} by sample (batch size {b})"
+                    )
+            kwargs[name] = value
+        features = kwargs.get("mm_encoder_outputs", {}).get("image")
+        return VisualInputs(
+            kwargs,
+            features,
+            self.tokens[rows],
+            self.mask[rows],
+            self.visual_index[rows],
+            self.query_index[rows],
+        )
 
 
 class CagulModel(nn.Module):
@@ -151,12 +201,32 @@ class CagulModel(nn.Module):
         token's importance at layer L and the slots (indices into ``Nv``, ``-1`` padded)
         that the transform rewrites when the sample is gated (inspection / plots)."""
         vis = self.encode_visual(self._bind(args, kwargs))
+        importance = self.importance(vis)
+        slots, _ = self._select(importance, vis.visual_index, vis.has_visual)
+        return importance, vis.visual_index, slots
+
+    @torch.no_grad()
+    def importance(self, vis: VisualInputs) -> torch.Tensor:
+        """``[B, Nv]`` fp32 importance of each visual token at layer L, from a pass that
+        stops right after layer L's attention. A ranking: computed in the model's own
+        dtype, outside autocast."""
         no_autocast = torch.autocast(vis.tokens.device.type, enabled=False)
         with no_autocast, self._cagul_attention(), self._capture(vis, True) as cap:
             self.vlm(**self._model_kwargs(vis))
-        importance = cap.importance[self.config.layer]
-        slots, _ = self._select(importance, vis.visual_index, vis.has_visual)
-        return importance, vis.visual_index, slots
+        return cap.importance[self.config.layer]
+
+    @torch.no_grad()
+    def reference_forward(self, vis: VisualInputs, *, importance: bool = False):
+        """``(outputs, importance)``: the wrapped model's forward on ``vis`` with the
+        transform off (the reference of the training losses). ``importance=True`` also
+        captures the layer-L importance in the same pass: ``[B, Nv]``, the same as
+        :meth:`importance`'s, except under autocast (where it would differ from that one,
+        computed outside autocast): then ``None``."""
+        if not importance or torch.is_autocast_enabled(vis.tokens.device.type):
+            return self.vlm(**vis.kwargs), None
+        with self._cagul_attention(), self._capture(vis, stop=False) as cap:
+            outputs = self.vlm(**vis.kwargs)
+        return outputs, cap.importance[self.config.layer]
 
     def encode_visual(self, kwargs: dict[str, Any]) -> VisualInputs:
         """Runs the image encoder once (frozen, no grad) and lays out the visual tokens."""
@@ -223,14 +293,30 @@ class CagulModel(nn.Module):
             prob = torch.sigmoid(self.discriminator(vis.tokens, vis.mask).float())
         return (prob >= self.config.gate_threshold) & vis.has_visual
 
-    def run(self, vis: VisualInputs, gate: torch.Tensor, *, generate: bool = False):
-        """The wrapped model (``forward`` or ``generate``) with the transform on ``gate``."""
+    def run(
+        self,
+        vis: VisualInputs,
+        gate: torch.Tensor,
+        *,
+        generate: bool = False,
+        importance: torch.Tensor | None = None,
+    ):
+        """The wrapped model (``forward`` or ``generate``) with the transform on ``gate``.
+
+        ``importance`` (``mode="input"`` only): ``[B, Nv]`` layer-L importance of the gated
+        samples (:meth:`importance`, or :meth:`reference_forward`'s), which saves the pass
+        that computes it."""
         call = self.vlm.generate if generate else self.vlm
+        if importance is not None and self.config.mode != "input":
+            raise ValueError(
+                "CagulModel.run: importance is taken only in mode='input' (mode='inline' "
+                "captures it in its single pass)"
+            )
         if not bool(gate.any()):
             return call(**vis.kwargs)
         if self.config.mode == "input":
             mm = dict(vis.kwargs["mm_encoder_outputs"])
-            mm["image"] = self._transformed_features(vis, gate)
+            mm["image"] = self._transformed_features(vis, gate, importance)
             return call(**{**vis.kwargs, "mm_encoder_outputs": mm})
         if generate and (
             vis.kwargs.get("num_beams", 1) > 1 or vis.kwargs.get("num_return_sequences", 1) > 1
@@ -358,14 +444,14 @@ class CagulModel(nn.Module):
         off = ~gate.to(slots.device)[:, None]
         return slots.masked_fill(off, -1), positions.masked_fill(off, -1)
 
-    def _transformed_features(self, vis: VisualInputs, gate: torch.Tensor):
-        """``mode="input"``: importance (pass stopped after layer L), selection, encoder."""
-        layer = self.config.layer
-        # The importance (a ranking) is computed in the model's own dtype, outside autocast.
-        no_autocast = torch.autocast(vis.tokens.device.type, enabled=False)
-        with torch.no_grad(), no_autocast, self._cagul_attention(), self._capture(vis, True) as cap:
-            self.vlm(**self._model_kwargs(vis))
-        slots, _ = self._select(cap.importance[layer], vis.visual_index, gate)
+    def _transformed_features(
+        self, vis: VisualInputs, gate: torch.Tensor, importance: torch.Tensor | None
+    ):
+        """``mode="input"``: importance (given, or a pass stopped after layer L),
+        selection, encoder."""
+        if importance is None:
+            importance = self.importance(vis)
+        slots, _ = self._select(importance, vis.visual_index, gate)
         tokens = self.encoder(vis.tokens, slots.to(vis.tokens.device), backend=self.config.backend)
         flat = tokens[vis.mask]
         sizes = [f.shape[0] for f in vis.features.pooler_output]
@@ -400,6 +486,17 @@ class CagulModel(nn.Module):
                 yield
             finally:
                 handle.remove()
+
+
+def _select_images(features: Any, keep: torch.Tensor) -> Any:
+    """The image encoder output ``features`` (``pooler_output``: per-image visual tokens,
+    a list or a ``[n_images, ...]`` tensor) of the images where ``keep [n_images]`` holds."""
+    tokens = features.pooler_output
+    if isinstance(tokens, torch.Tensor):
+        kept = tokens[keep.to(tokens.device)]
+    else:
+        kept = [t for t, k in zip(tokens, keep.tolist(), strict=True) if k]
+    return type(features)(**{**features, "pooler_output": kept})
 
 
 def _decoder_layers(vlm: nn.Module) -> nn.ModuleList:

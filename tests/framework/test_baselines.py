@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from cagul.cli import main
 from cagul.data import VLMCollator
 from cagul.evaluation.diagnostics import mean_answer_nll
@@ -90,8 +91,11 @@ class TableVLM(torch.nn.Module):
     def get_output_embeddings(self):
         return self.lm_head
 
-    def forward(self, input_ids, use_cache=False):
-        return SimpleNamespace(logits=self.language_model.layers[0](input_ids))
+    def forward(self, input_ids, use_cache=False, logits_to_keep=0):
+        logits = self.language_model.layers[0](input_ids)
+        if isinstance(logits_to_keep, torch.Tensor):  # positions, as transformers models
+            logits = logits[:, logits_to_keep]
+        return SimpleNamespace(logits=logits)
 
 
 # Sample 0 (forget) and sample 1 (retain) have a one-token answer (position 1, predicted at
@@ -183,6 +187,58 @@ def test_baseline_bad_arguments():
         baseline.load_trainable_state_dict({name: torch.full((2, 2, 2), float("nan"))})
     with pytest.raises(ValueError, match="dtype"):
         baseline.load_trainable_state_dict({name: torch.zeros(2, 2, 2, dtype=torch.float64)})
+
+
+def _row_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross entropy of each row over its labelled tokens (full logits)."""
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    ce = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    return ce.sum(1) / (labels != -100).sum(1)
+
+
+def _row_kl(ref_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor):
+    """Mean ``KL(ref || model)`` of each row over its labelled tokens (full logits)."""
+    ref, model = (F.log_softmax(x[:, :-1].float(), -1) for x in (ref_logits, logits))
+    kl = (ref.exp() * (ref - model)).sum(-1)
+    answer = labels[:, 1:] != -100
+    return (kl * answer).sum(1) / answer.sum(1)
+
+
+@pytest.mark.parametrize("method,lora_rank", [("graddiff", 4), ("kl", 0)])
+def test_baselines_project_only_the_answer_positions(method, lora_rank):
+    """The baselines ask the model for the logits at the answer positions only: the loss
+    and the gradients equal those of the full logits, the LM head sees fewer positions."""
+    baseline, processor, data = _setup(method, lora_rank)
+    batch = baseline.collator(processor)(data[:3] + data[-3:])
+    inputs = dict(batch["inputs"])
+    labels, forget = inputs.pop("labels"), batch["is_forget"]
+    params = baseline.trainable_parameters()
+
+    logits = baseline.vlm(**inputs).logits
+    nll = _row_nll(logits, labels)
+    if method == "kl":
+        with torch.no_grad():
+            ref_logits = baseline.reference(**inputs).logits
+        retain = _row_kl(ref_logits, logits, labels)[~forget].mean()
+    else:
+        retain = nll[~forget].mean()
+    want = -nll[forget].mean() + baseline.args.retain_weight * retain
+    want_grads = torch.autograd.grad(want, params)
+
+    seen = []
+    head = baseline.vlm.get_output_embeddings()
+    handle = head.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    try:
+        loss, _ = baseline(batch)
+    finally:
+        handle.remove()
+    grads = torch.autograd.grad(loss, params)
+    answer_span = int((labels[:, 1:] != -100).any(0).sum())
+    assert set(seen) == {answer_span} and answer_span < labels.shape[1] - 1
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
+    assert any(g.abs().max() > 0 for g in want_grads)
+    for got, expected in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-7)
 
 
 # ---------------------------------------------------------------------- training

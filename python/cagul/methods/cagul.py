@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 from ..data import VLMCollator
 from ..losses import (
     answer_log_probs,
+    answer_positions,
     masked_mean,
     npo_loss,
     per_row_mean,
@@ -19,7 +21,7 @@ from ..losses import (
     target_log_probs,
     token_kl,
 )
-from ..model import CagulModel
+from ..model import CagulModel, VisualInputs
 from ..training.arguments import FORGET_LOSSES, UnlearningArguments
 from .base import register_method
 
@@ -41,6 +43,10 @@ class CagulMethod(nn.Module):
       indices into ``FORGET_LOSSES``, default ``args.forget_loss`` for every sample);
     - ``KL(p_ref || p)`` per answer token on retain samples, where ``p_ref`` is the same
       frozen model with the transform off (no second model copy).
+
+    The reference pass runs only on the samples whose loss needs it (retain, NPO); in
+    ``mode="input"`` it also gives those samples' importance, and the importance pass
+    runs on the other samples only. The LM head runs at the answer positions only.
     """
 
     def __init__(self, model: CagulModel, args: UnlearningArguments):
@@ -83,9 +89,18 @@ class CagulMethod(nn.Module):
         cfg, model = self.args, self.model
         inputs = {**batch["inputs"], "use_cache": False}
         labels = inputs.pop("labels")
+        b = labels.shape[0]
         is_forget = batch["is_forget"].to(labels.device).bool()
+        kinds = batch.get("forget_loss")
+        if kinds is None:
+            kinds = torch.full((b,), FORGET_LOSSES.index(cfg.forget_loss))
+        kinds = kinds.to(labels.device)
         vis = model.encode_visual(inputs)
         has_visual = vis.has_visual
+        forget_rows, retain_rows = is_forget & has_visual, ~is_forget
+        npo_rows = kinds == FORGET_LOSSES.index("npo")
+        # Only the retain KL and NPO look at the reference (the model, transform off).
+        reference_rows = retain_rows | (npo_rows & forget_rows)
 
         logit = model.discriminator(vis.tokens, vis.mask).float()
         bce = masked_mean(
@@ -94,33 +109,27 @@ class CagulMethod(nn.Module):
         )
         acc = masked_mean(((logit > 0) == is_forget).float(), has_visual)
 
-        logp, target, row = answer_log_probs(model.run(vis, has_visual).logits, labels)
+        ref_logp, importance = self._reference(vis, labels, reference_rows)
+        positions = answer_positions(labels)
+        outputs = model.run(_keep_logits(vis, positions), has_visual, importance=importance)
+        logp, target, row = answer_log_probs(outputs.logits, labels, positions)
         token_logp = target_log_probs(logp, target)
-        b = labels.shape[0]
         nll = per_row_mean(-token_logp, row, b)
-        forget_rows, retain_rows = is_forget & has_visual, ~is_forget
+        on_ref = reference_rows[row]  # the answer tokens of the reference's samples
 
-        kinds = batch.get("forget_loss")
-        if kinds is None:
-            kinds = torch.full((b,), FORGET_LOSSES.index(cfg.forget_loss))
-        kinds = kinds.to(labels.device)
-        npo_rows = kinds == FORGET_LOSSES.index("npo")
-        if bool(retain_rows.any()) or bool((npo_rows & forget_rows).any()):
-            with torch.no_grad():
-                ref_logp, _, _ = answer_log_probs(
-                    model.run(vis, torch.zeros_like(has_visual)).logits, labels
-                )
         forget_per_row = nll  # "idk": NLL of the refusal (the collator's target)
         ga_rows = kinds == FORGET_LOSSES.index("bounded_ga")
         if bool(ga_rows.any()):
             forget_per_row = torch.where(ga_rows, F.relu(cfg.ascent_bound - nll), forget_per_row)
         if bool((npo_rows & forget_rows).any()):
-            log_ratio = per_row_sum(token_logp - target_log_probs(ref_logp, target), row, b)
+            ref_token_logp = target_log_probs(ref_logp, target[on_ref])
+            log_ratio = per_row_sum(token_logp[on_ref] - ref_token_logp, row[on_ref], b)
             npo = npo_loss(log_ratio, cfg.npo_beta)
             forget_per_row = torch.where(npo_rows, npo, forget_per_row)
         forget = masked_mean(forget_per_row, forget_rows)
         if bool(retain_rows.any()):
-            kl = masked_mean(per_row_mean(token_kl(ref_logp, logp), row, b), retain_rows)
+            kl_per_row = per_row_mean(token_kl(ref_logp, logp[on_ref]), row[on_ref], b)
+            kl = masked_mean(kl_per_row, retain_rows)
         else:
             kl = logp.sum() * 0.0
         loss = forget + cfg.retain_weight * kl + cfg.discriminator_weight * bce
@@ -133,3 +142,39 @@ class CagulMethod(nn.Module):
             "disc_acc": acc.item(),
         }
         return loss, metrics
+
+    def _reference(
+        self, vis: VisualInputs, labels: torch.Tensor, rows: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(ref_logp, importance)``: the reference's ``[N_ref, V]`` log-softmax at the
+        answer tokens of the samples ``rows`` (``None`` if none), and in ``mode="input"``
+        the ``[B, Nv]`` layer-L importance of every sample with an image: the reference
+        pass's for its samples (the same untransformed computation up to layer L), a pass
+        stopped after layer L's attention for the others."""
+        model, has_visual = self.model, vis.has_visual
+        ref_logp = importance = None
+        taken = torch.zeros_like(rows)  # samples whose importance the reference gave
+        if bool(rows.any()):
+            ref_vis, ref_labels = vis.select(rows), labels[rows]
+            positions = answer_positions(ref_labels)
+            want = model.config.mode == "input" and bool((rows & has_visual).any())
+            outputs, ref_importance = model.reference_forward(
+                _keep_logits(ref_vis, positions), importance=want
+            )
+            ref_logp, _, _ = answer_log_probs(outputs.logits, ref_labels, positions)
+            if ref_importance is not None:
+                importance = ref_importance.new_zeros(vis.mask.shape)
+                importance[rows] = ref_importance
+                taken = rows
+        if model.config.mode == "input":
+            rest = has_visual & ~taken
+            if bool(rest.any()):
+                if importance is None:
+                    importance = torch.zeros(vis.mask.shape, device=vis.mask.device)
+                importance[rest] = model.importance(vis.select(rest)).to(importance.device)
+        return ref_logp, importance
+
+
+def _keep_logits(vis: VisualInputs, positions: torch.Tensor) -> VisualInputs:
+    """``vis`` asking the model for the logits at ``positions`` only (``logits_to_keep``)."""
+    return dataclasses.replace(vis, kwargs={**vis.kwargs, "logits_to_keep": positions})

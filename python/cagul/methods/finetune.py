@@ -25,7 +25,13 @@ from torch import nn
 from ..config import CagulConfig
 from ..data import VLMCollator
 from ..files import read_json
-from ..losses import answer_log_probs, masked_mean, per_row_mean, target_log_probs
+from ..losses import (
+    answer_log_probs,
+    answer_positions,
+    masked_mean,
+    per_row_mean,
+    target_log_probs,
+)
 from ..state import atomic_directory, copy_state
 from ..training.arguments import UnlearningArguments
 
@@ -161,18 +167,18 @@ class FinetuneMethod(nn.Module):
     def reference_log_probs(self, inputs: dict) -> torch.Tensor:
         """``[N, V]`` log-softmax of the reference model (frozen copy, or adapters
         disabled) at the answer tokens of ``inputs`` (model inputs with ``labels``)."""
-        inputs, labels = split_labels(inputs)
+        inputs, labels, positions = split_labels(inputs)
         if self.reference is not None:
             logits = self.reference(**inputs).logits
         else:
             with self.vlm.disable_adapter():
                 logits = self.vlm(**inputs).logits
-        return answer_log_probs(logits, labels)[0]
+        return answer_log_probs(logits, labels, positions)[0]
 
     def scores(self, inputs: dict, is_forget: torch.Tensor) -> AnswerScores:
         """The model's :class:`AnswerScores` of ``inputs`` (model inputs with ``labels``)."""
-        inputs, labels = split_labels(inputs)
-        logp, target, row = answer_log_probs(self.vlm(**inputs).logits, labels)
+        inputs, labels, positions = split_labels(inputs)
+        logp, target, row = answer_log_probs(self.vlm(**inputs).logits, labels, positions)
         token_logp = target_log_probs(logp, target)
         forget = is_forget.to(labels.device).bool()
         nll = per_row_mean(-token_logp, row, labels.shape[0])
@@ -200,10 +206,14 @@ class FinetuneMethod(nn.Module):
         return loss, metrics
 
 
-def split_labels(inputs: dict) -> tuple[dict, torch.Tensor]:
-    """``(model inputs without labels and without the cache, labels)``."""
+def split_labels(inputs: dict) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """``(model inputs without labels and without the cache, labels, positions)``: the
+    inputs ask for the logits at the answer positions only (``logits_to_keep`` =
+    :func:`cagul.losses.answer_positions` of the labels, their ``positions``)."""
     inputs = {**inputs, "use_cache": False}
-    return inputs, inputs.pop("labels")
+    labels = inputs.pop("labels")
+    positions = answer_positions(labels)
+    return {**inputs, "logits_to_keep": positions}, labels, positions
 
 
 def is_lora_adapter(path: str) -> bool:

@@ -79,7 +79,7 @@ class RMU(FinetuneMethod):
         return model_act[0], ref_act[0]
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        inputs, labels = split_labels(batch["inputs"])
+        inputs, labels, _ = split_labels(batch["inputs"])
         forget_rows = batch["is_forget"].to(labels.device).bool()
         answer = labels != -100
         act, ref = self.activations(inputs)
