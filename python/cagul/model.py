@@ -216,13 +216,17 @@ class CagulModel(nn.Module):
         return cap.importance[self.config.layer]
 
     @torch.no_grad()
-    def reference_forward(self, vis: VisualInputs, *, importance: bool = False):
+    def reference_forward(
+        self, vis: VisualInputs, *, importance: bool = False, under_autocast: bool = False
+    ):
         """``(outputs, importance)``: the wrapped model's forward on ``vis`` with the
         transform off (the reference of the training losses). ``importance=True`` also
         captures the layer-L importance in the same pass: ``[B, Nv]``, the same as
         :meth:`importance`'s, except under autocast (where it would differ from that one,
-        computed outside autocast): then ``None``."""
-        if not importance or torch.is_autocast_enabled(vis.tokens.device.type):
+        computed outside autocast): then ``None``, unless ``under_autocast`` (the ranking
+        then comes from the autocast pass)."""
+        autocast = torch.is_autocast_enabled(vis.tokens.device.type)
+        if not importance or (autocast and not under_autocast):
             return self.vlm(**vis.kwargs), None
         with self._cagul_attention(), self._capture(vis, stop=False) as cap:
             outputs = self.vlm(**vis.kwargs)

@@ -195,3 +195,33 @@ def test_each_pass_runs_on_the_samples_that_need_it(mode, autocast, first):
 
     assert answer_span(reference) == 2 and answer_span(slice(None)) == 4  # "I don't know."
     assert shapes["lm_head"] == [(4, 2), (6, 4)]
+
+
+@pytest.fixture
+def one_rank_group():
+    """A one-process gloo group: enough for ``fully_shard``."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("mode,autocast", [("input", False), ("input", True), ("inline", False)])
+def test_sharded_step_runs_the_same_passes_whatever_the_samples(one_rank_group, mode, autocast):
+    """Under FSDP each pass is a chain of collectives, so a rank whose micro-batch needs no
+    reference (IdK forget samples only) must still run the passes the others run: the
+    reference on every sample (with the importance, under autocast too) and the transformed
+    pass, and nothing else. Unsharded, the same batches run different passes."""
+    from cagul.training.fsdp import FsdpSettings, shard_method
+
+    method, processor = cagul_method("llava", mode)
+    batches = {name: training_batch("llava", processor, rows) for name, rows in BATCHES.items()}
+    unsharded = {name: pass_shapes(method, b, autocast)["first"] for name, b in batches.items()}
+    assert len({len(passes) for passes in unsharded.values()}) > 1  # composition-dependent
+    shard_method(method, FsdpSettings(("LlamaDecoderLayer",)), torch.device("cpu"))
+    for name, batch in batches.items():
+        size = len(BATCHES[name])
+        assert pass_shapes(method, batch, autocast)["first"] == [size, size], name

@@ -29,9 +29,9 @@ FSDP_CONFIG = os.path.join(
     "fsdp_config.json",
 )
 CONFIG = dict(prompt_template=tv.LLAVA_TEMPLATE, layer=1, encoder_rank=8, discriminator_hidden=16)
-# 2 processes x batch 2 x 2 micro-batches = test_train's one-process batch 2 x 4; the
-# reference pass of "npo" runs on every micro-batch (FSDP needs the same passes on every
-# rank); max_grad_norm well below the gradient norms, so every step clips; the eval hook
+# 2 processes x batch 2 x 2 micro-batches = test_train's one-process batch 2 x 4; "npo":
+# the one-process runs then also take every importance from the reference pass, as the
+# sharded method does, so the bf16 losses match too; max_grad_norm well below the gradient norms, so every step clips; the eval hook
 # runs every 2 steps (diagnostics on the first 4 samples).
 FSDP_ARGS = dict(
     batch_size=2,

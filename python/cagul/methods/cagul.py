@@ -99,8 +99,13 @@ class CagulMethod(nn.Module):
         has_visual = vis.has_visual
         forget_rows, retain_rows = is_forget & has_visual, ~is_forget
         npo_rows = kinds == FORGET_LOSSES.index("npo")
-        # Only the retain KL and NPO look at the reference (the model, transform off).
-        reference_rows = retain_rows | (npo_rows & forget_rows)
+        # Only the retain KL and NPO look at the reference (the model, transform off). Under
+        # FSDP every rank must run the same passes (each is a chain of all-gathers), whatever
+        # its samples: the reference pass then runs on all of them and gives all importances.
+        sharded = _is_fsdp_sharded(self)
+        reference_rows = (
+            torch.ones_like(is_forget) if sharded else retain_rows | (npo_rows & forget_rows)
+        )
 
         logit = model.discriminator(vis.tokens, vis.mask).float()
         bce = masked_mean(
@@ -109,7 +114,7 @@ class CagulMethod(nn.Module):
         )
         acc = masked_mean(((logit > 0) == is_forget).float(), has_visual)
 
-        ref_logp, importance = self._reference(vis, labels, reference_rows)
+        ref_logp, importance = self._reference(vis, labels, reference_rows, sharded)
         positions = answer_positions(labels)
         outputs = model.run(_keep_logits(vis, positions), has_visual, importance=importance)
         logp, target, row = answer_log_probs(outputs.logits, labels, positions)
@@ -144,13 +149,15 @@ class CagulMethod(nn.Module):
         return loss, metrics
 
     def _reference(
-        self, vis: VisualInputs, labels: torch.Tensor, rows: torch.Tensor
+        self, vis: VisualInputs, labels: torch.Tensor, rows: torch.Tensor, sharded: bool
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``(ref_logp, importance)``: the reference's ``[N_ref, V]`` log-softmax at the
         answer tokens of the samples ``rows`` (``None`` if none), and in ``mode="input"``
         the ``[B, Nv]`` layer-L importance of every sample with an image: the reference
         pass's for its samples (the same untransformed computation up to layer L), a pass
-        stopped after layer L's attention for the others."""
+        stopped after layer L's attention for the others. ``sharded`` (FSDP; ``rows`` is
+        then every sample): the reference pass gives the importance under autocast too, so
+        that no rank runs a pass the others do not."""
         model, has_visual = self.model, vis.has_visual
         ref_logp = importance = None
         taken = torch.zeros_like(rows)  # samples whose importance the reference gave
@@ -159,7 +166,7 @@ class CagulMethod(nn.Module):
             positions = answer_positions(ref_labels)
             want = model.config.mode == "input" and bool((rows & has_visual).any())
             outputs, ref_importance = model.reference_forward(
-                _keep_logits(ref_vis, positions), importance=want
+                _keep_logits(ref_vis, positions), importance=want, under_autocast=sharded
             )
             ref_logp, _, _ = answer_log_probs(outputs.logits, ref_labels, positions)
             if ref_importance is not None:
@@ -173,6 +180,15 @@ class CagulMethod(nn.Module):
                     importance = torch.zeros(vis.mask.shape, device=vis.mask.device)
                 importance[rest] = model.importance(vis.select(rest)).to(importance.device)
         return ref_logp, importance
+
+
+def _is_fsdp_sharded(module: nn.Module) -> bool:
+    """Whether ``fully_shard`` made ``module`` an FSDP2 unit (``cagul.training.fsdp``)."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
 
 
 def _keep_logits(vis: VisualInputs, positions: torch.Tensor) -> VisualInputs:
