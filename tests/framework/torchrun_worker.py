@@ -30,8 +30,10 @@ FSDP_CONFIG = os.path.join(
 )
 CONFIG = dict(prompt_template=tv.LLAVA_TEMPLATE, layer=1, encoder_rank=8, discriminator_hidden=16)
 # 2 processes x batch 2 x 2 micro-batches = test_train's one-process batch 2 x 4; "npo":
-# the one-process runs then also take every importance from the reference pass, as the
-# sharded method does, so the bf16 losses match too; max_grad_norm well below the gradient norms, so every step clips; the eval hook
+# every sample needs the reference pass, so the one-process runs run the sharded method's
+# passes (under bf16 the sharded importance comes from the autocast reference pass, the
+# one-process one from a pass outside autocast: the same ranking on these samples, as the
+# bf16 loss comparison checks); max_grad_norm well below the gradient norms, so every step clips; the eval hook
 # runs every 2 steps (diagnostics on the first 4 samples).
 FSDP_ARGS = dict(
     batch_size=2,
