@@ -349,7 +349,14 @@ def plot_sweep(sweep: dict[str, Any], path: str) -> None:
     points = [p for p in sweep["points"] if isinstance(p["forget_quality"], float)]
     fig, ax = plt.subplots(figsize=(6.2, 4.2))
     xs = [p["value"] for p in points]
-    ax.plot(xs, [max(p["forget_quality"], 1e-12) for p in points], "o-", color="tab:red")
+    quality = [p["forget_quality"] for p in points]
+    # a p-value that underflowed to 0 is drawn a decade below the smallest positive one
+    positive = [q for q in quality if q > 0] or [1.0]
+    floor = min(positive) / 10
+    ax.plot(xs, [q if q > 0 else floor for q in quality], "o-", color="tab:red")
+    for x, q in zip(xs, quality, strict=True):
+        if q <= 0:
+            ax.annotate("0", (x, floor), textcoords="offset points", xytext=(4, 4))
     ax.set_yscale("log")
     ax.set_xlabel(f"cagul {sweep['key']}")
     ax.set_ylabel("forget quality (log)", color="tab:red")
