@@ -33,8 +33,8 @@ CONFIG = dict(prompt_template=tv.LLAVA_TEMPLATE, layer=1, encoder_rank=8, discri
 # every sample needs the reference pass, so the one-process runs run the sharded method's
 # passes (under bf16 the sharded importance comes from the autocast reference pass, the
 # one-process one from a pass outside autocast: the same ranking on these samples, as the
-# bf16 loss comparison checks); max_grad_norm well below the gradient norms, so every step clips; the eval hook
-# runs every 2 steps (diagnostics on the first 4 samples).
+# bf16 loss comparison checks); max_grad_norm well below the gradient norms, so every step
+# clips; the eval hook runs every 2 steps (diagnostics on the first 4 samples).
 FSDP_ARGS = dict(
     batch_size=2,
     grad_accum=2,
