@@ -286,7 +286,9 @@ def test_baselines_train_in_the_intended_direction(method):
     )
     history = trainer.train()
     after = _forget_objective(baseline, processor, data)
-    assert isinstance(trainer.peak_memory_bytes, int) and trainer.peak_memory_bytes > 0
+    # measured (an int, not None); 0 is a valid reading: training this tiny model can fit in
+    # pages the process already holds (one CI run measured 0 for "ga")
+    assert isinstance(trainer.peak_memory_bytes, int) and trainer.peak_memory_bytes >= 0
     assert history[-1]["step"] == 8 and math.isfinite(history[-1]["loss"])
     if method in ("idk", "rmu"):
         assert after < 0.8 * before, (before, after)  # learns the refusal / the steering

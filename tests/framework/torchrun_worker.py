@@ -119,3 +119,7 @@ def fsdp(out: str) -> None:
 
 if __name__ == "__main__":
     {"ddp": ddp, "fsdp": fsdp}[sys.argv[1]](sys.argv[2])
+    # Leave together: no rank tears the group down while another still writes its results
+    # (one CI run saw rank 1 abort at exit, "terminate called without an active exception").
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
