@@ -78,9 +78,10 @@ def score_split(
     *,
     max_new_tokens: int = MAX_NEW_TOKENS,
     batch_size: int = 8,
-) -> tuple[dict[str, Any], list[float]]:
+) -> tuple[dict[str, Any], list[float], list]:
     """The per-split metrics of the module docstring (``kind``: ``"forget"`` or
-    ``"retain"``, the truth-ratio aggregation) and the per-sample truth ratios."""
+    ``"retain"``, the truth-ratio aggregation), the per-sample truth ratios and the
+    :func:`~cagul.evaluation.common.answer_stats` of the split's QA pairs."""
     qa = qa_samples(samples)
     if not qa:
         raise ValueError("FIUBench evaluation: a split has no QA samples")
@@ -118,7 +119,7 @@ def score_split(
         ),
         "n": len(qa),
     }
-    return row, ratios
+    return row, ratios, stats
 
 
 def forget_quality_against(
@@ -164,7 +165,7 @@ def evaluate_fiubench(
             raise ValueError(f"FIUBench evaluation: no split {name!r} (have {sorted(splits)})")
     collator = VLMCollator(processor, config, target="answer")
     model.eval()
-    forget, forget_ratios = score_split(
+    forget, forget_ratios, _ = score_split(
         model,
         splits[forget_split],
         collator,
@@ -172,7 +173,7 @@ def evaluate_fiubench(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
     )
-    retain, _ = score_split(
+    retain, _, _ = score_split(
         model,
         splits[retain_split],
         collator,

@@ -61,9 +61,10 @@ def evaluate_synthetic(
     scored = {name: samples for name, samples in splits.items() if name != HOLDOUT}
     rows: dict[str, dict[str, Any]] = {}
     ratios: dict[str, list[float]] = {}
+    stats: dict[str, list] = {}
     for name, samples in scored.items():
         kind = "forget" if name.startswith("forget") else "retain"
-        rows[name], ratios[name] = score_split(
+        rows[name], ratios[name], stats[name] = score_split(
             model, samples, collator, kind, max_new_tokens=max_new_tokens, batch_size=batch_size
         )
     own = evaluate_splits(
@@ -95,33 +96,37 @@ def evaluate_synthetic(
         reference, splits.get("forget", ()), ratios.get("forget", []), collator, batch_size
     )
     forget, holdout = qa_samples(splits.get("forget", ())), qa_samples(splits.get(HOLDOUT, ()))
-    result["mia_auc"] = mia_auc_of(model, forget, holdout, collator, batch_size)
+    # the forget split's answer statistics are score_split's (one pass over those samples)
+    result["mia_auc"] = mia_auc_of(model, stats.get("forget", []), holdout, collator, batch_size)
     if reference is None:
         result["privleak"] = absent(NO_REFERENCE)
     else:
         reference.eval()
-        result["reference_mia_auc"] = mia_auc_of(reference, forget, holdout, collator, batch_size)
+        reference_stats = answer_stats(reference, forget, collator, batch_size=batch_size)
+        result["reference_mia_auc"] = mia_auc_of(
+            reference, reference_stats, holdout, collator, batch_size
+        )
         result["privleak"] = privleak_of(result["mia_auc"], result["reference_mia_auc"])
     result["model_utility"] = utility_of(rows.get("retain", {}))
     return result
 
 
 def mia_auc_of(
-    model, members: Sequence[dict], nonmembers: Sequence[dict], collator, batch_size: int
+    model, member_stats: Sequence, nonmembers: Sequence[dict], collator, batch_size: int
 ) -> float | dict[str, str]:
     """The membership-inference AUC of ``model`` (open-unlearning's privleak attack: Min-K%
-    Prob of each answer, k = :data:`MIA_K`) with ``members`` against ``nonmembers``, or
-    absent with the reason."""
+    Prob of each answer, k = :data:`MIA_K`) with the members -- given as their
+    :func:`~cagul.evaluation.common.answer_stats` under ``model``, which the caller has
+    already computed -- against the samples ``nonmembers``, or absent with the reason."""
     if not nonmembers:
         return absent(NO_HOLDOUT)
-    if not members:
+    if not member_stats:
         return absent("no QA pairs on the forget split")
-
-    def scores(samples: Sequence[dict]) -> list[float]:
-        stats = answer_stats(model, samples, collator, batch_size=batch_size)
-        return [metrics.min_k_prob(a.logprobs, MIA_K) for a in stats]
-
-    return metrics.mia_auc(scores(members), scores(nonmembers))
+    nonmember_stats = answer_stats(model, nonmembers, collator, batch_size=batch_size)
+    return metrics.mia_auc(
+        [metrics.min_k_prob(a.logprobs, MIA_K) for a in member_stats],
+        [metrics.min_k_prob(a.logprobs, MIA_K) for a in nonmember_stats],
+    )
 
 
 def privleak_of(auc: Any, reference_auc: Any) -> float | dict[str, str]:
@@ -188,10 +193,12 @@ def judging_inputs(
         if retain_ratios
         else None,
     }
+    holdout = qa_samples(holdout)
+    forget_stats = answer_stats(model, forget, collator, batch_size=batch_size) if holdout else []
     return {
         "forget_truth_ratios": truth_ratios(model, forget, collator, batch_size),
         "retain": row,
-        "mia_auc": mia_auc_of(model, forget, qa_samples(holdout), collator, batch_size),
+        "mia_auc": mia_auc_of(model, forget_stats, holdout, collator, batch_size),
     }
 
 
