@@ -45,7 +45,7 @@ from .state import atomic_directory, copy_state
 WEIGHTS_NAME = "cagul_modules.safetensors"
 _PIXEL_KEYS = ("pixel_values",)
 # forward arguments with one entry per image (the others with a batch dimension: per sample)
-_PER_IMAGE_KEYS = ("image_grid_thw", "image_sizes")
+PER_IMAGE_KEYS = ("image_grid_thw", "image_sizes")
 
 
 @dataclasses.dataclass
@@ -97,7 +97,7 @@ class VisualInputs:
                     )
                 value = {"image": _select_images(value["image"], keep_image)}
             elif isinstance(value, torch.Tensor):
-                if name in _PER_IMAGE_KEYS:
+                if name in PER_IMAGE_KEYS:
                     value = value[keep_image.to(value.device)]
                 elif value.dim() and value.shape[0] == b:
                     value = value[rows.to(value.device)]

@@ -74,6 +74,8 @@ def test_config_rejects_bad_values(changes, error, match):
         ({"lr": float("nan")}, ValueError, "finite"),
         ({"max_grad_norm": 0.0}, ValueError, "max_grad_norm"),
         ({"refusal": " "}, ValueError, "refusal"),
+        ({"reference_cache_mb": -1}, ValueError, "reference_cache_mb must be >= 0"),
+        ({"reference_cache_mb": 8, "fsdp_config": "f.json"}, ValueError, "reference_cache_mb"),
         ({"layer": 1}, ValueError, "unknown fields"),  # an adapter field
     ],
 )

@@ -199,6 +199,29 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     assert [r["step"] for r in log] == [3, 4]
 
 
+def test_reference_cache_run_equals_a_run_without_it(tmp_path):
+    """Two epochs with ``reference_cache_mb``: from the second on every retain sample's
+    reference comes from the cache, and the run ends where the run without it ends (to
+    float tolerance: a cached sample was computed in another batch, with other padding)."""
+    states, methods = {}, {}
+    for name, cache_mb in (("plain", 0), ("cached", 16)):
+        _, model, collate, data, args = build(
+            "llava", steps=6, batch_size=8, lr=1e-2, encoder_rank=8, reference_cache_mb=cache_mb
+        )
+        assert math.ceil(len(data) / 8) * 2 <= 6  # two epochs or more
+        methods[name] = CagulMethod(model, args)
+        trainer = CagulTrainer(
+            methods[name], data, collate, args, output_dir=str(tmp_path / name), progress=False
+        )
+        trainer.train()
+        states[name] = model.trainable_state_dict()
+    cache = methods["cached"].reference_cache
+    assert methods["plain"].reference_cache is None
+    assert len(cache) == sum(not s["is_forget"] for s in data) and cache.hits >= len(cache)
+    for name, value in states["plain"].items():
+        torch.testing.assert_close(states["cached"][name], value, rtol=1e-4, atol=1e-6)
+
+
 def test_checkpoints_hold_no_pickle_and_a_planted_pickle_is_never_run(tmp_path):
     """Issue 15 item 1: optimizer / scheduler / RNG states are safetensors + JSON; a pickle
     planted in a checkpoint (as the old training_state.pt) is never unpickled on resume."""

@@ -14,6 +14,7 @@ from cagul import CagulConfig, CagulModel, losses
 from cagul.config import MODES
 from cagul.methods.cagul import CagulMethod
 from cagul.training.arguments import FORGET_LOSSES, UnlearningArguments
+from cagul.training.reference_cache import ReferenceCache
 from cagul_demo import tiny_vlm as tv
 from cagul_demo.tiny_vlm import perturb_encoder
 
@@ -41,12 +42,16 @@ BATCHES = {
 }
 
 
-def training_batch(family: str, processor, rows: list[tuple]) -> dict:
+def training_batch(
+    family: str, processor, rows: list[tuple], image_ids: list[int] | None = None
+) -> dict:
     """A left-padded batch in ``VLMCollator``'s format: prompt, answer and eos per sample,
-    the labels on the answer and eos."""
+    the labels on the answer and eos. Sample ``i``'s images are drawn from ``image_ids[i]``
+    (default ``i``)."""
     _, placeholder, sizes = FAMILIES[family]
     texts, images, answer_lengths = [], [], []
-    for i, (_, _, n_images, question, answer) in enumerate(rows):
+    image_ids = image_ids or range(len(rows))
+    for i, (_, _, n_images, question, answer) in zip(image_ids, rows, strict=True):
         image_text = " ".join([placeholder] * n_images)
         texts.append(f"USER: {image_text} {question} ASSISTANT: {answer} </s>")
         images += [tv.person_image(i, j, sizes[j % len(sizes)]) for j in range(n_images)]
@@ -225,3 +230,69 @@ def test_sharded_step_runs_the_same_passes_whatever_the_samples(one_rank_group, 
     for name, batch in batches.items():
         size = len(BATCHES[name])
         assert pass_shapes(method, batch, autocast)["first"] == [size, size], name
+
+
+def assert_same_step(got, want) -> None:
+    """Two ``loss_and_gradients`` results agree to float tolerance."""
+    (loss, metrics, grads), (want_loss, want_metrics, want_grads) = got, want
+    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
+    for name, value in want_metrics.items():
+        assert metrics[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+    for name, value in want_grads.items():
+        torch.testing.assert_close(grads[name], value, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize(
+    "family,mode,autocast",
+    [
+        ("llava", "input", False),
+        ("llava", "input", True),  # the importance from its own pass, outside autocast
+        ("llava", "inline", False),
+        ("qwen2_vl", "input", False),
+    ],
+)
+def test_reference_cache_skips_the_reference_of_samples_seen_before(family, mode, autocast):
+    """A sample seen again, in another batch with other padding, takes its reference (and
+    importance) from the cache: its reference pass does not run, and the step equals the
+    step without the cache. A sample whose image differs in any pixel misses."""
+    method, processor = cagul_method(family, mode)
+    cache = ReferenceCache(64 * 2**20)
+    autocast_on = torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast)
+
+    def step_with(cache_or_none, batch):
+        method.reference_cache = cache_or_none
+        with autocast_on:
+            return loss_and_gradients(method, method, batch)
+
+    def oracle(batch):  # the former step (under autocast: this step without the cache)
+        if autocast:
+            return step_with(None, batch)
+        return loss_and_gradients(method, lambda b: former_step(method, b), batch)
+
+    first = training_batch(family, processor, MIXED)
+    assert_same_step(step_with(cache, first), oracle(first))
+    assert (len(cache), cache.hits) == (4, 0)  # the 3 retain samples and the NPO sample
+    # MIXED[3] (retain, 2 images), MIXED[0] (IdK forget), MIXED[1] (retain) again, in
+    # another order and padding; then MIXED[1] with another image
+    again = training_batch(family, processor, [MIXED[3], MIXED[0], MIXED[1]], [3, 0, 1])
+    assert_same_step(step_with(cache, again), oracle(again))
+    assert cache.hits == 2
+    method.reference_cache = cache
+    with_importance_pass = [1] if mode == "input" else []  # the IdK sample's importance
+    assert pass_shapes(method, again, autocast)["first"] == [*with_importance_pass, 3]
+    changed = training_batch(family, processor, [MIXED[3], MIXED[0], MIXED[1]], [3, 0, 7])
+    assert pass_shapes(method, changed, autocast)["first"][0] == 1  # MIXED[1]'s reference
+    assert len(cache) == 5
+
+
+def test_reference_cache_keeps_what_fits_and_what_is_needed():
+    logp, importance = torch.zeros(2, 8), torch.ones(3)
+    cache = ReferenceCache(2 * 8 * 4 + 3 * 4)  # one entry with its importance
+    cache.put(b"a", logp, None)
+    assert cache.get(b"a", need_importance=True) is None  # no importance: a miss
+    cache.put(b"a", logp, importance)  # replaced in place, within the budget
+    entry = cache.get(b"a", need_importance=True)
+    assert torch.equal(entry.importance, importance) and cache.nbytes == cache.max_bytes
+    cache.put(b"b", logp, None)  # does not fit
+    assert len(cache) == 1 and cache.get(b"b", need_importance=False) is None
+    assert (cache.hits, cache.misses) == (1, 2)

@@ -23,6 +23,7 @@ from ..losses import (
 )
 from ..model import CagulModel, VisualInputs
 from ..training.arguments import FORGET_LOSSES, UnlearningArguments
+from ..training.reference_cache import ReferenceCache, sample_keys
 from .base import register_method
 
 
@@ -59,6 +60,9 @@ class CagulMethod(nn.Module):
             )
         self.model, self.args = model, args
         self.config = model.config
+        self.reference_cache = (
+            ReferenceCache(args.reference_cache_mb * 2**20) if args.reference_cache_mb else None
+        )
 
     def collator(self, processor: Any) -> VLMCollator:
         """The batches CAGUL trains on: forget samples' targets per their forget loss."""
@@ -155,30 +159,52 @@ class CagulMethod(nn.Module):
         answer tokens of the samples ``rows`` (``None`` if none), and in ``mode="input"``
         the ``[B, Nv]`` layer-L importance of every sample with an image: the reference
         pass's for its samples (the same untransformed computation up to layer L), a pass
-        stopped after layer L's attention for the others. ``sharded`` (FSDP; ``rows`` is
-        then every sample): the reference pass gives the importance under autocast too, so
-        that no rank runs a pass the others do not."""
+        stopped after layer L's attention for the others. With a reference cache, the
+        samples it holds skip the reference pass (:mod:`cagul.training.reference_cache`).
+        ``sharded`` (FSDP; ``rows`` is then every sample, and no cache is used): the
+        reference pass gives the importance under autocast too, so that no rank runs a pass
+        the others do not."""
         model, has_visual = self.model, vis.has_visual
-        ref_logp = importance = None
-        taken = torch.zeros_like(rows)  # samples whose importance the reference gave
-        if bool(rows.any()):
-            ref_vis, ref_labels = vis.select(rows), labels[rows]
-            positions = answer_positions(ref_labels)
-            want = model.config.mode == "input" and bool((rows & has_visual).any())
-            outputs, ref_importance = model.reference_forward(
-                _keep_logits(ref_vis, positions), importance=want, under_autocast=sharded
+        input_mode = model.config.mode == "input"
+        importance = None
+        if input_mode and bool(has_visual.any()):
+            importance = torch.zeros(vis.mask.shape, device=vis.mask.device)
+        known = torch.zeros_like(rows)  # samples whose importance is filled in
+        logp: dict[int, torch.Tensor] = {}  # sample -> its answer tokens' [n, V]
+        cache = None if sharded else self.reference_cache
+        keys = {} if cache is None else sample_keys(vis, labels, rows)
+        run = rows.clone()  # samples whose reference pass runs
+        for b, key in keys.items():
+            need = importance is not None and bool(has_visual[b])
+            entry = cache.get(key, need_importance=need)
+            if entry is not None:
+                logp[b], run[b] = entry.logp.to(labels.device), False
+                if need:
+                    importance[b, vis.mask[b]] = entry.importance.to(importance.device)
+                    known[b] = True
+        if bool(run.any()):
+            run_vis, run_labels = vis.select(run), labels[run]
+            positions = answer_positions(run_labels)
+            want = importance is not None and bool((run & has_visual).any())
+            outputs, run_importance = model.reference_forward(
+                _keep_logits(run_vis, positions), importance=want, under_autocast=sharded
             )
-            ref_logp, _, _ = answer_log_probs(outputs.logits, ref_labels, positions)
-            if ref_importance is not None:
-                importance = ref_importance.new_zeros(vis.mask.shape)
-                importance[rows] = ref_importance
-                taken = rows
-        if model.config.mode == "input":
-            rest = has_visual & ~taken
+            run_logp, _, row = answer_log_probs(outputs.logits, run_labels, positions)
+            counts = torch.bincount(row, minlength=int(run.sum())).tolist()
+            samples = run.nonzero().flatten().tolist()
+            logp.update(zip(samples, run_logp.split(counts), strict=True))
+            if run_importance is not None:
+                importance[run] = run_importance.to(importance.dtype)
+                known |= run
+        if importance is not None:
+            rest = has_visual & ~known
             if bool(rest.any()):
-                if importance is None:
-                    importance = torch.zeros(vis.mask.shape, device=vis.mask.device)
                 importance[rest] = model.importance(vis.select(rest)).to(importance.device)
+        if cache is not None:
+            for b in run.nonzero().flatten().tolist():
+                visual = importance is not None and bool(has_visual[b])
+                cache.put(keys[b], logp[b], importance[b, vis.mask[b]] if visual else None)
+        ref_logp = torch.cat([logp[b] for b in sorted(logp)]) if logp else None
         return ref_logp, importance
 
 

@@ -33,6 +33,11 @@ class UnlearningArguments(Settings):
         simnpo_beta, simnpo_gamma: SimNPO's ``beta`` and reward margin ``gamma``.
         rmu_layer, rmu_steering: RMU's steered decoder layer and the norm of its target
             direction ``c * u``.
+        reference_cache_mb: CAGUL: MiB of CPU memory for each sample's reference (the
+            frozen VLM's answer log-probs and importance, which never change), so that a
+            sample seen again (the next epoch) skips its reference pass; 0 = off. Keyed by
+            the sample's exact inputs: augmented samples miss, never go stale
+            (:mod:`cagul.training.reference_cache`). Not with ``fsdp_config``.
     Schedule:
         seed; lr, discriminator_lr (``None`` = ``lr``), weight_decay, warmup_steps,
         lr_schedule, max_grad_norm (``None`` = no clipping): AdamW settings.
@@ -59,6 +64,7 @@ class UnlearningArguments(Settings):
     simnpo_gamma: float = 0.0
     rmu_layer: int = 1
     rmu_steering: float = 10.0
+    reference_cache_mb: int = 0
     seed: int = 0
     lr: float = 1e-3
     discriminator_lr: float | None = None
@@ -93,6 +99,7 @@ class UnlearningArguments(Settings):
             "discriminator_weight",
             "weight_decay",
             "simnpo_gamma",
+            "reference_cache_mb",
         )
         for name in ("lr", "npo_beta", "ascent_bound", "simnpo_beta", "rmu_steering"):
             if not getattr(self, name) > 0:
@@ -105,6 +112,11 @@ class UnlearningArguments(Settings):
                 raise ValueError(f"UnlearningArguments: {name} must be > 0, got {value}")
         if not self.refusal.strip():
             raise ValueError("UnlearningArguments: refusal must not be empty")
+        if self.reference_cache_mb and self.fsdp_config is not None:
+            raise ValueError(
+                "UnlearningArguments: reference_cache_mb cannot be used with fsdp_config (under "
+                "FSDP every rank must run the reference pass on every micro-batch)"
+            )
 
 
 def parse_settings(values: dict) -> tuple[CagulConfig, UnlearningArguments]:
