@@ -19,12 +19,15 @@ provider, is not in the timed region, which makes the ratios below conservative.
 Training step (forward, backward, AdamW step) on one batch of 1 forget + 1 retain sample
 (image + 64-token question and answer, the last 16 tokens being the answer):
 ``cagul_input`` / ``cagul_inline`` (:mod:`cagul.methods.cagul`, layer ``L = min(2, layers -
-1)`` over every layer count built, ratio 0.25), ``lora_graddiff`` (LoRA r=16 on every
-linear layer of the language model) and ``full_graddiff`` (every language-model weight).
-Median time per step (wall clock, and on CPU the process's CPU time), trainable
-parameters, optimizer-state bytes. Peak memory: what building the provider adds plus the peak of its
-first step (which creates the optimizer state), above the frozen VLM; inference: the peak
-of one call.
+1)`` over every layer count built, ratio 0.25), the same with ``_cached`` (a step of the
+second epoch on with ``reference_cache_mb``: the retain sample's reference pass skipped,
+:mod:`cagul.training.reference_cache`), ``lora_graddiff`` (LoRA r=16 on every linear layer
+of the language model) and ``full_graddiff`` (every language-model weight). Median time
+per step (wall clock, and on CPU the process's CPU time), trainable parameters,
+optimizer-state bytes. Peak memory: what building the provider adds plus the peak of its
+first step (which creates the optimizer state; for ``_cached``, after the untimed pass
+that fills the cache, whose entries count), above the frozen VLM; inference: the peak of
+one call.
 
 Inference (``generate``, greedy): prefill (1 new token) and prefill + 32 new tokens at the
 given batch sizes and visual-token counts: ``vanilla`` (the VLM), ``gate_off`` (CagulModel,
@@ -246,6 +249,7 @@ def training_batch(vlm, geo: Geometry) -> dict:
 
 
 TRAINING = UnlearningArguments(lr=1e-5)
+CACHED_REFERENCE = dataclasses.replace(TRAINING, reference_cache_mb=1024)
 
 
 def cagul_config(mode: str, layer: int) -> CagulConfig:
@@ -262,23 +266,35 @@ def cagul_model(vlm, mode: str, layer: int, gate: bool | None = None) -> CagulMo
 
 
 def training_providers(layer: int) -> dict:
-    """``name -> build(vlm) -> (method, vlm after the method is dropped)``."""
+    """``name -> build(vlm, warm) -> (method, vlm after the method is dropped)``, where
+    ``warm(method)`` runs the method's forward once on the step's batch. The ``_cached``
+    CAGUL providers use it to fill their reference cache: their measured step is one of a
+    second epoch, where every sample's reference comes from the cache."""
 
-    def lora(vlm):
+    def lora(vlm, warm):
         baseline = get_method("graddiff")(vlm, TRAINING, lora_config(16))
         return baseline, lambda: baseline.vlm.unload()
 
-    def full(vlm):
+    def full(vlm, warm):
         baseline = get_method("graddiff")(vlm, TRAINING)
         return baseline, lambda: vlm.requires_grad_(False)
 
-    def cagul(mode):
-        method = get_method("cagul")
-        return lambda vlm: (method(cagul_model(vlm, mode, layer), TRAINING), lambda: vlm)
+    def cagul(mode, cached=False):
+        def build(vlm, warm):
+            method = get_method("cagul")(
+                cagul_model(vlm, mode, layer), CACHED_REFERENCE if cached else TRAINING
+            )
+            if cached:
+                warm(method)
+            return method, lambda: vlm
+
+        return build
 
     return {
         "cagul_input": cagul("input"),
+        "cagul_input_cached": cagul("input", cached=True),
         "cagul_inline": cagul("inline"),
+        "cagul_inline_cached": cagul("inline", cached=True),
         "lora_graddiff": lora,
         "full_graddiff": full,
     }
@@ -352,6 +368,11 @@ def measure_training(vlms: dict, geo, layer, args, autocast) -> list[dict]:
     came (``vlms`` is updated in place)."""
     providers = training_providers(layer)
     batches = {layers: training_batch(vlm, geo) for layers, vlm in vlms.items()}
+
+    def warm(batch, method) -> None:
+        with torch.no_grad(), autocast():
+            method(batch)
+
     times, rows = {}, {}
     for round_ in range(args.repeats + 1):
         for layers, name in itertools.product(list(vlms), providers):
@@ -359,13 +380,16 @@ def measure_training(vlms: dict, geo, layer, args, autocast) -> list[dict]:
             gc.collect()
             peak_block = exact_cpu_peak(vlm.device) if round_ == 0 else contextlib.nullcontext()
             with peak_block, PeakMemory(vlm.device) as memory:
-                method, restore = providers[name](vlm)
+                method, restore = providers[name](vlm, partial(warm, batches[layers]))
                 method.train()
                 optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=1e-5)
                 start, start_cpu = time.perf_counter(), time.process_time()
                 train_step(method, optimizer, batches[layers], autocast)
                 common.sync(vlm.device)
                 seconds = (time.perf_counter() - start, time.process_time() - start_cpu)
+            cache = getattr(method, "reference_cache", None)
+            if cache is not None and cache.hits == 0:
+                raise RuntimeError(f"{name}: the step did not take its reference from the cache")
             if round_ == 0:
                 times[key] = []
                 rows[key] = {
@@ -462,7 +486,9 @@ def training_ratios(train: list[dict], extrapolate: int) -> dict:
     for geo, n in dict.fromkeys((r["geometry"], r["layers"]) for r in train):
         rows = {r["provider"]: r for r in train if (r["geometry"], r["layers"]) == (geo, n)}
         lora = rows["lora_graddiff"]
-        for name in ("cagul_input", "cagul_inline", "full_graddiff"):
+        for name in rows:
+            if name == "lora_graddiff":
+                continue
             key = f"{geo}/{n}_layers/{name}"
             out[f"{key}/time_vs_lora"] = rows[name]["step_s"] / lora["step_s"]
             if lora["step_cpu_s"]:

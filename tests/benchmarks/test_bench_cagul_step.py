@@ -12,7 +12,8 @@ from cagul import CagulConfig
 
 from benchmarks import bench_cagul_step as bench
 
-PROVIDERS = {"cagul_input", "cagul_inline", "lora_graddiff", "full_graddiff"}
+CAGUL = {"cagul_input", "cagul_input_cached", "cagul_inline", "cagul_inline_cached"}
+PROVIDERS = {*CAGUL, "lora_graddiff", "full_graddiff"}
 VARIANTS = {"vanilla", "gate_off", "gate_on_input", "gate_on_inline"}
 
 
@@ -49,7 +50,7 @@ def test_quick_run_writes_every_output(tmp_path):
         h, rank, disc = geo.hidden, config.encoder_rank, config.discriminator_hidden
         encoder = 2 * h * rank + rank + h
         discriminator = (h + 1) * disc + (disc + 1) * disc + disc + 1
-        for name in ("cagul_input", "cagul_inline"):
+        for name in CAGUL:
             assert int(rows[name]["trainable_params"]) == encoder + discriminator
         assert int(rows["full_graddiff"]["trainable_params"]) > geo.vocab * geo.hidden * 2
         assert all(float(r["step_s"]) > 0 for r in rows.values())
