@@ -7,7 +7,7 @@ reference pass gave: the ``[n, V]`` fp32 log-softmax at its ``n`` answer tokens 
 ``mode="input"``, its ``[n_visual]`` layer-L importance. From the second time a sample is
 seen (the next epoch), its reference pass is skipped, as in offline distillation.
 
-A sample's key is a BLAKE2b digest of everything the reference pass reads of it: its input
+A sample's key is a SHA-256 digest of everything the reference pass reads of it: its input
 tensors without the padding, its images' encoder outputs, its labels, and the autocast
 state. A sample whose inputs differ in any byte (a random crop, another prompt) therefore
 misses and is computed; nothing stale is ever returned. A hit equals a recomputation up to
@@ -91,7 +91,7 @@ def sample_keys(vis: VisualInputs, labels: torch.Tensor, rows: torch.Tensor) -> 
     for b in rows.nonzero().flatten().tolist():
         one = vis.select(torch.arange(rows.shape[0], device=rows.device) == b)
         keep = None if mask is None else mask[b].bool()
-        digest = hashlib.blake2b(state.encode(), digest_size=16)
+        digest = hashlib.sha256(state.encode())
         for name in sorted(one.kwargs):
             value = one.kwargs[name]
             if name == "mm_encoder_outputs":
