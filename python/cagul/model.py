@@ -43,6 +43,9 @@ from .modules import ForgetDiscriminator, VisualTokenEncoder
 from .state import atomic_directory, copy_state
 
 WEIGHTS_NAME = "cagul_modules.safetensors"
+# The first transformers whose VLMs take encoded images as ``mm_encoder_outputs``; older
+# ones accept the argument and ignore it, so the model would silently run without images.
+MIN_TRANSFORMERS = "5.18"
 _PIXEL_KEYS = ("pixel_values",)
 # forward arguments with one entry per image (the others with a batch dimension: per sample)
 PER_IMAGE_KEYS = ("image_grid_thw", "image_sizes")
@@ -134,6 +137,7 @@ class CagulModel(nn.Module):
             raise TypeError(
                 f"CagulModel: config must be a CagulConfig, got {type(config).__name__}"
             )
+        _check_transformers()
         vlm_config = getattr(vlm, "config", None)
         if vlm_config is None or not hasattr(vlm_config, "get_text_config"):
             raise TypeError(f"CagulModel: expected a transformers VLM, got {type(vlm).__name__}")
@@ -490,6 +494,20 @@ class CagulModel(nn.Module):
                 yield
             finally:
                 handle.remove()
+
+
+def _check_transformers() -> None:
+    """A ``RuntimeError`` naming both versions when transformers is older than
+    :data:`MIN_TRANSFORMERS`."""
+    import transformers
+    from packaging.version import Version
+
+    if Version(transformers.__version__).release < Version(MIN_TRANSFORMERS).release:
+        raise RuntimeError(
+            f"CagulModel needs transformers>={MIN_TRANSFORMERS} (it passes the encoded images "
+            "as mm_encoder_outputs, which older versions ignore: the images would be dropped), "
+            f"this is transformers {transformers.__version__}"
+        )
 
 
 def _select_images(features: Any, keep: torch.Tensor) -> Any:

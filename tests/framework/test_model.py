@@ -146,6 +146,21 @@ def test_vlm_is_frozen_and_stays_in_eval_mode():
     assert not any(m.training for m in vlm.modules())
 
 
+def test_refuses_a_transformers_that_would_drop_the_images(monkeypatch):
+    """transformers 5.17 accepts ``mm_encoder_outputs`` and ignores it: the images would be
+    silently dropped (gate-off outputs then differ from the VLM's), so it is refused."""
+    import transformers
+
+    vlm, _ = tv.llava()
+    monkeypatch.setattr(transformers, "__version__", "5.17.0")
+    with pytest.raises(
+        RuntimeError, match=r"needs transformers>=5\.18.*this is transformers 5\.17"
+    ):
+        CagulModel(vlm, CagulConfig(layer=1))
+    monkeypatch.setattr(transformers, "__version__", "5.18.0.dev0")
+    CagulModel(vlm, CagulConfig(layer=1))
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("mode", MODES)
 def test_generate_batch_with_padding(family, mode):
