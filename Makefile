@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cagul-installed
 EXT_SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh)
 
-.PHONY: install test lint demo bench bench-quick bench-pytest bench-regression gpu-check check-cuda-build clean
+.PHONY: install test lint demo bench bench-quick bench-pytest bench-regression gpu-check gpu-step-bench check-cuda-build clean
 
 $(PY):
 	$(PYTHON) -m venv --system-site-packages $(VENV)
@@ -61,6 +61,12 @@ bench-regression: install
 GPU_PYTHON ?= $(shell test -x $(PY) && echo $(PY) || echo python3)
 gpu-check:
 	$(GPU_PYTHON) benchmarks/gpu_check.py $(if $(DRY),--dry-run)
+
+# CAGUL's training step and inference against LoRA / full finetuning on a GPU: the 7B
+# geometries, 32 layers, bf16 (benchmarks/bench_cagul_step.py; needs transformers>=5.18),
+# writing benchmarks/results/cagul_step_*_gpu.*; stopped after 8 minutes.
+gpu-step-bench:
+	timeout 480 $(GPU_PYTHON) benchmarks/bench_cagul_step.py --device cuda --dtype bf16 --layers 32
 
 # Builds the full CUDA extension against a CUDA torch in a throwaway venv (no GPU needed;
 # ~5.5 GB download from the local wheel cache, ~12 GB free disk). Not part of `make test`.

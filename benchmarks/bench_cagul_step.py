@@ -63,6 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cagul import CagulConfig, CagulModel
 from cagul.methods import get_method
 from cagul.methods.finetune import lora_config
+from cagul.model import check_transformers
 from cagul.training import UnlearningArguments
 
 from benchmarks import common
@@ -151,7 +152,7 @@ def build_vlm(geo: Geometry, layers: int, device: torch.device, dtype: torch.dty
             vision_feature_layer=-2,
             vision_feature_select_strategy="default",
         )
-        model = LlavaForConditionalGeneration(config)
+        model_class = LlavaForConditionalGeneration
     else:
         config = Qwen2VLConfig(
             vision_config=dict(  # Qwen2-VL-7B's ViT (not run: features are fed)
@@ -176,7 +177,9 @@ def build_vlm(geo: Geometry, layers: int, device: torch.device, dtype: torch.dty
             vision_start_token_id=geo.vocab - 3,
             vision_end_token_id=geo.vocab - 4,
         )
-        model = Qwen2VLForConditionalGeneration(config)
+        model_class = Qwen2VLForConditionalGeneration
+    with torch.device(device):  # initialised where it runs (minutes for 7B on a CPU)
+        model = model_class(config)
     return model.to(device=device, dtype=dtype).eval()
 
 
@@ -577,6 +580,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     parser.add_argument("--out", type=Path, default=common.RESULTS)
     args = parser.parse_args(argv)
+    check_transformers()  # before minutes of model building
     if args.quick:
         args.batches, args.repeats, args.new_tokens = [1, 2], 1, 4
     if args.threads:

@@ -137,7 +137,7 @@ class CagulModel(nn.Module):
             raise TypeError(
                 f"CagulModel: config must be a CagulConfig, got {type(config).__name__}"
             )
-        _check_transformers()
+        check_transformers()
         vlm_config = getattr(vlm, "config", None)
         if vlm_config is None or not hasattr(vlm_config, "get_text_config"):
             raise TypeError(f"CagulModel: expected a transformers VLM, got {type(vlm).__name__}")
@@ -496,7 +496,7 @@ class CagulModel(nn.Module):
                 handle.remove()
 
 
-def _check_transformers() -> None:
+def check_transformers() -> None:
     """A ``RuntimeError`` naming both versions when transformers is older than
     :data:`MIN_TRANSFORMERS`."""
     import transformers
