@@ -199,7 +199,7 @@ struct ForwardKernel {
       for (int64_t j = 0; j < r; ++j) h[j] += b1[j];
       if (z != nullptr) std::copy(h, h + r, z + (rows[r0 + i].batch * k + rows[r0 + i].slot) * r);
     }
-    activate_(at::from_blob(ht, {m * r}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value)), act);
+    activate_(at::from_blob(ht, {m * r}, c10::CppTypeToScalarType<acc_t>::value), act);
     for (int64_t t = 0; t < m; t += bm) {
       const int64_t mt = std::min(bm, m - t);
       tile_gemm(mt, d, r, ht + t * r, r, w2, d, ot, d, false);
@@ -207,13 +207,13 @@ struct ForwardKernel {
         const acc_t g = gate[rows[r0 + t + i].batch];
         const acc_t* oi = ot + i * d;
         scalar_t* dst = y.row(rows[r0 + t + i]);
+        const auto add = [&](scalar_t& v, int64_t c) {
+          v = static_cast<scalar_t>(static_cast<acc_t>(v) + g * (oi[c] + b2[c]));
+        };
         if (y.sd == 1) {
-          for (int64_t c = 0; c < d; ++c) dst[c] = static_cast<scalar_t>(static_cast<acc_t>(dst[c]) + g * (oi[c] + b2[c]));
+          for (int64_t c = 0; c < d; ++c) add(dst[c], c);
         } else {
-          for (int64_t c = 0; c < d; ++c) {
-            scalar_t& v = dst[c * y.sd];
-            v = static_cast<scalar_t>(static_cast<acc_t>(v) + g * (oi[c] + b2[c]));
-          }
+          for (int64_t c = 0; c < d; ++c) add(dst[c * y.sd], c);
         }
       }
     }
