@@ -440,7 +440,7 @@ def measure_inference(vlm, geo, layers, layer, args, autocast) -> list[dict]:
 
     rows = []
     for batch in args.batches:
-        for visual in geo.visual:
+        for visual in args.visual or geo.visual:
             if batch * visual > args.max_prefill_visual:
                 print(f"skip: batch {batch} x {visual} visual tokens > --max-prefill-visual")
                 continue
@@ -570,6 +570,12 @@ def main(argv: list[str] | None = None) -> dict:
         "stalling on descheduled OpenMP threads)",
     )
     parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
+    parser.add_argument(
+        "--visual",
+        type=int,
+        nargs="+",
+        help="inference visual-token counts (default: the geometry's sweep)",
+    )
     for part in ("train", "inference"):
         parser.add_argument(
             f"--{part}-geometry",
@@ -640,6 +646,7 @@ def write_outputs(args, device, parts: dict, geometries: dict, layer: int) -> No
         "threads": torch.get_num_threads(),
         "batches": args.batches,
         "max_prefill_visual": args.max_prefill_visual,
+        "visual": args.visual,
         "new_tokens": args.new_tokens,
         "quick": args.quick,
         "geometries": geometries,
