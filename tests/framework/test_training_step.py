@@ -14,7 +14,7 @@ from cagul import CagulConfig, CagulModel, losses
 from cagul.config import MODES
 from cagul.methods.cagul import CagulMethod
 from cagul.training.arguments import FORGET_LOSSES, UnlearningArguments
-from cagul.training.reference_cache import ReferenceCache
+from cagul.training.reference_cache import ReferenceCache, sample_keys
 from cagul_demo import tiny_vlm as tv
 from cagul_demo.tiny_vlm import perturb_encoder
 
@@ -296,3 +296,31 @@ def test_reference_cache_keeps_what_fits_and_what_is_needed():
     cache.put(b"b", logp, None)  # does not fit
     assert len(cache) == 1 and cache.get(b"b", need_importance=False) is None
     assert (cache.hits, cache.misses) == (1, 2)
+
+
+def test_reference_cache_never_keys_an_input_it_cannot_digest_exactly(monkeypatch):
+    """numpy's repr elides the middle of a large array: such an input leaves its sample out
+    of the cache (computed every time) instead of risking two samples with one key."""
+    import numpy as np
+    from cagul.methods import cagul as cagul_module
+
+    method, processor = cagul_method("llava", "input")
+    batch = training_batch("llava", processor, [MIXED[1], MIXED[3]])  # two retain samples
+    inputs = {**batch["inputs"], "use_cache": False}
+    labels = inputs.pop("labels")
+    vis = method.model.encode_visual(inputs)
+    rows = torch.ones(2, dtype=torch.bool)
+    keys = sample_keys(vis, labels, rows)
+    assert len(set(keys.values())) == 2  # two samples, two keys
+    assert keys == sample_keys(vis, labels, rows)  # the same inputs, the same keys
+    vis.kwargs["extra"] = np.arange(5000)  # repr: "array([   0,    1, ..., 4999])"
+    assert sample_keys(vis, labels, rows) == {}
+    # A step where one sample has no key: it is computed, the other is kept.
+    first_only = lambda vis, labels, rows: dict(list(sample_keys(vis, labels, rows).items())[:1])
+    monkeypatch.setattr(cagul_module, "sample_keys", first_only)
+    method.reference_cache = ReferenceCache(64 * 2**20)
+    want = loss_and_gradients(method, lambda b: former_step(method, b), batch)
+    assert_same_step(loss_and_gradients(method, method, batch), want)
+    assert len(method.reference_cache) == 1
+    assert_same_step(loss_and_gradients(method, method, batch), want)
+    assert method.reference_cache.hits == 1

@@ -10,9 +10,10 @@ seen (the next epoch), its reference pass is skipped, as in offline distillation
 A sample's key is a SHA-256 digest of everything the reference pass reads of it: its input
 tensors without the padding, its images' encoder outputs, its labels, and the autocast
 state. A sample whose inputs differ in any byte (a random crop, another prompt) therefore
-misses and is computed; nothing stale is ever returned. A hit equals a recomputation up to
-floating-point rounding (the sample may have been computed beside other samples, with
-other padding).
+misses and is computed; nothing stale is ever returned. A sample with an input that cannot
+be digested exactly (not a tensor, list or plain value) is never cached. A hit equals a
+recomputation up to floating-point rounding (the sample may have been computed beside other
+samples, with other padding).
 
 Entries live in CPU memory, up to ``max_bytes``; once full, new samples are computed every
 time (no eviction). At LLaVA-1.5-7B's vocabulary (32,064) an entry takes about 128 KiB per
@@ -92,31 +93,45 @@ def sample_keys(vis: VisualInputs, labels: torch.Tensor, rows: torch.Tensor) -> 
         one = vis.select(torch.arange(rows.shape[0], device=rows.device) == b)
         keep = None if mask is None else mask[b].bool()
         digest = hashlib.sha256(state.encode())
-        for name in sorted(one.kwargs):
-            value = one.kwargs[name]
-            if name == "mm_encoder_outputs":
-                continue  # the images: their encoder outputs, below
-            if (
-                isinstance(value, torch.Tensor)
-                and name not in PER_IMAGE_KEYS
-                and value.dim() >= 2
-                and value.shape[1] == seq_len
-            ):
-                value = value[0] if keep is None else value[0][keep]  # [1, S, ...]: unpadded
-            _update(digest, name, value)
-        _update(digest, "labels", labels[b] if keep is None else labels[b][keep])
-        tokens = [] if one.features is None else one.features.pooler_output
-        for i, image in enumerate(tokens):
-            _update(digest, f"image{i}", image)
+        try:
+            for name in sorted(one.kwargs):
+                value = one.kwargs[name]
+                if name == "mm_encoder_outputs":
+                    continue  # the images: their encoder outputs, below
+                if (
+                    isinstance(value, torch.Tensor)
+                    and name not in PER_IMAGE_KEYS
+                    and value.dim() >= 2
+                    and value.shape[1] == seq_len
+                ):
+                    value = value[0] if keep is None else value[0][keep]  # [1, S, ...]: unpadded
+                _update(digest, name, value)
+            _update(digest, "labels", labels[b] if keep is None else labels[b][keep])
+            tokens = [] if one.features is None else one.features.pooler_output
+            _update(digest, "images", list(tokens))
+        except _Unkeyable:
+            continue  # computed every time
         keys[b] = digest.digest()
     return keys
 
 
+class _Unkeyable(Exception):
+    """An input that cannot be digested exactly (neither a tensor nor a plain value)."""
+
+
 def _update(digest, name: str, value) -> None:
-    """Feeds ``name`` and ``value`` (a tensor: dtype, shape and bytes; else its repr)."""
-    if not isinstance(value, torch.Tensor):
+    """Feeds ``name`` and ``value``: a tensor's dtype, shape and bytes, a list's or tuple's
+    items, a plain value's repr; anything else raises :class:`_Unkeyable` (a repr may hide
+    content, as numpy's does with "...")."""
+    if isinstance(value, torch.Tensor):
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)};".encode())
+        flat = value.detach().reshape(-1).contiguous().cpu()
+        digest.update(flat.view(torch.uint8).numpy().data)
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{name}:{type(value).__name__}{len(value)};".encode())
+        for i, item in enumerate(value):
+            _update(digest, f"{name}[{i}]", item)
+    elif value is None or isinstance(value, (bool, int, float, str)):
         digest.update(f"{name}={value!r};".encode())
-        return
-    digest.update(f"{name}:{value.dtype}:{tuple(value.shape)};".encode())
-    flat = value.detach().reshape(-1).contiguous().cpu()
-    digest.update(flat.view(torch.uint8).numpy().data)
+    else:
+        raise _Unkeyable(name)
