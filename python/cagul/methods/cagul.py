@@ -200,10 +200,10 @@ class CagulMethod(nn.Module):
             rest = has_visual & ~known
             if bool(rest.any()):
                 importance[rest] = model.importance(vis.select(rest)).to(importance.device)
-        for b in run.nonzero().flatten().tolist() if cache is not None else ():
-            if b in keys:  # a sample without a key (an input that cannot be digested) is not kept
-                visual = importance is not None and bool(has_visual[b])
-                cache.put(keys[b], logp[b], importance[b, vis.mask[b]] if visual else None)
+        # a sample without a key (an input that cannot be digested exactly) is not kept
+        for b in (b for b in run.nonzero().flatten().tolist() if b in keys):
+            visual = importance is not None and bool(has_visual[b])
+            cache.put(keys[b], logp[b], importance[b, vis.mask[b]] if visual else None)
         ref_logp = torch.cat([logp[b] for b in sorted(logp)]) if logp else None
         return ref_logp, importance
 
