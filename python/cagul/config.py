@@ -42,6 +42,17 @@ def cagul_version() -> str:
         return "0+unknown"
 
 
+def require_version(purpose: str, name: str, have: str, need: str, why: str = "") -> None:
+    """A ``RuntimeError`` "``<purpose> needs <name>>=<need>[ (<why>)], this is <name>
+    <have>``" when version ``have`` is older than ``need`` (release numbers compared, so a
+    dev build of ``need`` passes)."""
+    from packaging.version import Version
+
+    if Version(have).release < Version(need).release:
+        reason = f" ({why})" if why else ""
+        raise RuntimeError(f"{purpose} needs {name}>={need}{reason}, this is {name} {have}")
+
+
 class Settings:
     """JSON round-trip of a settings dataclass (validated in its ``__post_init__``)."""
 

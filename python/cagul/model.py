@@ -37,7 +37,7 @@ from torch import nn
 import cagul_kernels
 from cagul_kernels.integrations import transformers as ct
 
-from .config import CONFIG_NAME, CagulConfig, cagul_version
+from .config import CONFIG_NAME, CagulConfig, cagul_version, require_version
 from .files import read_safetensors
 from .modules import ForgetDiscriminator, VisualTokenEncoder
 from .state import atomic_directory, copy_state
@@ -500,14 +500,10 @@ def check_transformers() -> None:
     """A ``RuntimeError`` naming both versions when transformers is older than
     :data:`MIN_TRANSFORMERS`."""
     import transformers
-    from packaging.version import Version
 
-    if Version(transformers.__version__).release < Version(MIN_TRANSFORMERS).release:
-        raise RuntimeError(
-            f"CagulModel needs transformers>={MIN_TRANSFORMERS} (it passes the encoded images "
-            "as mm_encoder_outputs, which older versions ignore: the images would be dropped), "
-            f"this is transformers {transformers.__version__}"
-        )
+    why = "it passes the encoded images as mm_encoder_outputs, which older versions ignore: "
+    why += "the images would be dropped"
+    require_version("CagulModel", "transformers", transformers.__version__, MIN_TRANSFORMERS, why)
 
 
 def _select_images(features: Any, keep: torch.Tensor) -> Any:

@@ -31,6 +31,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
+from ..config import require_version
 from ..errors import InputError, MissingInputError
 from ..files import read_json
 
@@ -57,16 +58,12 @@ def check_fsdp_support() -> None:
     transformers cannot run :func:`shard_method` under the Trainer (the rest of the
     framework works with older ones)."""
     import transformers
-    from packaging.version import Version
 
     for name, have, need in (
         ("transformers", transformers.__version__, MIN_TRANSFORMERS),
         ("torch", torch.__version__, MIN_TORCH),
     ):
-        if Version(have).release < Version(need).release:
-            raise RuntimeError(
-                f"fsdp_config: FSDP training needs {name}>={need}, this is {name} {have}"
-            )
+        require_version("fsdp_config: FSDP training", name, have, need)
 
 
 def read_fsdp_config(path: str | os.PathLike) -> FsdpSettings:
