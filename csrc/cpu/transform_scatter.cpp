@@ -70,12 +70,16 @@ inline void tile_gemm(int64_t m, int64_t n, int64_t k, const double* a, int64_t 
   }
 }
 
-// Activations, in the order of ACTIVATIONS in cagul_kernels/ops/transform_scatter.py.
+// Activations, in the order of ACTIVATIONS in cagul_kernels/ops/transform_scatter.py:
+// value / grad per element (backward), apply_ in place on a whole tile through ATen's
+// vectorized kernel (forward: the scalar std::erf loop, which the compiler does not
+// vectorize, took ~15% of the forward's time at D = 1024, R = 64).
 template <typename T>
 inline T sigmoid(T v) {
   return T(1) / (T(1) + std::exp(-v));
 }
 struct GeluErf {
+  static void apply_(at::Tensor& h) { at::gelu_(h); }
   template <typename T>
   static T value(T z) { return T(0.5) * z * (T(1) + std::erf(z * T(M_SQRT1_2))); }
   template <typename T>
@@ -85,6 +89,7 @@ struct GeluErf {
 };
 struct GeluTanh {  // z * sigmoid(2u), u = c (z + a z^3)
   static constexpr double c = 0.7978845608028654, a = 0.044715;
+  static void apply_(at::Tensor& h) { at::gelu_(h, "tanh"); }
   template <typename T>
   static T value(T z) { return z * sigmoid(T(2 * c) * (z + T(a) * z * z * z)); }
   template <typename T>
@@ -94,6 +99,7 @@ struct GeluTanh {  // z * sigmoid(2u), u = c (z + a z^3)
   }
 };
 struct Silu {
+  static void apply_(at::Tensor& h) { at::silu_(h); }
   template <typename T>
   static T value(T z) { return z * sigmoid(z); }
   template <typename T>
@@ -103,6 +109,7 @@ struct Silu {
   }
 };
 struct Relu {
+  static void apply_(at::Tensor& h) { at::relu_(h); }
   template <typename T>
   static T value(T z) { return z > T(0) ? z : T(0); }
   template <typename T>
@@ -116,18 +123,6 @@ void with_activation(int64_t act, F&& fn) {
     case 1: return fn(GeluTanh{});
     case 2: return fn(Silu{});
     case 3: return fn(Relu{});
-    default: TORCH_CHECK(false, "transform_scatter: unknown activation code ", act);
-  }
-}
-
-// act(h) in place through ATen's vectorized kernels: the scalar std::erf loop (not vectorized by
-// the compiler) took ~15% of the forward's time at D = 1024, R = 64.
-void activate_(at::Tensor h, int64_t act) {
-  switch (act) {
-    case 0: at::gelu_(h); return;
-    case 1: at::gelu_(h, "tanh"); return;
-    case 2: at::silu_(h); return;
-    case 3: at::relu_(h); return;
     default: TORCH_CHECK(false, "transform_scatter: unknown activation code ", act);
   }
 }
@@ -199,7 +194,8 @@ struct ForwardKernel {
       for (int64_t j = 0; j < r; ++j) h[j] += b1[j];
       if (z != nullptr) std::copy(h, h + r, z + (rows[r0 + i].batch * k + rows[r0 + i].slot) * r);
     }
-    activate_(at::from_blob(ht, {m * r}, c10::CppTypeToScalarType<acc_t>::value), act);
+    at::Tensor hidden = at::from_blob(ht, {m * r}, c10::CppTypeToScalarType<acc_t>::value);
+    with_activation(act, [&](auto f) { f.apply_(hidden); });
     for (int64_t t = 0; t < m; t += bm) {
       const int64_t mt = std::min(bm, m - t);
       tile_gemm(mt, d, r, ht + t * r, r, w2, d, ot, d, false);
