@@ -34,9 +34,11 @@ given batch sizes and visual-token counts: ``vanilla`` (the VLM), ``gate_off`` (
 the discriminator says no), ``gate_on_input`` and ``gate_on_inline`` (it says yes).
 
     python benchmarks/bench_cagul_step.py --width-div 8 --threads 1 --batches 1 8 \
-        --max-prefill-visual 4608 --train-geometry     # this CPU, inference -> results/
+        --max-prefill-visual 23040 --train-geometry     # this CPU, inference -> results/
+    python benchmarks/bench_cagul_step.py --width-div 8 --threads 1 --batches 8 \
+        --visual 8192 --max-prefill-visual 65536 --train-geometry --inference-geometry llava
     python benchmarks/bench_cagul_step.py --width-div 8 --threads 1 --repeats 5 \
-        --train-geometry llava --inference-geometry --train-layers 2 4  # training
+        --train-geometry llava qwen2_vl --inference-geometry --train-layers 2 4  # training
     python benchmarks/bench_cagul_step.py --device cuda --dtype bf16 --layers 32
     python benchmarks/bench_cagul_step.py --quick --out /tmp/x  # tiny smoke run
 """
