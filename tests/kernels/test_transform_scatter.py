@@ -481,6 +481,26 @@ class TestBadInput:
         with torch.no_grad(), pytest.raises(ValueError, match="must not repeat"):
             run(inplace=True)
 
+    @pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+    def test_reported_repeat_is_first_row_smallest_position(
+        self, device, backend_or_reference, index_dtype
+    ):
+        """Every backend names the same repeat: the first row holding one, its smallest
+        repeated position (the CPU kernels check in loops, the others after a sort)."""
+        params = [p.to(device) for p in self.params]
+        run = lambda positions: transform_scatter(
+            params[0], positions.to(device), *params[1:], backend=backend_or_reference
+        )
+        bad = torch.tensor([[9, 5, 9, 5, -1], [8, 3, 8, 3, -1]], dtype=index_dtype)
+        with pytest.raises(ValueError, match="row 0 holds position 5 more than once"):
+            run(bad)
+        bad[0] = torch.tensor([0, 1, -1, -1, -1])
+        with pytest.raises(ValueError, match="row 1 holds position 3 more than once"):
+            run(bad)
+        bad[1, 4] = -3
+        with pytest.raises(ValueError, match=r"found values in \[-3, 8\]"):
+            run(bad)
+
     def test_repeated_padding_is_fine(self):
         padded = torch.cat([self.positions, torch.full((2, 3), -1)], dim=1)
         self.call(positions=padded)
