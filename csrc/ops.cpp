@@ -1,11 +1,11 @@
 // The `cagul` operator library: schemas (TORCH_LIBRARY) and the native CPU / CUDA kernels
 // (TORCH_LIBRARY_IMPL), so graphs holding these ops run through torch.export and AOTInductor
 // without Python. Fake (meta) implementations, autograd formulas and the Triton / reference
-// twins of every op are registered from Python (cagul_kernels/ops). Argument shapes, dtypes
-// and devices are checked in Python before the op is called (select_low_importance, whose
-// call costs a few microseconds, leaves them to check_select_args here); the value checks
-// every kernel relies on (index ranges, finite LSE, no repeated positions) run here, raising
-// ValueError.
+// twins of every op are registered from Python (cagul_kernels/ops). Argument shapes and dtypes
+// are checked in Python before the op is called (select_low_importance, whose call costs a few
+// microseconds, leaves them to check_select_args here); the checks every kernel relies on (all
+// tensors on one device, index ranges, finite LSE, no repeated positions) run here, so direct
+// and exported calls get them too, raising ValueError.
 //
 // CPU kernels take ATen tensors directly (csrc/cpu). CUDA kernels (csrc/cuda) are
 // raw-pointer launchers without torch headers; the glue below turns tensors into pointers.
@@ -86,6 +86,17 @@ void check_tensor(const char* op, const char* name, const at::Tensor& t, int64_t
                    python_dtype(t.scalar_type()));
 }
 
+// Every named tensor on the device of the first, with the message of the Python checks. The
+// dispatcher picks the kernel by the highest-priority device among an op's tensors, so a mixed
+// call (direct or from an exported graph) would hand the kernel another device's pointers.
+void check_one_device(const char* op, std::initializer_list<std::pair<const char*, const at::Tensor*>> tensors) {
+  const auto& [first_name, first] = *tensors.begin();
+  for (const auto& [name, t] : tensors) {
+    TORCH_CHECK_VALUE(t->device() == first->device(), op, ": all tensors must be on one device, but ",
+                      first_name, " is on ", first->device(), " and ", name, " is on ", t->device());
+  }
+}
+
 // The argument checks of select_low_importance in cagul_kernels/ops/topk.py, which leaves
 // them to this op: a direct or exported call is checked the same way. `k` counts unless
 // `ratio` is given.
@@ -94,9 +105,7 @@ void check_select_args(const at::Tensor& importance, const at::Tensor& visual_in
   constexpr const char* op = "select_low_importance";
   check_tensor(op, "importance", importance, 2, {at::kFloat, at::kHalf, at::kBFloat16}, "[B, Nv]");
   check_tensor(op, "visual_index", visual_index, 2, {at::kInt, at::kLong}, "[B, Nv]");
-  TORCH_CHECK_VALUE(importance.device() == visual_index.device(), op,
-                    ": all tensors must be on one device, but importance is on ",
-                    importance.device(), " and visual_index is on ", visual_index.device());
+  check_one_device(op, {{"importance", &importance}, {"visual_index", &visual_index}});
   TORCH_CHECK_VALUE(importance.sizes() == visual_index.sizes(), op, ": importance ",
                     python_shape(importance), " and visual_index ", python_shape(visual_index),
                     " must have the same shape [B, Nv]");
@@ -110,10 +119,12 @@ void check_select_args(const at::Tensor& importance, const at::Tensor& visual_in
                     " visual slots of visual_index");
 }
 
-// lse [B, Hq, S] must be finite at every valid query position.
-void check_importance_values(const at::Tensor& lse, const at::Tensor& query_index,
-                             const at::Tensor& visual_index) {
+// q, k, lse and the indices on one device; lse [B, Hq, S] finite at every valid query position.
+void check_importance_values(const at::Tensor& q, const at::Tensor& k, const at::Tensor& lse,
+                             const at::Tensor& query_index, const at::Tensor& visual_index) {
   constexpr const char* op = "cross_modal_importance";
+  check_one_device(op, {{"q", &q}, {"k", &k}, {"lse", &lse}, {"query_index", &query_index},
+                        {"visual_index", &visual_index}});
   const int64_t b = lse.size(0), hq = lse.size(1), s = lse.size(2);
   check_index_values(op, "query_index", query_index, s);
   check_index_values(op, "visual_index", visual_index, s);
@@ -151,8 +162,14 @@ void check_positions_cpu(const at::Tensor& positions, int64_t seq_len) {
   }
 }
 
-// positions [B, K]: in [0, seq_len) or -1, no position twice in one row.
-void check_positions(const at::Tensor& positions, int64_t seq_len) {
+// transform_scatter's tensors on one device; positions [B, K] in [0, S) or -1 for x [B, S, D],
+// no position twice in one row.
+void check_scatter_inputs(const at::Tensor& x, const at::Tensor& positions, const at::Tensor& w1,
+                          const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2,
+                          const at::Tensor& gate) {
+  check_one_device("transform_scatter", {{"x", &x}, {"positions", &positions}, {"w1", &w1}, {"b1", &b1},
+                                         {"w2", &w2}, {"b2", &b2}, {"gate", &gate}});
+  const int64_t seq_len = x.size(1);
   if (positions.is_cpu()) return check_positions_cpu(positions, seq_len);
   constexpr const char* op = "transform_scatter";
   check_index_values(op, "positions", positions, seq_len);
@@ -203,7 +220,7 @@ template <ImportanceKernel kernel>
 at::Tensor cross_modal_importance(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& lse,
                                   const at::Tensor& query_index, const at::Tensor& visual_index,
                                   double scale, bool causal, bool mean, bool per_head) {
-  check_importance_values(lse, query_index, visual_index);
+  check_importance_values(q_in, k_in, lse, query_index, visual_index);
   const at::Tensor qi = query_index.contiguous(), vi = visual_index.contiguous();
   // The kernels read rows with unit stride along D ([B, S, H, D] views qualify).
   const at::Tensor q = q_in.stride(3) == 1 ? q_in : q_in.contiguous();
@@ -225,7 +242,7 @@ std::tuple<at::Tensor, at::Tensor> transform_scatter(const at::Tensor& x, const 
                                                      const at::Tensor& w1, const at::Tensor& b1,
                                                      const at::Tensor& w2, const at::Tensor& b2,
                                                      const at::Tensor& gate, c10::string_view activation) {
-  check_positions(positions, x.size(1));
+  check_scatter_inputs(x, positions, w1, b1, w2, b2, gate);
   const std::vector<at::Tensor> yz = kernel(x, positions.contiguous(), w1, b1, w2, b2,
                                             gate.to(at::kFloat).contiguous(),
                                             activation_index(activation), false);
@@ -236,7 +253,7 @@ template <ScatterKernel kernel>
 void transform_scatter_(const at::Tensor& x, const at::Tensor& positions, const at::Tensor& w1,
                         const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2,
                         const at::Tensor& gate, c10::string_view activation) {
-  check_positions(positions, x.size(1));
+  check_scatter_inputs(x, positions, w1, b1, w2, b2, gate);
   kernel(x, positions.contiguous(), w1, b1, w2, b2, gate.to(at::kFloat).contiguous(),
          activation_index(activation), true);
 }
@@ -246,6 +263,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> transform
     const at::Tensor& dy, const at::Tensor& x, const at::Tensor& positions, const at::Tensor& z,
     const at::Tensor& w1, const at::Tensor& w2, const at::Tensor& gate, c10::string_view activation,
     bool need_dx) {
+  check_one_device("transform_scatter_backward", {{"dy", &dy}, {"x", &x}, {"positions", &positions}, {"z", &z},
+                                                  {"w1", &w1}, {"w2", &w2}, {"gate", &gate}});
   const std::vector<at::Tensor> g = kernel(dy, x, positions.contiguous(), z, w1, w2,
                                            gate.to(at::kFloat).contiguous(),
                                            activation_index(activation), need_dx);

@@ -244,3 +244,56 @@ def test_compiled_selection_with_traced_ratio():
     # ceil(0.7 * 5) = 4 and ceil(0.7 * 4) = 3: width 4, row 1's tail is -1.
     slots, _ = compiled(importance, visual_index, 0.7)
     assert slots.shape == (2, 4) and slots[1, 3] == -1 and (slots[:, :3] >= 0).all()
+
+
+# --- native ops called directly (or from an exported graph): every tensor on one device ----
+
+
+def _native_calls(device):
+    """``(op, tensor argument names, args)`` of a valid direct call of each native op: the
+    dispatcher picks the kernel by the highest-priority device among the tensors, so a
+    mixed call must be refused before a kernel reads another device's pointers."""
+    q, k, _ = (t.to(device) for t in _qkv())
+    lse = torch.zeros(1, 2, 4, device=device)
+    query_index, visual_index = (torch.tensor(v, device=device) for v in ([[2, 3]], [[0, 1]]))
+    x, weights = _mlp_args()
+    x, w1, b1, w2, b2 = (t.to(device) for t in (x, *weights))
+    positions = torch.tensor([[0, 2], [1, -1]], device=device)
+    gate = torch.ones(2, device=device)
+    z = torch.zeros(2, 2, w1.shape[1], device=device)
+    ops = torch.ops.cagul
+    scatter = (x, positions, w1, b1, w2, b2, gate)
+    scatter_names = ["x", "positions", "w1", "b1", "w2", "b2", "gate"]
+    return [
+        (
+            ops.cross_modal_importance,
+            ["q", "k", "lse", "query_index", "visual_index"],
+            (q, k, lse, query_index, visual_index, 1.0, False, True, False),
+        ),
+        (
+            ops.select_low_importance,
+            ["importance", "visual_index"],
+            (torch.rand(1, 2, device=device), visual_index, 1, None),
+        ),
+        (ops.transform_scatter, scatter_names, (*scatter, "gelu")),
+        (ops.transform_scatter_, scatter_names, (x.clone(), *scatter[1:], "gelu")),
+        (
+            ops.transform_scatter_backward,
+            ["dy", "x", "positions", "z", "w1", "w2", "gate"],
+            (x, x, positions, z, w1, w2, gate, "gelu", True),
+        ),
+    ]
+
+
+def test_native_calls_are_valid_on_one_device(device):
+    for op, _, args in _native_calls(device):
+        op(*args)
+
+
+@pytest.mark.gpu
+def test_native_ops_refuse_a_tensor_on_another_device():
+    for op, names, args in _native_calls(torch.device("cuda")):
+        for i, name in enumerate(names):
+            mixed = [a.cpu() if j == i else a for j, a in enumerate(args)]
+            with pytest.raises(ValueError, match=f"must be on one device, .* {name} is on cpu"):
+                op(*mixed)
