@@ -40,13 +40,23 @@ namespace {
 
 // ---- argument and value checks shared by the CPU and CUDA kernels --------------------------
 
-// Every entry of `index` is -1 (padding) or in [0, upper).
-void check_index_values(const char* op, const char* name, const at::Tensor& index, int64_t upper) {
-  if (index.numel() == 0) return;
-  const int64_t lo = index.min().item<int64_t>(), hi = index.max().item<int64_t>();
+// An index whose entries span [lo, hi] holds only -1 (padding) and values in [0, upper).
+void check_index_range(const char* op, const char* name, int64_t lo, int64_t hi, int64_t upper) {
   TORCH_CHECK_VALUE(lo >= -1 && hi < upper, op, ": ", name,
                     " entries must be -1 (padding) or in [0, ", upper, "), found values in [", lo,
                     ", ", hi, "]");
+}
+
+// Every entry of `index` is -1 (padding) or in [0, upper).
+void check_index_values(const char* op, const char* name, const at::Tensor& index, int64_t upper) {
+  if (index.numel() == 0) return;
+  check_index_range(op, name, index.min().item<int64_t>(), index.max().item<int64_t>(), upper);
+}
+
+// `row` of positions holds `position` (its smallest repeated one) more than once.
+void refuse_repeated_position(const char* op, int64_t row, int64_t position) {
+  TORCH_CHECK_VALUE(false, op, ": positions must not repeat within a row, but row ", row,
+                    " holds position ", position, " more than once");
 }
 
 // Python's spelling of a shape ("(2, 3)", "(5,)"), a dtype ("torch.float32") and a float, so
@@ -134,17 +144,15 @@ void check_importance_values(const at::Tensor& q, const at::Tensor& k, const at:
                     op, ": lse must be finite at every valid query position");
 }
 
-// check_positions for CPU positions, in loops over them instead of a sort: the ATen ops (min,
-// max, sort, compare) cost ~20 us a call, the loops ~2 us for K = 1024.
-void check_positions_cpu(const at::Tensor& positions, int64_t seq_len) {
-  constexpr const char* op = "transform_scatter";
+// The positions checks of check_scatter_inputs for CPU positions, in loops over them instead of
+// a sort: the ATen ops (min, max, sort, compare) cost ~20 us a call, the loops ~2 us for K = 1024.
+void check_positions_cpu(const char* op, const at::Tensor& positions, int64_t seq_len) {
+  if (positions.numel() == 0) return;
   const at::Tensor index = positions.to(at::kLong).contiguous();
   const int64_t* values = index.const_data_ptr<int64_t>();
   const int64_t rows = index.size(0), k = index.size(1);
-  if (index.numel() == 0) return;
   const auto [lo, hi] = std::minmax_element(values, values + index.numel());
-  TORCH_CHECK_VALUE(*lo >= -1 && *hi < seq_len, op, ": positions entries must be -1 (padding) or in [0, ",
-                    seq_len, "), found values in [", *lo, ", ", *hi, "]");
+  check_index_range(op, "positions", *lo, *hi, seq_len);
   std::vector<bool> seen(seq_len);  // the positions of the current row, cleared after it
   for (int64_t row = 0; row < rows; ++row) {
     const int64_t *begin = values + row * k, *end = begin + k;
@@ -157,8 +165,7 @@ void check_positions_cpu(const at::Tensor& positions, int64_t seq_len) {
     for (const int64_t* p = begin; p != end; ++p) {
       if (*p >= 0) seen[*p] = false;
     }
-    TORCH_CHECK_VALUE(repeated == seq_len, op, ": positions must not repeat within a row, but row ", row,
-                      " holds position ", repeated, " more than once");
+    if (repeated != seq_len) refuse_repeated_position(op, row, repeated);
   }
 }
 
@@ -167,11 +174,11 @@ void check_positions_cpu(const at::Tensor& positions, int64_t seq_len) {
 void check_scatter_inputs(const at::Tensor& x, const at::Tensor& positions, const at::Tensor& w1,
                           const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2,
                           const at::Tensor& gate) {
-  check_one_device("transform_scatter", {{"x", &x}, {"positions", &positions}, {"w1", &w1}, {"b1", &b1},
-                                         {"w2", &w2}, {"b2", &b2}, {"gate", &gate}});
-  const int64_t seq_len = x.size(1);
-  if (positions.is_cpu()) return check_positions_cpu(positions, seq_len);
   constexpr const char* op = "transform_scatter";
+  check_one_device(op, {{"x", &x}, {"positions", &positions}, {"w1", &w1}, {"b1", &b1}, {"w2", &w2},
+                        {"b2", &b2}, {"gate", &gate}});
+  const int64_t seq_len = x.size(1);
+  if (positions.is_cpu()) return check_positions_cpu(op, positions, seq_len);
   check_index_values(op, "positions", positions, seq_len);
   if (positions.size(1) < 2) return;
   const at::Tensor ordered = std::get<0>(positions.sort(1));
@@ -180,8 +187,7 @@ void check_scatter_inputs(const at::Tensor& x, const at::Tensor& positions, cons
   if (!repeated.any().item<bool>()) return;
   const at::Tensor first = repeated.nonzero()[0].cpu();
   const int64_t row = first[0].item<int64_t>(), i = first[1].item<int64_t>();
-  TORCH_CHECK_VALUE(false, op, ": positions must not repeat within a row, but row ", row,
-                    " holds position ", tail[row][i].item<int64_t>(), " more than once");
+  refuse_repeated_position(op, row, tail[row][i].item<int64_t>());
 }
 
 // The kernels receive the activation as its index in ACTIVATIONS of
